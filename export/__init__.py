@@ -1,0 +1,1 @@
+"""Training-side code: PyTorch models, checkpoint import, ONNX export to bundles. Needs the [export] extra."""

@@ -1,0 +1,1 @@
+"""Fused operators: numpy references, ONNX emission and fusion passes (torch modules live in kernels.modules)."""
