@@ -1,0 +1,154 @@
+"""A GPT decoder in plain PyTorch, built on the fused-op modules of `edgeinfer.kernels`.
+
+One model covers the checkpoints we train (dialogue with segment ids, Xiangqi moves) and imported GPT-2s:
+pre-LN or post-LN, learned positions, optional segment (token-type) embeddings, tied or untied LM head,
+GELU form as a config choice. The forward signature is the ONNX graph's signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeinfer.kernels.modules import Gelu, causal_attention
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    n_positions: int = 512
+    n_embd: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_segments: int = 0  # 0: no segment embedding
+    pre_ln: bool = True
+    tied_lm_head: bool = True
+    gelu: str = "tanh"
+    layer_norm_eps: float = 1e-5
+    dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, past_k, past_v, attention_mask):
+        q, k, v = self.qkv(x).split(x.shape[-1], dim=-1)
+        y, present_k, present_v = causal_attention(q, k, v, past_k, past_v, attention_mask, self.n_head)
+        return self.dropout(self.proj(y)), present_k, present_v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.act = Gelu(cfg.gelu)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.pre_ln = cfg.pre_ln
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, past_k, past_v, attention_mask):
+        if self.pre_ln:
+            a, present_k, present_v = self.attn(self.ln_1(x), past_k, past_v, attention_mask)
+            x = x + a
+            return x + self.mlp(self.ln_2(x)), present_k, present_v
+        a, present_k, present_v = self.attn(x, past_k, past_v, attention_mask)
+        x = self.ln_1(x + a)
+        return self.ln_2(x + self.mlp(x)), present_k, present_v
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        self.wse = nn.Embedding(cfg.n_segments, cfg.n_embd) if cfg.n_segments else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tied_lm_head:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def empty_cache(self, batch: int) -> list[torch.Tensor]:
+        """Past key/value tensors of length 0, interleaved [k0, v0, k1, v1, ...]."""
+        shape = (batch, self.cfg.n_head, 0, self.cfg.head_dim)
+        return [torch.zeros(shape) for _ in range(2 * self.cfg.n_layer)]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_positions: torch.Tensor,
+        past: list[torch.Tensor],
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits at `logits_positions` (batch, k) of this chunk, and the present caches.
+
+        attention_mask (batch, past+seq) marks real tokens with 1; position_ids are absolute positions.
+        Asking only for the positions that are needed (the last one when decoding) skips the LM head
+        for the rest.
+        """
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        if self.wse is not None:
+            x = x + self.wse(token_type_ids)
+        x = self.drop(x)
+        presents = []
+        for i, block in enumerate(self.blocks):
+            x, present_k, present_v = block(x, past[2 * i], past[2 * i + 1], attention_mask)
+            presents += [present_k, present_v]
+        x = self.ln_f(x)
+        index = logits_positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        return self.lm_head(torch.gather(x, 1, index)), presents
+
+    def training_logits(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """All-position logits for teacher-forced training on right-padded batches (no cache)."""
+        batch, seq = input_ids.shape
+        positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        mask = torch.ones_like(input_ids)
+        past = [t.to(input_ids.device) for t in self.empty_cache(batch)]
+        logits, _ = self.forward(input_ids, positions, mask, positions, past, token_type_ids)
+        return logits
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, token_type_ids=None) -> torch.Tensor:
+        """Cross-entropy of next-token prediction; targets of -100 are ignored."""
+        logits = self.training_logits(input_ids, token_type_ids)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)

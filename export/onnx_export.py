@@ -1,0 +1,288 @@
+"""Export a GPT to a bundle: dynamo ONNX export with fused ops, parity check against PyTorch, manifest.
+
+Export refuses to write a bundle whose parity error (max |logit difference| against the reference
+PyTorch model, prefill and a cached decode step) exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from edgeinfer import __version__
+from edgeinfer.bundle import write_manifest
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, translation_table
+
+from .gpt import GPT
+
+OPSET = 23
+FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu")
+DECOMPOSED_OP_TYPES = ("Erf", "Tanh", "Softmax")
+
+
+class ParityError(EdgeInferError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+
+class _Flat(torch.nn.Module):
+    """The GPT with flat, named graph inputs and outputs."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attention_mask, logits_positions, past, token_type_ids=None):
+        logits, presents = self.model(input_ids, position_ids, attention_mask, logits_positions, past, token_type_ids)
+        return (logits, *presents)
+
+
+def io_names(n_layer: int, segments: bool) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+    inputs = ["input_ids", "position_ids", "attention_mask", "logits_positions", *past]
+    return inputs + (["token_type_ids"] if segments else []), ["logits", *present]
+
+
+def _example_inputs(model: GPT, batch: int, seq: int, past_len: int, seed: int = 0) -> dict:
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    total = past_len + seq
+    inputs = {
+        "input_ids": torch.randint(0, cfg.vocab_size, (batch, seq), generator=g),
+        "position_ids": torch.arange(past_len, total).expand(batch, seq).contiguous(),
+        "attention_mask": torch.ones(batch, total, dtype=torch.int64),
+        "logits_positions": torch.arange(seq).expand(batch, seq).contiguous(),
+        "past": [torch.randn(batch, cfg.n_head, past_len, cfg.head_dim, generator=g) for _ in range(2 * cfg.n_layer)],
+    }
+    if cfg.n_segments:
+        inputs["token_type_ids"] = torch.randint(0, cfg.n_segments, (batch, seq), generator=g)
+    return inputs
+
+
+def _symbolic_io(proto: onnx.ModelProto, cfg, attention: str) -> None:
+    """Give graph inputs/outputs readable dim names; the exporter's own symbols (s0, s1...) say nothing."""
+    cache_len = "cache_len" if attention == "contrib" else "past_len"
+    present_len = "cache_len" if attention == "contrib" else "total_len"
+    dims = {
+        "input_ids": ["batch", "seq"],
+        "position_ids": ["batch", "seq"],
+        "token_type_ids": ["batch", "seq"],
+        "attention_mask": ["batch", "total_len"],
+        "logits_positions": ["batch", "n_logits"],
+        "logits": ["batch", "n_logits", cfg.vocab_size],
+    }
+    for value in [*proto.graph.input, *proto.graph.output]:
+        if value.name.startswith("past_key_values."):
+            names = ["batch", cfg.n_head, cache_len, cfg.head_dim]
+        elif value.name.startswith("present."):
+            names = ["batch", cfg.n_head, present_len, cfg.head_dim]
+        else:
+            names = dims[value.name]
+        shape = value.type.tensor_type.shape
+        del shape.dim[:]
+        for name in names:
+            dim = shape.dim.add()
+            if isinstance(name, int):
+                dim.dim_value = name
+            else:
+                dim.dim_param = name
+    if attention == "contrib":
+        # In-place caches make present as long as the bound buffer; stale inferred shapes would mislead.
+        del proto.graph.value_info[:]
+
+
+def op_census(proto: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(Counter(node.op_type for node in proto.graph.node).items()))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(inputs: dict, names: list[str]) -> dict[str, np.ndarray]:
+    flat = [inputs["input_ids"], inputs["position_ids"], inputs["attention_mask"], inputs["logits_positions"]]
+    flat += inputs["past"]
+    if "token_type_ids" in inputs:
+        flat.append(inputs["token_type_ids"])
+    return {name: t.numpy() for name, t in zip(names, flat)}
+
+
+def measure_parity(
+    onnx_path: Path,
+    model: GPT,
+    reference: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    attention: str,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Max |logit diff| of onnxruntime against `reference` (full-sequence logits) for a prompt and a cached step."""
+    session = _session(onnx_path)
+    names = [i.name for i in session.get_inputs()]
+    cfg = model.cfg
+    batch, prompt_len = 2, 7
+    prompt = _example_inputs(model, batch, prompt_len, 0, seed)
+    # contrib graphs decode into a preallocated buffer; standard ones take a past of exactly past_len
+    if attention == "contrib":
+        cache = prompt_len + 1
+        prompt["past"] = [torch.zeros(batch, cfg.n_head, cache, cfg.head_dim) for _ in prompt["past"]]
+    out = session.run(None, _feeds(prompt, names))
+    with torch.no_grad():
+        ref_prompt = reference(prompt["input_ids"], prompt.get("token_type_ids")).numpy()
+    prefill = float(np.max(np.abs(out[0] - ref_prompt)))
+
+    step = _example_inputs(model, batch, 1, prompt_len, seed + 1)
+    step["past"] = [torch.from_numpy(t) for t in out[1:]]
+    out_step = session.run(None, _feeds(step, names))
+    full_ids = torch.cat([prompt["input_ids"], step["input_ids"]], dim=1)
+    full_types = None
+    if cfg.n_segments:
+        full_types = torch.cat([prompt["token_type_ids"], step["token_type_ids"]], dim=1)
+    with torch.no_grad():
+        ref_step = reference(full_ids, full_types)[:, -1:].numpy()
+    cached = float(np.max(np.abs(out_step[0] - ref_step)))
+    return {"prefill_max_abs_diff": prefill, "cached_step_max_abs_diff": cached, "max_abs_diff": max(prefill, cached)}
+
+
+def export_onnx(model: GPT, path: Path, attention: str) -> onnx.ModelProto:
+    """Dynamo-export `model` to `path` (dynamic batch, sequence and past axes) with fused ops."""
+    if attention not in ATTENTION_TARGETS:
+        raise ValueError(f"unknown attention target {attention!r}; expected one of {ATTENTION_TARGETS}")
+    cfg = model.cfg
+    example = _example_inputs(model, batch=2, seq=3, past_len=4)
+    input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
+    auto = torch.export.Dim.AUTO
+    dynamic = {
+        "input_ids": {0: auto, 1: auto},
+        "position_ids": {0: auto, 1: auto},
+        "attention_mask": {0: auto, 1: auto},
+        "logits_positions": {0: auto, 1: auto},
+        "past": [{0: auto, 2: auto} for _ in example["past"]],
+    }
+    if cfg.n_segments:
+        dynamic["token_type_ids"] = {0: auto, 1: auto}
+    program = torch.onnx.export(
+        _Flat(model.eval()),
+        (),
+        kwargs=example,
+        dynamo=True,
+        opset_version=OPSET,
+        dynamic_shapes=dynamic,
+        input_names=input_names,
+        output_names=output_names,
+        custom_translation_table=translation_table(attention),
+        optimize=True,
+        verbose=False,
+    )
+    proto = program.model_proto
+    _symbolic_io(proto, cfg, attention)
+    onnx.save(proto, str(path))
+    return proto
+
+
+def export_gpt_bundle(
+    model: GPT,
+    out_dir: str | Path,
+    *,
+    attention: str = "standard",
+    task: str = "causal-lm",
+    reference: Callable | None = None,
+    reference_name: str = "edgeinfer GPT (PyTorch eager)",
+    tokenizer_file: str | Path | None = None,
+    special_tokens: dict[str, int] | None = None,
+    generation: dict | None = None,
+    tolerance: float = 1e-4,
+    extra: dict | None = None,
+) -> dict:
+    """Export, check parity, and write the bundle folder. Returns the manifest."""
+    model = model.eval()
+    cfg = model.cfg
+    out_dir = Path(out_dir)
+    if reference is None:
+
+        def reference(ids, types):
+            return model.training_logits(ids, types)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        proto = export_onnx(model, onnx_path, attention)
+        export_seconds = time.perf_counter() - started
+        parity = measure_parity(onnx_path, model, reference, attention)
+        if not parity["max_abs_diff"] <= tolerance:
+            raise ParityError(
+                f"exported graph differs from {reference_name} by {parity['max_abs_diff']:.3g} "
+                f"(prefill {parity['prefill_max_abs_diff']:.3g}, cached step {parity['cached_step_max_abs_diff']:.3g}),"
+                f" over the tolerance {tolerance:g} by {parity['max_abs_diff'] - tolerance:.3g}; no bundle written"
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(onnx_path), out_dir / "model.onnx")
+    if tokenizer_file is not None:
+        shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
+
+    census = op_census(proto)
+    input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
+    manifest = {
+        "schema_version": 1,
+        "task": task,
+        "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None},
+        "inputs": [_io_spec(v) for v in proto.graph.input],
+        "outputs": [_io_spec(v) for v in proto.graph.output],
+        "model": {
+            "architecture": "gpt",
+            "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head,
+            "head_dim": cfg.head_dim,
+            "n_embd": cfg.n_embd,
+            "vocab_size": cfg.vocab_size,
+            "max_positions": cfg.n_positions,
+            "n_segments": cfg.n_segments,
+            "pre_ln": cfg.pre_ln,
+            "tied_lm_head": cfg.tied_lm_head,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "attention": attention,
+        "gelu": cfg.gelu,
+        "kv_cache": {
+            "layout": "shared_buffer" if attention == "contrib" else "concat",
+            "padding_side": "right" if attention == "contrib" else "left",
+            "dims": ["batch", "heads", "length", "head_dim"],
+            "past_key": "past_key_values.{layer}.key",
+            "past_value": "past_key_values.{layer}.value",
+            "present_key": "present.{layer}.key",
+            "present_value": "present.{layer}.value",
+        },
+        "fused_ops": {op: n for op, n in census.items() if op in FUSED_OP_TYPES},
+        "op_census": census,
+        "special_tokens": special_tokens or {},
+        "generation": generation or {},
+        "parity": {**parity, "tolerance": tolerance, "reference": reference_name},
+        "producer": {
+            "edgeinfer": __version__,
+            "torch": torch.__version__,
+            "onnx_opset": OPSET,
+            "export_seconds": round(export_seconds, 2),
+        },
+        **(extra or {}),
+    }
+    assert [v["name"] for v in manifest["inputs"]] == input_names
+    assert [v["name"] for v in manifest["outputs"]] == output_names
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _io_spec(value: onnx.ValueInfoProto) -> dict:
+    tensor = value.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims}

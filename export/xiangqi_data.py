@@ -1,0 +1,238 @@
+"""Xiangqi game records from fairy-stockfish self-play, for training a move model.
+
+    python -m edgeinfer.export.xiangqi_data --games 5000 --out data/xiangqi
+
+Each game opens with 2-6 random legal plies (so games differ), then fairy-stockfish
+plays both sides at a fixed node budget. Every move is replayed through
+`edgeinfer.xiangqi`, which also decides when the game ends (its rules: mate and
+stalemate lose, third repetition and the ply limit draw). Game i always uses the
+same seed, so an interrupted run resumes by appending only the missing games.
+Outputs under --out: games.jsonl (one JSON per game, unique move sequences),
+train/valid/test.txt (one game per line, ICCS moves; split by a hash of the
+moves) and config.json (the settings, checked on resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edgeinfer.errors import InputError
+from edgeinfer.xiangqi import DEFAULT_MAX_PLIES, Board, iccs_to_uci, uci_to_iccs
+
+DEFAULT_ENGINE = "/usr/games/fairy-stockfish"
+SPLITS = (("train", 90), ("valid", 95), ("test", 100))  # cumulative percent of hash buckets
+MAX_ATTEMPTS = 256  # seeds tried per game index before giving up on finding an unseen game
+
+
+class UciEngine:
+    """Minimal UCI client over pipes: just what self-play needs (new game, best move at N nodes)."""
+
+    def __init__(self, path: str, hash_mb: int = 16) -> None:
+        self._proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self._send("uci")
+        self._wait_for("uciok")
+        self.name = ""
+        for option, value in (("UCI_Variant", "xiangqi"), ("Threads", 1), ("Hash", hash_mb)):
+            self._send(f"setoption name {option} value {value}")
+        self._sync()
+
+    def _send(self, line: str) -> None:
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+
+    def _wait_for(self, prefix: str) -> str:
+        while True:
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"engine exited while waiting for {prefix!r}")
+            if line.startswith("id name "):
+                self.name = line[8:].strip()
+            if line.startswith(prefix):
+                return line.strip()
+
+    def _sync(self) -> None:
+        self._send("isready")
+        self._wait_for("readyok")
+
+    def new_game(self) -> None:
+        self._send("ucinewgame")
+        self._sync()
+
+    def best_move(self, uci_moves: list[str], nodes: int) -> str:
+        self._send("position startpos moves " + " ".join(uci_moves) if uci_moves else "position startpos")
+        self._send(f"go nodes {nodes}")
+        return self._wait_for("bestmove").split()[1]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._send("quit")
+            self._proc.wait(timeout=10)
+
+
+def game_seed(base_seed: int, index: int, attempt: int) -> int:
+    return (base_seed << 40) | (index << 8) | attempt
+
+
+def play_game(engine: UciEngine, seed: int, nodes: int, max_plies: int, opening: tuple[int, int]) -> dict:
+    """One self-play game; raises RuntimeError if the engine plays a move our rules reject."""
+    rng = random.Random(seed)
+    board = Board(max_plies=max_plies)
+    random_plies = rng.randint(*opening)
+    moves: list[str] = []
+    engine.new_game()
+    while (outcome := board.outcome()) is None:
+        try:
+            if len(moves) < random_plies:
+                move = rng.choice(board.legal_moves())
+            else:
+                move = uci_to_iccs(engine.best_move([iccs_to_uci(m) for m in moves], nodes))
+            board.push(move)
+        except InputError as exc:
+            raise RuntimeError(f"engine and rules disagree (seed {seed}, after {' '.join(moves)!r}): {exc}") from exc
+        moves.append(move)
+    return {"moves": " ".join(moves), "plies": len(moves), "result": outcome.result,
+            "winner": outcome.winner, "reason": outcome.reason}
+
+
+def load_games(path: Path) -> list[dict]:
+    """Read games.jsonl, cutting off a torn last line left by an interrupted run."""
+    if not path.exists():
+        return []
+    games, good_bytes = [], 0
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                games.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(raw)
+    if good_bytes != path.stat().st_size:
+        with path.open("rb+") as f:
+            f.truncate(good_bytes)
+    return games
+
+
+def split_of(moves: str) -> str:
+    bucket = int(hashlib.sha1(moves.encode()).hexdigest(), 16) % 100
+    return next(name for name, upto in SPLITS if bucket < upto)
+
+
+def write_splits(games: list[dict], out: Path) -> dict[str, int]:
+    lines: dict[str, list[str]] = {name: [] for name, _ in SPLITS}
+    for game in sorted(games, key=lambda g: g["index"]):
+        lines[split_of(game["moves"])].append(game["moves"])
+    for name, rows in lines.items():
+        (out / f"{name}.txt").write_text("".join(row + "\n" for row in rows))
+    return {name: len(rows) for name, rows in lines.items()}
+
+
+def write_position_fixture(games: list[dict], path: Path, size: int, seed: int = 0) -> int:
+    """Sample FENs from real self-play games for the rules cross-check test (one position per game,
+    plus final positions of games that ended with no legal move, so mate/stalemate get checked too)."""
+    rng = random.Random(seed)
+    picked = rng.sample(games, min(size, len(games)))
+    fens: dict[str, None] = {}
+    for game in picked:
+        moves = game["moves"].split()
+        fens[Board.from_moves(moves[: rng.randint(0, len(moves))], max_plies=None).fen()] = None
+    terminal = [g for g in games if g["reason"] in ("checkmate", "stalemate")]
+    for game in rng.sample(terminal, min(len(terminal), max(1, size // 20))):
+        fens[Board.from_moves(game["moves"], max_plies=None).fen()] = None
+    header = (f"# {len(fens)} Xiangqi positions sampled from fairy-stockfish self-play games "
+              "(edgeinfer.export.xiangqi_data --fixture); one FEN per line\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "".join(fen + "\n" for fen in fens))
+    return len(fens)
+
+
+def _check_config(out: Path, config: dict) -> None:
+    path = out / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != config:
+            raise SystemExit(f"{path} was written with different settings {old}; "
+                             f"rerun with those or use another --out (now {config})")
+    else:
+        path.write_text(json.dumps(config, indent=1) + "\n")
+
+
+def generate(args: argparse.Namespace) -> list[dict]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, {"seed": args.seed, "nodes": args.nodes, "max_plies": args.max_plies,
+                        "opening_plies": list(args.opening_plies)})
+    games_path = out / "games.jsonl"
+    games = load_games(games_path)
+    done = {g["index"] for g in games}
+    seen = {g["moves"] for g in games}
+    todo = [i for i in range(args.games) if i not in done]
+    if not todo:
+        return games
+    engine = UciEngine(args.engine)
+    start = time.perf_counter()
+    try:
+        with games_path.open("a") as f, tqdm(todo, desc="self-play games", unit="game") as bar:
+            for index in bar:
+                for attempt in range(MAX_ATTEMPTS):
+                    seed = game_seed(args.seed, index, attempt)
+                    game = play_game(engine, seed, args.nodes, args.max_plies, args.opening_plies)
+                    if game["moves"] not in seen:
+                        break
+                else:
+                    raise RuntimeError(f"game {index}: {MAX_ATTEMPTS} seeds all repeated earlier games")
+                record = {"index": index, "seed": seed, **game}
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                seen.add(game["moves"])
+                games.append(record)
+    finally:
+        engine.close()
+    elapsed = time.perf_counter() - start
+    print(f"played {len(todo)} games in {elapsed:.0f} s ({elapsed / len(todo):.2f} s/game) with {engine.name}")
+    return games
+
+
+def _opening(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--games", type=int, default=5000, help="number of game indices to have (default 5000)")
+    parser.add_argument("--out", type=Path, default=Path("data/xiangqi"))
+    parser.add_argument("--nodes", type=int, default=300, help="engine node budget per move (default 300)")
+    parser.add_argument("--max-plies", type=int, default=DEFAULT_MAX_PLIES, help="draw after this many plies")
+    parser.add_argument("--opening-plies", type=_opening, default=(2, 6), metavar="LO-HI",
+                        help="random legal plies before the engine takes over (default 2-6)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; game i uses a seed derived from it and i")
+    parser.add_argument("--engine", default=shutil.which("fairy-stockfish") or DEFAULT_ENGINE)
+    parser.add_argument("--fixture", type=Path, help="also write sampled FENs here (tests/data/xiangqi_positions.txt)")
+    parser.add_argument("--fixture-size", type=int, default=2500)
+    args = parser.parse_args(argv)
+
+    games = generate(args)
+    counts = write_splits(games, args.out)
+    reasons = Counter(f"{g['result']} {g['reason']}" for g in games)
+    plies = sum(g["plies"] for g in games) / max(len(games), 1)
+    print(f"{len(games)} games in {args.out / 'games.jsonl'} (mean {plies:.0f} plies); "
+          + ", ".join(f"{name} {n}" for name, n in counts.items()))
+    print("results: " + ", ".join(f"{key}: {n}" for key, n in reasons.most_common()))
+    if args.fixture:
+        n = write_position_fixture(games, args.fixture, args.fixture_size)
+        print(f"wrote {n} positions to {args.fixture}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Torch side of the fused ops: modules the training models use, each exporting to a single ONNX node.
+
+In eager mode (training, parity checks) everything is plain differentiable torch. While torch.export traces
+a model (`torch.compiler.is_exporting()`), the same calls go through custom ops in the `edgeinfer`
+namespace, which `kernels.onnx_emit` translates into one ONNX node each. Needs torch (the [export] extra).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .gelu import SIGMOID_ALPHA, check_form
+
+
+# ---------------------------------------------------------------- GELU
+@torch.library.custom_op("edgeinfer::quick_gelu", mutates_args=())
+def quick_gelu_op(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return x * torch.sigmoid(alpha * x)
+
+
+@quick_gelu_op.register_fake
+def _quick_gelu_fake(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class Gelu(torch.nn.Module):
+    """GELU in one of the forms of `kernels.gelu`; exact and tanh export as ONNX `Gelu` natively."""
+
+    def __init__(self, form: str = "exact") -> None:
+        super().__init__()
+        self.form = check_form(form)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "sigmoid":
+            if torch.compiler.is_exporting():
+                return quick_gelu_op(x, SIGMOID_ALPHA)
+            return x * torch.sigmoid(SIGMOID_ALPHA * x)
+        return F.gelu(x, approximate="none" if self.form == "exact" else "tanh")
+
+    def extra_repr(self) -> str:
+        return f"form={self.form!r}"
+
+
+# ---------------------------------------------------------------- attention
+def _attention_eager(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch, q_len, hidden = q.shape
+    head_dim = hidden // num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, -1, num_heads, head_dim).transpose(1, 2)
+
+    keys = torch.cat([past_k, heads(k)], dim=2)
+    values = torch.cat([past_v, heads(v)], dim=2)
+    total = keys.shape[2]
+    key_pos = torch.arange(total, device=q.device)
+    query_pos = torch.arange(q_len, device=q.device) + (total - q_len)
+    visible = (key_pos[None, :] <= query_pos[:, None])[None, None] & (attention_mask[:, None, None, :] != 0)
+    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device)
+    bias = bias.masked_fill(~visible, torch.finfo(q.dtype).min)
+    out = F.scaled_dot_product_attention(heads(q), keys, values, attn_mask=bias)
+    return out.transpose(1, 2).reshape(batch, q_len, hidden), keys, values
+
+
+@torch.library.custom_op("edgeinfer::attention", mutates_args=())
+def attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(t.clone() for t in _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads))
+
+
+@attention_op.register_fake
+def _attention_fake(q, k, v, past_k, past_v, attention_mask, num_heads):
+    batch, heads, past, head_dim = past_k.shape
+    cache_shape = (q.shape[0], heads, past + q.shape[1], head_dim)
+    return torch.empty_like(q), past_k.new_empty(cache_shape), past_v.new_empty(cache_shape)
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal attention over [past, new] keys with a (batch, past+new) 0/1 key mask.
+
+    q, k, v: (batch, seq, heads*head_dim); past_k/v: (batch, heads, past, head_dim). Returns the attention
+    output and the present caches (batch, heads, past+seq, head_dim). Same function as
+    `kernels.attention.attention_reference`.
+    """
+    if torch.compiler.is_exporting():
+        return attention_op(q, k, v, past_k, past_v, attention_mask, num_heads)
+    return _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads)

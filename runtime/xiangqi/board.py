@@ -1,0 +1,374 @@
+"""The Xiangqi position: FEN in/out, legal moves, make/unmake, check and game end.
+
+Moves are ICCS strings at the API ('h2e2') and ints (``from << 7 | to``) inside,
+so the hot loops (legal-move generation, perft) never build strings. Make/unmake
+edits one list in place and keeps an undo stack, which is much cheaper than
+copying the board for every move tried.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..errors import InputError
+from .notation import START_FEN, format_move, format_placement, parse_fen, parse_move, square_name
+from .tables import (
+    ADVISOR,
+    ADVISOR_MOVES,
+    ADVISOR_SQUARES,
+    BLACK,
+    CANNON,
+    ELEPHANT,
+    ELEPHANT_MOVES,
+    ELEPHANT_SQUARES,
+    FROM_SENSITIVE,
+    HORSE,
+    HORSE_ATTACKERS,
+    HORSE_MOVES,
+    KING,
+    KING_MOVES,
+    MAX_COUNT,
+    PALACE,
+    PAWN,
+    PAWN_ATTACKERS,
+    PAWN_MOVES,
+    PAWN_SQUARES,
+    PIECE_NAMES,
+    RAYS,
+    RED,
+    ROOK,
+    SQUARES,
+    TO_SENSITIVE,
+    file_of,
+    side_name,
+)
+
+DEFAULT_MAX_PLIES = 300
+REPETITION_COUNT = 3
+
+_rng = random.Random(0x5A0B1)
+# Zobrist keys indexed by piece + 7 (pieces are -7..7), so repetition detection is one dict-free compare.
+_ZOBRIST = [[_rng.getrandbits(64) for _ in range(SQUARES)] for _ in range(15)]
+_SIDE_KEY = _rng.getrandbits(64)
+# Where each restricted piece kind may stand at all; a FEN with one elsewhere cannot come from a game.
+_ALLOWED_SQUARES = {KING: PALACE, ADVISOR: ADVISOR_SQUARES, ELEPHANT: ELEPHANT_SQUARES, PAWN: PAWN_SQUARES}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a finished game ended. `winner` is 'red', 'black' or None for a draw."""
+
+    winner: str | None
+    reason: str  # 'checkmate', 'stalemate', 'repetition' or 'move_limit'
+
+    @property
+    def result(self) -> str:
+        """PGN-style score from red's point of view: '1-0', '0-1' or '1/2-1/2'."""
+        return {"red": "1-0", "black": "0-1", None: "1/2-1/2"}[self.winner]
+
+
+class Board:
+    """A Xiangqi position plus the moves that led to it (for unmake and repetition).
+
+    Game-end rules (see `outcome`): no legal move loses for the side to move, whether
+    in check (checkmate) or not (stalemate); the same position with the same side to
+    move occurring for the 3rd time is a draw (perpetual-check/chase rules are not
+    modelled); reaching `max_plies` plies (counted from the game start via the FEN's
+    move number; None disables it) is a draw.
+    """
+
+    def __init__(self, fen: str = START_FEN, *, max_plies: int | None = DEFAULT_MAX_PLIES) -> None:
+        parsed = parse_fen(fen)
+        self.squares: list[int] = parsed.squares  # read-only for callers: index rank * 9 + file
+        self.side: int = parsed.side
+        self.halfmove: int = parsed.halfmove
+        self.fullmove: int = parsed.fullmove
+        self.max_plies = max_plies
+        self._stack: list[tuple[int, int, int, int]] = []  # (move, captured, halfmove, hash before)
+        self.kings = {RED: -1, BLACK: -1}
+        self._validate(fen)
+        self._hash = self._compute_hash()
+
+    # ---- construction and text -------------------------------------------------
+
+    @classmethod
+    def from_moves(cls, moves: Iterable[str] | str, fen: str | None = None, **kwargs) -> Board:
+        """Replay ICCS moves (a list or one space-separated string) from `fen` (default: start)."""
+        board = cls(fen or START_FEN, **kwargs)
+        for move in moves.split() if isinstance(moves, str) else moves:
+            board.push(move)
+        return board
+
+    def _validate(self, fen: str) -> None:
+        counts: dict[int, int] = {}
+        for sq, piece in enumerate(self.squares):
+            if piece == 0:
+                continue
+            counts[piece] = counts.get(piece, 0) + 1
+            side, kind = (RED if piece > 0 else BLACK), abs(piece)
+            allowed = _ALLOWED_SQUARES.get(kind)
+            if allowed is not None and sq not in allowed[side]:
+                raise InputError(f"bad FEN: {side_name(side)} {PIECE_NAMES[kind]} on {square_name(sq)} "
+                                 f"stands where a {PIECE_NAMES[kind]} can never be ({fen!r})")
+            if kind == KING:
+                self.kings[side] = sq
+        for side in (RED, BLACK):
+            for kind, most in MAX_COUNT.items():
+                n = counts.get(kind * side, 0)
+                if kind == KING and n == 0:
+                    raise InputError(f"bad FEN: {side_name(side)} has no king ({fen!r})")
+                if n > most:
+                    raise InputError(f"bad FEN: {side_name(side)} has {n} {PIECE_NAMES[kind]}s, at most {most} "
+                                     f"({fen!r})")
+        if self._kings_facing():
+            raise InputError(f"bad FEN: two kings face each other with {side_name(self.side)} to move ({fen!r})")
+        if self._attacked(self.kings[-self.side], -self.side):
+            raise InputError(f"bad FEN: {side_name(-self.side)} is in check but {side_name(self.side)} is to move, "
+                             f"so its king could be captured ({fen!r})")
+
+    def _compute_hash(self) -> int:
+        h = _SIDE_KEY if self.side == BLACK else 0
+        for sq, piece in enumerate(self.squares):
+            if piece:
+                h ^= _ZOBRIST[piece + 7][sq]
+        return h
+
+    def fen(self) -> str:
+        """Standard Xiangqi FEN, as pyffish/fairy-stockfish write it."""
+        side = "w" if self.side == RED else "b"
+        return f"{format_placement(self.squares)} {side} - - {self.halfmove} {self.fullmove}"
+
+    @property
+    def turn(self) -> str:
+        """'red' or 'black': the side to move."""
+        return side_name(self.side)
+
+    @property
+    def ply(self) -> int:
+        """Plies played since the game start, derived from the FEN move number."""
+        return 2 * (self.fullmove - 1) + (self.side == BLACK)
+
+    @property
+    def move_stack(self) -> list[str]:
+        """ICCS moves pushed on this board, oldest first."""
+        return [format_move(entry[0]) for entry in self._stack]
+
+    def __repr__(self) -> str:
+        return f"Board({self.fen()!r})"
+
+    # ---- attacks ---------------------------------------------------------------
+
+    def _attacked(self, ksq: int, side: int) -> bool:
+        """Is `side`'s king on `ksq` attacked (the flying general counts as a rook-like attack)?"""
+        sq = self.squares
+        opp = -side
+        rook, cannon, king = ROOK * opp, CANNON * opp, KING * opp
+        for ray in RAYS[ksq]:
+            screened = False
+            for t in ray:
+                q = sq[t]
+                if q == 0:
+                    continue
+                if screened:
+                    if q == cannon:
+                        return True
+                    break
+                if q == rook or q == king:
+                    return True
+                screened = True
+        horse = HORSE * opp
+        for h, leg in HORSE_ATTACKERS[ksq]:
+            if sq[h] == horse and sq[leg] == 0:
+                return True
+        pawn = PAWN * opp
+        for p in PAWN_ATTACKERS[opp][ksq]:
+            if sq[p] == pawn:
+                return True
+        return False
+
+    def _kings_facing(self) -> bool:
+        red, black = self.kings[RED], self.kings[BLACK]
+        if file_of(red) != file_of(black):
+            return False
+        return all(self.squares[s] == 0 for s in range(red + 9, black, 9))
+
+    def is_check(self) -> bool:
+        """Is the side to move in check?"""
+        return self._attacked(self.kings[self.side], self.side)
+
+    # ---- move generation -------------------------------------------------------
+
+    def _pseudo_moves(self) -> list[int]:
+        """Moves that follow each piece's movement rules, ignoring whether the own king ends up attacked."""
+        sq = self.squares
+        side = self.side
+        moves: list[int] = []
+        add = moves.append
+        for s in range(SQUARES):
+            kind = sq[s] * side
+            if kind <= 0:
+                continue
+            base = s << 7
+            if kind == ROOK:
+                for ray in RAYS[s]:
+                    for t in ray:
+                        q = sq[t]
+                        if q == 0:
+                            add(base | t)
+                        else:
+                            if q * side < 0:
+                                add(base | t)
+                            break
+            elif kind == CANNON:
+                for ray in RAYS[s]:
+                    screened = False
+                    for t in ray:
+                        q = sq[t]
+                        if not screened:
+                            if q == 0:
+                                add(base | t)
+                            else:
+                                screened = True
+                        elif q:
+                            if q * side < 0:
+                                add(base | t)
+                            break
+            elif kind == HORSE:
+                for t, leg in HORSE_MOVES[s]:
+                    if sq[leg] == 0 and sq[t] * side <= 0:
+                        add(base | t)
+            elif kind == PAWN:
+                for t in PAWN_MOVES[side][s]:
+                    if sq[t] * side <= 0:
+                        add(base | t)
+            elif kind == ELEPHANT:
+                for t, eye in ELEPHANT_MOVES[s]:
+                    if sq[eye] == 0 and sq[t] * side <= 0:
+                        add(base | t)
+            elif kind == ADVISOR:
+                for t in ADVISOR_MOVES[s]:
+                    if sq[t] * side <= 0:
+                        add(base | t)
+            else:
+                for t in KING_MOVES[s]:
+                    if sq[t] * side <= 0:
+                        add(base | t)
+        return moves
+
+    def _legal(self) -> list[int]:
+        """Pseudo-legal moves that do not leave the own king attacked (or facing the other king)."""
+        sq = self.squares
+        side = self.side
+        ksq = self.kings[side]
+        attacked = self._attacked
+        in_check = attacked(ksq, side)
+        from_sens, to_sens = FROM_SENSITIVE[ksq], TO_SENSITIVE[ksq]
+        legal: list[int] = []
+        for m in self._pseudo_moves():
+            fr, to = m >> 7, m & 127
+            if not in_check and fr != ksq and not from_sens[fr] and not to_sens[to]:
+                legal.append(m)
+                continue
+            captured = sq[to]
+            sq[to] = sq[fr]
+            sq[fr] = 0
+            if not attacked(to if fr == ksq else ksq, side):
+                legal.append(m)
+            sq[fr] = sq[to]
+            sq[to] = captured
+        return legal
+
+    def legal_moves(self) -> list[str]:
+        """All legal moves for the side to move, as sorted ICCS strings."""
+        return sorted(format_move(m) for m in self._legal())
+
+    # ---- make / unmake ---------------------------------------------------------
+
+    def _make(self, m: int) -> None:
+        fr, to = m >> 7, m & 127
+        sq = self.squares
+        piece, captured = sq[fr], sq[to]
+        h = self._hash
+        self._stack.append((m, captured, self.halfmove, h))
+        zp = _ZOBRIST[piece + 7]
+        h ^= zp[fr] ^ zp[to] ^ _SIDE_KEY
+        if captured:
+            h ^= _ZOBRIST[captured + 7][to]
+            self.halfmove = 0
+        else:
+            self.halfmove += 1
+        sq[to] = piece
+        sq[fr] = 0
+        if piece == KING or piece == -KING:
+            self.kings[self.side] = to
+        if self.side == BLACK:
+            self.fullmove += 1
+        self.side = -self.side
+        self._hash = h
+
+    def _unmake(self) -> None:
+        m, captured, self.halfmove, self._hash = self._stack.pop()
+        fr, to = m >> 7, m & 127
+        sq = self.squares
+        piece = sq[to]
+        sq[fr] = piece
+        sq[to] = captured
+        self.side = -self.side
+        if self.side == BLACK:
+            self.fullmove -= 1
+        if piece == KING or piece == -KING:
+            self.kings[self.side] = fr
+
+    def push(self, move: str) -> None:
+        """Play an ICCS move; raises InputError saying why if it is malformed or illegal here."""
+        m = parse_move(move)
+        if m not in self._legal():
+            raise InputError(f"illegal move {move!r} in position {self.fen()!r}: {self._why_illegal(m)}")
+        self._make(m)
+
+    def pop(self) -> str:
+        """Take back the last pushed move and return it (ICCS)."""
+        if not self._stack:
+            raise InputError("no move to take back: the move stack is empty")
+        move = format_move(self._stack[-1][0])
+        self._unmake()
+        return move
+
+    def _why_illegal(self, m: int) -> str:
+        fr, to = m >> 7, m & 127
+        piece, target = self.squares[fr], self.squares[to]
+        me = side_name(self.side)
+        if piece == 0:
+            return f"there is no piece on {square_name(fr)}"
+        name = f"{side_name(1 if piece > 0 else -1)} {PIECE_NAMES[abs(piece)]}"
+        if piece * self.side < 0:
+            return f"the piece on {square_name(fr)} is a {name} but {me} is to move"
+        if target * self.side > 0:
+            return f"{square_name(to)} is occupied by {me}'s own {PIECE_NAMES[abs(target)]}"
+        if m not in self._pseudo_moves():
+            return f"a {name} cannot move from {square_name(fr)} to {square_name(to)}"
+        self._make(m)
+        facing = self._kings_facing()
+        self._unmake()
+        if facing:
+            return "it would leave the two kings facing each other on an open file"
+        return f"it would leave {me}'s king in check"
+
+    # ---- game end --------------------------------------------------------------
+
+    def repetitions(self) -> int:
+        """How many times the current position (same side to move) has occurred, this time included."""
+        h = self._hash
+        return 1 + sum(1 for entry in self._stack if entry[3] == h)
+
+    def outcome(self) -> Outcome | None:
+        """None while the game goes on, else who won and why (rules in the class docstring)."""
+        if not self._legal():
+            return Outcome(side_name(-self.side), "checkmate" if self.is_check() else "stalemate")
+        if self.repetitions() >= REPETITION_COUNT:
+            return Outcome(None, "repetition")
+        if self.max_plies is not None and self.ply >= self.max_plies:
+            return Outcome(None, "move_limit")
+        return None
