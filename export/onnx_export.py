@@ -29,7 +29,11 @@ FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu")
 DECOMPOSED_OP_TYPES = ("Erf", "Tanh", "Softmax")
 
 
-class ParityError(EdgeInferError):
+class ExportError(EdgeInferError):
+    """The model cannot be exported as asked."""
+
+
+class ParityError(ExportError):
     """The exported graph does not compute what the PyTorch model computes."""
 
 
@@ -158,8 +162,13 @@ def measure_parity(
 def export_onnx(model: GPT, path: Path, attention: str) -> onnx.ModelProto:
     """Dynamo-export `model` to `path` (dynamic batch, sequence and past axes) with fused ops."""
     if attention not in ATTENTION_TARGETS:
-        raise ValueError(f"unknown attention target {attention!r}; expected one of {ATTENTION_TARGETS}")
+        raise ExportError(f"unknown attention target {attention!r}; expected one of {ATTENTION_TARGETS}")
     cfg = model.cfg
+    if attention == "contrib" and cfg.head_dim % 8:
+        raise ExportError(
+            f"the contrib target (GroupQueryAttention) needs a head size that is a multiple of 8; this model's is "
+            f"{cfg.head_dim} ({cfg.n_embd}/{cfg.n_head}): export with attention 'standard'"
+        )
     example = _example_inputs(model, batch=2, seq=3, past_len=4)
     input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
     auto = torch.export.Dim.AUTO

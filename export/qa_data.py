@@ -1,4 +1,4 @@
-"""Chinese extractive-QA data built from real text that installs offline-by-name.
+"""Chinese extractive-QA data built from real text shipped in installable packages.
 
 Three sources, each turned into WebQA/SogouQA-style examples (a question, 3-5
 passages of which some are distractors without the answer, and verified
@@ -71,6 +71,7 @@ def crop(text: str, center: int, width: int) -> str:
 
 
 def cjk_ratio(text: str) -> float:
+    """Share of CJK ideographs: filters out the technical (gdb, shell) fortunes."""
     return len(CJK.findall(text)) / max(1, len(text))
 
 
@@ -85,7 +86,7 @@ def idiom_items(rng: random.Random) -> list[Item]:
     items, seen = [], set()
     for row in rows:
         word, expl, deriv, example = row["word"], row["explanation"], row["derivation"], row["example"]
-        if not CJK.fullmatch(word[:1] or "x") or len(word) > 12:
+        if not CJK.match(word) or len(word) > 12:
             continue
         views = {"def": f"{word}（{row['pinyin']}）：{expl}"[:MAX_PASSAGE]}
         if deriv != "无":

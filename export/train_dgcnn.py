@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jieba
 import numpy as np
+import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
@@ -54,11 +55,13 @@ class Segmenter:
 
 
 def load(path: Path) -> list[dict]:
+    """Examples of one split, as written by qa_data."""
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
 def texts_of(examples: list[dict]) -> Iterator[str]:
+    """Distinct questions and passages, in first-seen order (vocab counts each text once)."""
     seen: set[str] = set()
     for ex in examples:
         for text in [ex["question"]] + [p["text"] for p in ex["passages"]]:
@@ -77,6 +80,7 @@ def build_vocab(counts: Counter[str], min_count: int, max_size: int) -> dict[str
 
 
 def make_pairs(examples: list[dict], seg: Segmenter, chars: dict[str, int], words: dict[str, int]) -> list[Pair]:
+    """Flatten examples to (question, passage) pairs with inclusive start/end target positions."""
     pairs = []
     for qid, ex in enumerate(examples):
         q = encode(seg(ex["question"]), chars, words)
@@ -127,6 +131,7 @@ def epoch_sample(pairs: list[Pair], negatives: int, rng: random.Random) -> list[
 
 
 def char_f1(pred: str, gold: str) -> float:
+    """Character-overlap F1, the usual metric for Chinese extractive QA."""
     common = sum((Counter(pred) & Counter(gold)).values())
     if common == 0:
         return 0.0
@@ -158,8 +163,6 @@ def evaluate(model: DGCNNReader, examples: list[dict], pairs: list[Pair], batch_
 
 def check_onnx(model: DGCNNReader, pairs: list[Pair], path: Path) -> dict[str, float | str]:
     """Export with dynamic batch/lengths and compare onnxruntime with torch on a differently shaped batch."""
-    import onnxruntime as ort
-
     model.eval()
     batch = collate(pairs[:4])
     names = ("q_chars", "q_words", "p_chars", "p_words")

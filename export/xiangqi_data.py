@@ -15,6 +15,7 @@ moves) and config.json (the settings, checked on resume).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import random
@@ -22,6 +23,8 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -40,9 +43,9 @@ class UciEngine:
     def __init__(self, path: str, hash_mb: int = 16) -> None:
         self._proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.name = ""
         self._send("uci")
         self._wait_for("uciok")
-        self.name = ""
         for option, value in (("UCI_Variant", "xiangqi"), ("Threads", 1), ("Hash", hash_mb)):
             self._send(f"setoption name {option} value {value}")
         self._sync()
@@ -81,6 +84,7 @@ class UciEngine:
 
 
 def game_seed(base_seed: int, index: int, attempt: int) -> int:
+    """Seed of game `index`: fixed per index so resumed runs replay the same games."""
     return (base_seed << 40) | (index << 8) | attempt
 
 
@@ -90,17 +94,19 @@ def play_game(engine: UciEngine, seed: int, nodes: int, max_plies: int, opening:
     board = Board(max_plies=max_plies)
     random_plies = rng.randint(*opening)
     moves: list[str] = []
+    uci_moves: list[str] = []  # kept alongside so each engine call does not reconvert the whole game
     engine.new_game()
     while (outcome := board.outcome()) is None:
         try:
             if len(moves) < random_plies:
                 move = rng.choice(board.legal_moves())
             else:
-                move = uci_to_iccs(engine.best_move([iccs_to_uci(m) for m in moves], nodes))
+                move = uci_to_iccs(engine.best_move(uci_moves, nodes))
             board.push(move)
         except InputError as exc:
             raise RuntimeError(f"engine and rules disagree (seed {seed}, after {' '.join(moves)!r}): {exc}") from exc
         moves.append(move)
+        uci_moves.append(iccs_to_uci(move))
     return {"moves": " ".join(moves), "plies": len(moves), "result": outcome.result,
             "winner": outcome.winner, "reason": outcome.reason}
 
@@ -112,6 +118,8 @@ def load_games(path: Path) -> list[dict]:
     games, good_bytes = [], 0
     with path.open("rb") as f:
         for raw in f:
+            if not raw.endswith(b"\n"):
+                break
             try:
                 games.append(json.loads(raw))
             except json.JSONDecodeError:
@@ -167,9 +175,20 @@ def _check_config(out: Path, config: dict) -> None:
         path.write_text(json.dumps(config, indent=1) + "\n")
 
 
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Two runs appending to one games.jsonl would write duplicate games; refuse the second."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another run is already writing to {out}") from None
+        yield
+
+
 def generate(args: argparse.Namespace) -> list[dict]:
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     _check_config(out, {"seed": args.seed, "nodes": args.nodes, "max_plies": args.max_plies,
                         "opening_plies": list(args.opening_plies)})
     games_path = out / "games.jsonl"
@@ -212,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--games", type=int, default=5000, help="number of game indices to have (default 5000)")
     parser.add_argument("--out", type=Path, default=Path("data/xiangqi"))
-    parser.add_argument("--nodes", type=int, default=300, help="engine node budget per move (default 300)")
+    parser.add_argument("--nodes", type=int, default=100, help="engine node budget per move (default 100)")
     parser.add_argument("--max-plies", type=int, default=DEFAULT_MAX_PLIES, help="draw after this many plies")
     parser.add_argument("--opening-plies", type=_opening, default=(2, 6), metavar="LO-HI",
                         help="random legal plies before the engine takes over (default 2-6)")
@@ -222,8 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fixture-size", type=int, default=2500)
     args = parser.parse_args(argv)
 
-    games = generate(args)
-    counts = write_splits(games, args.out)
+    with _exclusive(args.out):
+        games = generate(args)
+        counts = write_splits(games, args.out)
     reasons = Counter(f"{g['result']} {g['reason']}" for g in games)
     plies = sum(g["plies"] for g in games) / max(len(games), 1)
     print(f"{len(games)} games in {args.out / 'games.jsonl'} (mean {plies:.0f} plies); "

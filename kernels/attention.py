@@ -31,7 +31,7 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
 
 def visible_keys(key_mask: np.ndarray, query_len: int) -> np.ndarray:
     """Boolean (B, 1, S, T): which keys each query may attend to (causal and key padding together)."""
-    b, total = key_mask.shape
+    total = key_mask.shape[1]
     past = total - query_len
     causal = np.arange(total)[None, :] <= (past + np.arange(query_len))[:, None]
     return causal[None, None] & (key_mask[:, None, None, :] != 0)
@@ -56,7 +56,7 @@ def attention_reference(
     if past_k is not None:
         kh = np.concatenate([past_k.astype(np.float64), kh], axis=2)
         vh = np.concatenate([past_v.astype(np.float64), vh], axis=2)
-    b, h, s, d = qh.shape
+    b, _, s, d = qh.shape
     total = kh.shape[2]
     if key_mask is None:
         key_mask = np.ones((b, total), dtype=np.int64)

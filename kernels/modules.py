@@ -85,7 +85,7 @@ def attention_op(
 
 @attention_op.register_fake
 def _attention_fake(q, k, v, past_k, past_v, attention_mask, num_heads):
-    batch, heads, past, head_dim = past_k.shape
+    _, heads, past, head_dim = past_k.shape
     cache_shape = (q.shape[0], heads, past + q.shape[1], head_dim)
     return torch.empty_like(q), past_k.new_empty(cache_shape), past_v.new_empty(cache_shape)
 

@@ -15,7 +15,7 @@ import sys
 
 from .errors import EdgeInferError
 
-SUBCOMMANDS = ["export", "logits"]
+SUBCOMMANDS = ["export", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:

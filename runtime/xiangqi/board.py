@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import InputError
-from .notation import START_FEN, format_move, format_placement, parse_fen, parse_move, square_name
+from .notation import (
+    START_FEN,
+    format_move,
+    format_placement,
+    parse_fen,
+    parse_move,
+    square_name,
+)
 from .tables import (
     ADVISOR,
     ADVISOR_MOVES,
@@ -80,6 +87,8 @@ class Board:
     """
 
     def __init__(self, fen: str = START_FEN, *, max_plies: int | None = DEFAULT_MAX_PLIES) -> None:
+        if max_plies is not None and max_plies < 1:
+            raise InputError(f"max_plies must be a positive number of plies or None, got {max_plies}")
         parsed = parse_fen(fen)
         self.squares: list[int] = parsed.squares  # read-only for callers: index rank * 9 + file
         self.side: int = parsed.side
@@ -94,9 +103,10 @@ class Board:
     # ---- construction and text -------------------------------------------------
 
     @classmethod
-    def from_moves(cls, moves: Iterable[str] | str, fen: str | None = None, **kwargs) -> Board:
+    def from_moves(cls, moves: Iterable[str] | str, fen: str | None = None, *,
+                   max_plies: int | None = DEFAULT_MAX_PLIES) -> Board:
         """Replay ICCS moves (a list or one space-separated string) from `fen` (default: start)."""
-        board = cls(fen or START_FEN, **kwargs)
+        board = cls(fen or START_FEN, max_plies=max_plies)
         for move in moves.split() if isinstance(moves, str) else moves:
             board.push(move)
         return board
@@ -111,7 +121,7 @@ class Board:
             allowed = _ALLOWED_SQUARES.get(kind)
             if allowed is not None and sq not in allowed[side]:
                 raise InputError(f"bad FEN: {side_name(side)} {PIECE_NAMES[kind]} on {square_name(sq)} "
-                                 f"stands where a {PIECE_NAMES[kind]} can never be ({fen!r})")
+                                 f"is on a square no {PIECE_NAMES[kind]} can reach ({fen!r})")
             if kind == KING:
                 self.kings[side] = sq
         for side in (RED, BLACK):

@@ -98,7 +98,9 @@ class ParsedFen:
 
 def parse_fen(fen: str) -> ParsedFen:
     """Split a FEN into placement, side and counters; only syntax is checked here (legality is Board's job)."""
-    if not isinstance(fen, str) or not fen.strip():
+    if not isinstance(fen, str):
+        raise InputError(f"bad FEN: expected a string, got {type(fen).__name__}")
+    if not fen.strip():
         raise InputError("bad FEN: empty")
     fields = fen.split()
     rows = fields[0].split("/")

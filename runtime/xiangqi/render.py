@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from .board import Board
 from .notation import FILE_LETTERS, piece_letter
-from .tables import ADVISOR, CANNON, ELEPHANT, FILES, HORSE, KING, PAWN, RANKS, ROOK, square
+from .tables import (
+    ADVISOR,
+    CANNON,
+    ELEPHANT,
+    FILES,
+    HORSE,
+    KING,
+    PAWN,
+    RANKS,
+    ROOK,
+    square,
+)
 
 # Red and black use different characters for every piece, so sides stay distinct without colour.
 _CHINESE = {

@@ -1,0 +1,73 @@
+"""A loaded decoder bundle (GPT): checks and scoring without a cache. Decoding lives in the decode engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .session import open_session
+
+
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Absolute position of each token: count of real tokens before it (left or right padding alike)."""
+    return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
+
+
+class CausalLM:
+    """A GPT bundle opened on an onnxruntime session."""
+
+    def __init__(self, folder: Path, manifest: dict, device: str = "auto", threads: int | None = None) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads)
+        cfg = manifest["model"]
+        self.n_layer, self.n_head, self.head_dim = cfg["n_layer"], cfg["n_head"], cfg["head_dim"]
+        self.vocab_size, self.max_positions = cfg["vocab_size"], cfg["max_positions"]
+        self.uses_segments = bool(cfg.get("n_segments"))
+        kv = manifest["kv_cache"]
+        self.shared_cache = kv["layout"] == "shared_buffer"
+        self.past_names = [kv[f"past_{part}"].format(layer=i) for i in range(self.n_layer) for part in ("key", "value")]
+
+    @property
+    def provider(self) -> str:
+        return self.providers.name
+
+    def _check_ids(self, input_ids, name: str = "input_ids") -> np.ndarray:
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+            raise InputError(f"{name} must be a non-empty (batch, seq) array of token ids, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"{name} must hold integers, got dtype {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise InputError(f"{name} holds ids outside [0, {self.vocab_size}): min {ids.min()}, max {ids.max()}")
+        if ids.shape[1] > self.max_positions:
+            raise InputError(f"sequence of {ids.shape[1]} tokens exceeds the model's {self.max_positions} positions")
+        return ids.astype(np.int64)
+
+    def logits(self, input_ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        """Logits (batch, seq, vocab) for every position of a batch, without a cache.
+
+        attention_mask marks real tokens with 1 (left or right padding); padded positions give meaningless rows.
+        """
+        ids = self._check_ids(input_ids)
+        batch, seq = ids.shape
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        if mask.shape != ids.shape:
+            raise InputError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}")
+        cache_len = seq if self.shared_cache else 0
+        empty = np.zeros((batch, self.n_head, cache_len, self.head_dim), dtype=np.float32)
+        feeds = {
+            "input_ids": ids,
+            "position_ids": positions_from_mask(mask),
+            "attention_mask": mask,
+            "logits_positions": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
+            **{name: empty for name in self.past_names},
+        }
+        if self.uses_segments:
+            types = np.zeros_like(ids) if token_type_ids is None else self._check_ids(token_type_ids, "token_type_ids")
+            feeds["token_type_ids"] = types
+        return self.session.run(["logits"], feeds)[0]

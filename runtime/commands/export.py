@@ -1,0 +1,36 @@
+"""`edgeinfer export`: a Hugging Face checkpoint folder -> a bundle (needs the [export] extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+
+HELP = "export a Hugging Face checkpoint folder to a bundle (needs edgeinfer[export])"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from-hf", required=True, metavar="DIR", help="local GPT2LMHeadModel checkpoint folder")
+    parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
+    parser.add_argument("--attention", choices=["standard", "contrib"], default="standard",
+                        help="opset-23 Attention (any provider) or onnxruntime GroupQueryAttention (in-place cache)")
+    parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
+                        help="GELU form to emit (default: the checkpoint's own)")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| allowed against PyTorch")
+
+
+def run(args: argparse.Namespace) -> tuple[dict, str]:
+    try:
+        from edgeinfer.export.hf_bundle import export_hf_checkpoint
+    except ImportError as exc:
+        raise InputError(f"export needs the [export] extra (pip install 'edgeinfer[export]'): {exc}") from exc
+    manifest = export_hf_checkpoint(args.from_hf, args.out, attention=args.attention, gelu=args.gelu,
+                                    tolerance=args.tolerance)
+    parity = manifest["parity"]
+    text = (
+        f"wrote {args.out}: {manifest['model']['n_layer']} layers, attention={manifest['attention']}, "
+        f"gelu={manifest['gelu']}, fused ops {manifest['fused_ops']}, "
+        f"parity {parity['max_abs_diff']:.2e} (tolerance {parity['tolerance']:g}), "
+        f"export {manifest['producer']['export_seconds']} s"
+    )
+    return {"bundle": str(args.out), "manifest": manifest}, text

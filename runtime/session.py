@@ -1,0 +1,69 @@
+"""onnxruntime sessions: provider choice (CUDA when present and asked for, else CPU) and bundle checks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BundleError, InputError
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    providers: list[str]
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return self.providers[0]
+
+
+def choose_providers(device: str = "auto") -> ProviderChoice:
+    """Pick execution providers for `device` ("auto", "cpu" or "cuda") and say why."""
+    import onnxruntime as ort
+
+    if device not in PROVIDER_CHOICES:
+        raise InputError(f"device must be one of {', '.join(PROVIDER_CHOICES)}, got {device!r}")
+    available = ort.get_available_providers()
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cpu":
+        return ProviderChoice(["CPUExecutionProvider"], "CPU asked for")
+    if has_cuda:
+        return ProviderChoice(["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDA provider available")
+    why = "this onnxruntime build has no CUDA provider (install edgeinfer[gpu] on a GPU machine)"
+    if device == "cuda":
+        raise InputError(f"CUDA asked for, but {why}")
+    return ProviderChoice(["CPUExecutionProvider"], f"CPU: {why}")
+
+
+def open_session(model_path: Path, manifest: dict, device: str = "auto", threads: int | None = None):
+    """An InferenceSession whose inputs and outputs match the manifest, or a BundleError naming the mismatch."""
+    import onnxruntime as ort
+
+    choice = choose_providers(device)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads or int(os.environ.get("EDGEINFER_THREADS", "0"))
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=choice.providers)
+    except Exception as exc:  # onnxruntime raises several unrelated types for unreadable models
+        raise BundleError(f"onnxruntime cannot load {model_path}: {str(exc).strip().splitlines()[0]}") from exc
+    for side, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        expected = [spec["name"] for spec in manifest[side]]
+        got = [value.name for value in actual]
+        if sorted(expected) != sorted(got):
+            missing = sorted(set(expected) - set(got))
+            extra = sorted(set(got) - set(expected))
+            raise BundleError(
+                f"{model_path.name} {side} do not match the manifest: missing {missing or 'none'}, "
+                f"unexpected {extra or 'none'}"
+            )
+    used = session.get_providers()[0]
+    reason = choice.reason if used == choice.name else f"{choice.name} failed to start; fell back to {used}"
+    return session, ProviderChoice(session.get_providers(), reason)

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random Hugging Face GPT-2s (built here, nothing downloaded) and their bundles."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def tiny_gpt2(seed: int = 0, **overrides):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = {"vocab_size": 97, "n_positions": 64, "n_embd": 48, "n_layer": 2, "n_head": 3}
+    config.update(overrides)
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(**config)).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2():
+    return tiny_gpt2()
+
+
+@pytest.fixture(scope="session")
+def gpt2_bundles(hf_gpt2, tmp_path_factory):
+    """{"standard": path, "contrib": path} exported from the same tiny GPT-2."""
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("bundles")
+    return {target: _export(export_hf_checkpoint, hf_gpt2, root / target, target) for target in ("standard", "contrib")}
+
+
+def _export(fn, model, path, target):
+    fn(model, path, attention=target)
+    return path

@@ -1,0 +1,107 @@
+"""GPT export: transformers GPT-2 -> bundle -> onnxruntime logits equal transformers' logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tiny_gpt2
+
+import edgeinfer
+
+torch = pytest.importorskip("torch")
+
+
+def _hf_logits(hf, ids):
+    with torch.no_grad():
+        return hf(torch.from_numpy(ids)).logits.numpy()
+
+
+def _census(bundle):
+    import onnx
+
+    return [n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node]
+
+
+@pytest.mark.parametrize("target", ["standard", "contrib"])
+def test_bundle_logits_equal_transformers(gpt2_bundles, hf_gpt2, target):
+    model = edgeinfer.load(gpt2_bundles[target], device="cpu")
+    ids = np.random.default_rng().integers(0, 97, size=(3, 11))
+    np.testing.assert_allclose(model.logits(ids), _hf_logits(hf_gpt2, ids), atol=1e-4)
+    assert model.manifest["parity"]["max_abs_diff"] < 1e-4
+
+
+def test_left_padded_rows_equal_unpadded_rows(gpt2_bundles, hf_gpt2):
+    model = edgeinfer.load(gpt2_bundles["standard"], device="cpu")
+    ids = np.array([[5, 6, 7, 8, 9], [0, 0, 3, 4, 5]])
+    mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    logits = model.logits(ids, attention_mask=mask)
+    np.testing.assert_allclose(logits[1, 2:], _hf_logits(hf_gpt2, ids[1:, 2:])[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["standard", "contrib"])
+def test_node_census_one_fused_node_per_layer(gpt2_bundles, target):
+    ops = _census(gpt2_bundles[target])
+    attention = "Attention" if target == "standard" else "GroupQueryAttention"
+    assert ops.count(attention) == 2 and ops.count("Gelu") == 2
+    assert not {"Erf", "Tanh", "Softmax", "Pow"} & set(ops)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"n_embd": 60, "n_head": 5, "n_layer": 3, "activation_function": "gelu"},
+        {"n_embd": 28, "n_head": 7, "n_layer": 1, "activation_function": "quick_gelu"},
+        {"n_embd": 64, "n_head": 1, "n_layer": 2, "tie_word_embeddings": False},
+        {"n_embd": 40, "n_head": 5, "n_layer": 2, "activation_function": "gelu"},
+    ],
+    ids=["5heads-exact", "7heads-sigmoid", "1head-untied", "5heads-dim8"],
+)
+@pytest.mark.parametrize("target", ["standard", "contrib"])
+def test_configs_and_cached_step(tmp_path, config, target):
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+    from edgeinfer.export.onnx_export import ExportError
+
+    hf = tiny_gpt2(seed=3, **config)
+    head_dim = config["n_embd"] // config["n_head"]
+    if target == "contrib" and head_dim % 8:
+        with pytest.raises(ExportError, match=f"multiple of 8; this model's is {head_dim}"):
+            export_hf_checkpoint(hf, tmp_path / "b", attention=target)
+        return
+    manifest = export_hf_checkpoint(hf, tmp_path / "b", attention=target)
+    assert manifest["parity"]["cached_step_max_abs_diff"] < 1e-4
+    gelu = {"gelu": "exact", "quick_gelu": "sigmoid"}.get(config.get("activation_function"), "tanh")
+    assert manifest["gelu"] == gelu
+    gelu_op = "QuickGelu" if gelu == "sigmoid" else "Gelu"
+    assert manifest["fused_ops"][gelu_op] == config["n_layer"]
+
+    model = edgeinfer.load(tmp_path / "b", device="cpu")
+    ids = np.random.default_rng().integers(0, 97, size=(2, 9))
+    np.testing.assert_allclose(model.logits(ids), _hf_logits(hf, ids), atol=1e-4)
+
+
+def test_parity_failure_refuses_to_write(tmp_path, hf_gpt2):
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+    from edgeinfer.export.onnx_export import ParityError
+
+    with pytest.raises(ParityError, match=r"over the tolerance 0.0001 by"):
+        export_hf_checkpoint(hf_gpt2, tmp_path / "b", gelu="sigmoid")  # the checkpoint's GELU is tanh
+    assert not (tmp_path / "b").exists()
+
+
+def test_our_gpt_post_ln_segments_export(tmp_path):
+    """The model options transformers' GPT-2 lacks (post-LN, segment ids) against our own eager PyTorch."""
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.onnx_export import export_gpt_bundle
+
+    torch.manual_seed(1)
+    cfg = GPTConfig(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_segments=2, pre_ln=False,
+                    gelu="exact")
+    model = GPT(cfg).eval()
+    manifest = export_gpt_bundle(model, tmp_path / "b", task="chat")
+    assert manifest["parity"]["max_abs_diff"] < 1e-4
+    loaded = edgeinfer.load(tmp_path / "b", device="cpu")
+    ids = np.random.default_rng().integers(0, 50, size=(2, 7))
+    types = np.array([[0, 0, 0, 1, 1, 1, 0]] * 2)
+    with torch.no_grad():
+        ref = model.training_logits(torch.from_numpy(ids), torch.from_numpy(types)).numpy()
+    np.testing.assert_allclose(loaded.logits(ids, token_type_ids=types), ref, atol=1e-4)
