@@ -10,6 +10,15 @@ from .errors import InputError
 from .session import open_session
 
 
+def _load_tokenizer(folder: Path, manifest: dict):
+    name = manifest["files"].get("tokenizer")
+    if not name:
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(folder / name))
+
+
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:
     """Absolute position of each token: count of real tokens before it (left or right padding alike)."""
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
@@ -28,11 +37,64 @@ class CausalLM:
         self.uses_segments = bool(cfg.get("n_segments"))
         kv = manifest["kv_cache"]
         self.shared_cache = kv["layout"] == "shared_buffer"
-        self.past_names = [kv[f"past_{part}"].format(layer=i) for i in range(self.n_layer) for part in ("key", "value")]
+        layers = [(i, part) for i in range(self.n_layer) for part in ("key", "value")]
+        self.past_names = [kv[f"past_{part}"].format(layer=i) for i, part in layers]
+        self.present_names = [kv[f"present_{part}"].format(layer=i) for i, part in layers]
+        self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.tokenizer = _load_tokenizer(folder, manifest)
+        self._decoder = None
 
     @property
     def provider(self) -> str:
         return self.providers.name
+
+    # ------------------------------------------------------------------ text
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise InputError("this bundle has no tokenizer: pass token ids instead of text")
+        if not isinstance(text, str):
+            raise InputError(f"text must be a str, got {type(text).__name__}")
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+
+    # ------------------------------------------------------------------ decoding
+    @property
+    def decoder(self):
+        if self._decoder is None:
+            from .decoder import Decoder
+
+            self._decoder = Decoder(self)
+        return self._decoder
+
+    def generate(self, prompts, **options):
+        """Generate for a list of prompts (text or token ids); see `Decoder.stream` for the options."""
+        return self.decoder.generate(prompts, **options)
+
+    def stream(self, prompts, **options):
+        """Yield `StreamEvent`s (row, token id, text increment, finish reason) as tokens are chosen."""
+        return self.decoder.stream(prompts, **options)
+
+    def run_step(self, ids, positions, mask, logits_positions, types, cache) -> np.ndarray:
+        """One forward call through IO binding; returns logits (batch, n_logits, vocab) on the host."""
+        binding = self.session.io_binding()
+        feeds = {
+            "input_ids": ids,
+            "position_ids": positions,
+            "attention_mask": mask,
+            "logits_positions": np.ascontiguousarray(logits_positions, dtype=np.int64),
+        }
+        if self.uses_segments:
+            feeds["token_type_ids"] = np.ascontiguousarray(np.broadcast_to(types, ids.shape), dtype=np.int64)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=np.int64))
+        binding.bind_output("logits", "cpu")
+        cache.bind(binding)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()  # in binding order: logits, then the presents
+        cache.update(outputs[1:], mask.shape[1])
+        return outputs[0].numpy()
 
     def _check_ids(self, input_ids, name: str = "input_ids") -> np.ndarray:
         ids = np.asarray(input_ids)

@@ -33,3 +33,17 @@ def gpt2_bundles(hf_gpt2, tmp_path_factory):
 def _export(fn, model, path, target):
     fn(model, path, attention=target)
     return path
+
+
+@pytest.fixture(scope="session")
+def lively_gpt2():
+    """A tiny GPT-2 with large weights, so greedy and sampled continuations vary instead of repeating."""
+    return tiny_gpt2(seed=7, initializer_range=0.3)
+
+
+@pytest.fixture(scope="session")
+def lively_bundles(lively_gpt2, tmp_path_factory):
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("lively")
+    return {t: _export(export_hf_checkpoint, lively_gpt2, root / t, t) for t in ("standard", "contrib")}

@@ -56,7 +56,7 @@ DEFAULT_MAX_PLIES = 300
 REPETITION_COUNT = 3
 
 _rng = random.Random(0x5A0B1)
-# Zobrist keys indexed by piece + 7 (pieces are -7..7), so repetition detection is one dict-free compare.
+# Zobrist keys by piece + 7 (pieces are -7..7): a position hashes to one int, so repetitions are cheap to count.
 _ZOBRIST = [[_rng.getrandbits(64) for _ in range(SQUARES)] for _ in range(15)]
 _SIDE_KEY = _rng.getrandbits(64)
 # Where each restricted piece kind may stand at all; a FEN with one elsewhere cannot come from a game.

@@ -1,0 +1,78 @@
+"""Choosing the next token from logits: repetition penalty, temperature, top-k then top-p, greedy.
+
+Everything works on a (rows, vocab) float32 array in place: no copy of the logits per step.
+Semantics follow the seed: top-k first, renormalise, then top-p keeps the smallest prefix of tokens
+(by descending probability) whose mass reaches p, including the token that crosses p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class SamplingOptions:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> SamplingOptions:
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise InputError(f"temperature must be > 0, got {self.temperature!r}")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise InputError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0):
+            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        return self
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: list[np.ndarray], penalty: float) -> None:
+    """CTRL-style penalty on tokens already in each row: divide positive logits, multiply negative ones."""
+    if penalty == 1.0:
+        return
+    for row, tokens in enumerate(seen):
+        if tokens.size:
+            values = logits[row, tokens]
+            logits[row, tokens] = np.where(values > 0, values / penalty, values * penalty)
+
+
+def top_k_top_p_filter(logits: np.ndarray, top_k: int, top_p: float) -> None:
+    """Set filtered-out logits to -inf, in place (rows independent)."""
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = np.partition(logits, vocab - top_k, axis=-1)[:, vocab - top_k, None]
+        logits[logits < kth] = -np.inf
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        sorted_logits = np.take_along_axis(logits, order, axis=-1)
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        probs /= probs.sum(axis=-1, keepdims=True)
+        before = np.cumsum(probs, axis=-1) - probs  # mass strictly before each token
+        drop = before >= top_p  # keeps the token that crosses p
+        np.put_along_axis(logits, order, np.where(drop, -np.inf, sorted_logits), axis=-1)
+
+
+def choose_tokens(logits: np.ndarray, options: SamplingOptions, rngs: list[np.random.Generator]) -> np.ndarray:
+    """Next token per row; `logits` (rows, vocab) is modified in place."""
+    if not options.do_sample:
+        return logits.argmax(axis=-1)
+    if options.temperature != 1.0:
+        logits /= options.temperature
+    top_k_top_p_filter(logits, options.top_k, options.top_p)
+    logits -= logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits, out=logits)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    # one uniform draw per row from that row's own generator: a row samples the same alone or in a batch
+    cumulative = np.cumsum(probs, axis=-1)
+    draws = np.array([rng.random() for rng in rngs]) * cumulative[:, -1]
+    return np.minimum((cumulative < draws[:, None]).sum(axis=-1), probs.shape[-1] - 1)

@@ -1,0 +1,142 @@
+"""The decode engine against transformers' generate() and plain numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.errors import InputError
+from edgeinfer.sampling import top_k_top_p_filter
+
+torch = pytest.importorskip("torch")
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [1], [40, 41, 42, 43]]
+
+
+@pytest.fixture(scope="module", params=["standard", "contrib"])
+def model(request, lively_bundles):
+    return edgeinfer.load(lively_bundles[request.param], device="cpu")
+
+
+def _hf_greedy(hf, prompt, n, **kw):
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0,
+                          eos_token_id=None, **kw)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_greedy_equals_transformers(model, lively_gpt2, batch):
+    prompts = PROMPTS[:batch]
+    results = model.generate(prompts, max_new_tokens=12)
+    for prompt, result in zip(prompts, results):
+        assert result.token_ids == _hf_greedy(lively_gpt2, prompt, 12)
+        assert result.finish_reason == "length"
+    assert len({tuple(r.token_ids) for r in results}) == batch  # the test model does not just repeat itself
+
+
+def test_repetition_penalty_equals_transformers(model, lively_gpt2):
+    result = model.generate(PROMPTS[:2], max_new_tokens=10, repetition_penalty=1.5)
+    for prompt, r in zip(PROMPTS, result):
+        assert r.token_ids == _hf_greedy(lively_gpt2, prompt, 10, repetition_penalty=1.5)
+
+
+def test_rows_equal_alone_greedy_and_sampled(model):
+    options = {"max_new_tokens": 9, "do_sample": True, "top_k": 20, "top_p": 0.9, "temperature": 0.8}
+    batched = model.generate(PROMPTS, seed=[11, 12, 13, 14], **options)
+    for i, prompt in enumerate(PROMPTS):
+        alone = model.generate([prompt], seed=[11 + i], **options)[0]
+        assert alone.token_ids == batched[i].token_ids
+    greedy = model.generate(PROMPTS, max_new_tokens=9)
+    for i, prompt in enumerate(PROMPTS):
+        assert model.generate([prompt], max_new_tokens=9)[0].token_ids == greedy[i].token_ids
+
+
+def test_sampling_reproducible_and_top_k1_is_greedy(model):
+    a = model.generate(PROMPTS, max_new_tokens=8, do_sample=True, seed=3)
+    b = model.generate(PROMPTS, max_new_tokens=8, do_sample=True, seed=3)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    samples = model.generate(PROMPTS[:1], max_new_tokens=8, do_sample=True, seed=3, num_return_sequences=4)
+    assert len({tuple(r.token_ids) for r in samples}) > 1
+    top1 = model.generate(PROMPTS, max_new_tokens=8, do_sample=True, top_k=1, seed=5)
+    greedy = model.generate(PROMPTS, max_new_tokens=8)
+    assert [r.token_ids for r in top1] == [r.token_ids for r in greedy]
+
+
+def _filter_reference(row: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """Sort, keep top-k, renormalise, keep tokens until the mass reaches p (the crossing token included)."""
+    order = sorted(range(len(row)), key=lambda i: -row[i])
+    keep = order[:top_k] if top_k else order
+    probs = np.exp(row[keep] - row[keep].max())
+    probs /= probs.sum()
+    kept, mass = [], 0.0
+    for token, p in zip(keep, probs):
+        if mass >= top_p:
+            break
+        kept.append(token)
+        mass += p
+    out = np.full_like(row, -np.inf)
+    out[kept] = row[kept]
+    return out
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.5), (5, 1.0), (10, 0.7), (3, 0.01), (0, 1.0)])
+def test_filters_equal_reference(top_k, top_p):
+    logits = np.random.default_rng().standard_normal((6, 50)).astype(np.float32) * 3
+    expected = np.stack([_filter_reference(row, top_k, top_p) for row in logits])
+    top_k_top_p_filter(logits, top_k, top_p)
+    np.testing.assert_array_equal(logits, expected)
+
+
+def test_stream_matches_generate_and_stops(model):
+    events = list(model.stream(PROMPTS[:2], max_new_tokens=6))
+    generated = model.generate(PROMPTS[:2], max_new_tokens=6)
+    for row in range(2):
+        assert [e.token_id for e in events if e.row == row] == generated[row].token_ids
+    first = generated[1].token_ids[0]
+    stopped = model.generate(PROMPTS[:2], max_new_tokens=6, stop_token_ids=[first])
+    assert stopped[1].token_ids == [first] and stopped[1].finish_reason == "stop_token"
+    assert stopped[0].token_ids == generated[0].token_ids[: len(stopped[0].token_ids)]
+    forced = model.generate(PROMPTS[1:2], max_new_tokens=6, min_new_tokens=3, stop_token_ids=[first])
+    assert len(forced[0].token_ids) >= 3 and first not in forced[0].token_ids[:3]
+
+
+def test_logits_processor_constrains(model):
+    allowed = np.array([3, 30, 60])
+
+    def only_allowed(row, generated, logits):
+        keep = logits[allowed].copy()
+        logits[:] = -np.inf
+        logits[allowed] = keep
+
+    results = model.generate(PROMPTS, max_new_tokens=5, logits_processor=only_allowed, do_sample=True, seed=1)
+    assert all(t in allowed for r in results for t in r.token_ids)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"top_p": 1.5}, "top_p must be in"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"temperature": 0}, "temperature"),
+        ({"stop_token_ids": [10_000]}, "stop token 10000"),
+        ({"seed": [1, 2]}, "seed list has 2 entries"),
+    ],
+)
+def test_bad_options_raise_and_engine_stays_usable(model, options, message):
+    with pytest.raises(InputError, match=message):
+        model.generate(PROMPTS[:1], **options)
+    assert len(model.generate(PROMPTS[:1], max_new_tokens=2)[0].token_ids) == 2
+
+
+def test_bad_prompts(model):
+    with pytest.raises(InputError, match="empty prompt"):
+        model.generate([[]])
+    with pytest.raises(InputError, match="no room"):
+        model.generate([list(range(64))])
+    with pytest.raises(InputError, match="exceeds the configured limit"):
+        model.generate([[1]] * 65)
+    with pytest.raises(InputError, match="non-empty list"):
+        model.generate([])
