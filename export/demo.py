@@ -10,7 +10,7 @@ from .hf_bundle import export_hf_checkpoint
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="bundle folder to write")
-    parser.add_argument("--attention", choices=["standard", "contrib"], default="standard")
+    parser.add_argument("--attention", choices=["auto", "standard", "contrib"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

@@ -11,7 +11,7 @@ from .onnx_export import export_gpt_bundle
 def export_hf_checkpoint(
     source,
     out_dir: str | Path,
-    attention: str = "standard",
+    attention: str = "auto",
     gelu: str | None = None,
     tolerance: float = 1e-4,
 ) -> dict:

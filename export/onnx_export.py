@@ -204,7 +204,7 @@ def export_gpt_bundle(
     model: GPT,
     out_dir: str | Path,
     *,
-    attention: str = "standard",
+    attention: str = "auto",
     task: str = "causal-lm",
     reference: Callable | None = None,
     reference_name: str = "edgeinfer GPT (PyTorch eager)",
@@ -214,9 +214,15 @@ def export_gpt_bundle(
     tolerance: float = 1e-4,
     extra: dict | None = None,
 ) -> dict:
-    """Export, check parity, and write the bundle folder. Returns the manifest."""
+    """Export, check parity, and write the bundle folder. Returns the manifest.
+
+    attention="auto" picks "contrib" (in-place cache, the faster per decode step in benchmarks/decode_step.py)
+    when the head size allows it, else "standard".
+    """
     model = model.eval()
     cfg = model.cfg
+    if attention == "auto":
+        attention = "standard" if cfg.head_dim % 8 else "contrib"
     out_dir = Path(out_dir)
     if reference is None:
 

@@ -15,7 +15,7 @@ import sys
 
 from .errors import EdgeInferError
 
-SUBCOMMANDS = ["export", "info"]
+SUBCOMMANDS = ["export", "info", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

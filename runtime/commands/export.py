@@ -12,8 +12,9 @@ HELP = "export a Hugging Face checkpoint folder to a bundle (needs edgeinfer[exp
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-hf", required=True, metavar="DIR", help="local GPT2LMHeadModel checkpoint folder")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
-    parser.add_argument("--attention", choices=["standard", "contrib"], default="standard",
-                        help="opset-23 Attention (any provider) or onnxruntime GroupQueryAttention (in-place cache)")
+    parser.add_argument("--attention", choices=["auto", "standard", "contrib"], default="auto",
+                        help="opset-23 Attention (any provider) or onnxruntime GroupQueryAttention (in-place cache);"
+                        " auto: contrib when the head size is a multiple of 8")
     parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
                         help="GELU form to emit (default: the checkpoint's own)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| allowed against PyTorch")
