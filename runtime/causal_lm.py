@@ -76,25 +76,23 @@ class CausalLM:
         """Yield `StreamEvent`s (row, token id, text increment, finish reason) as tokens are chosen."""
         return self.decoder.stream(prompts, **options)
 
-    def run_step(self, ids, positions, mask, logits_positions, types, cache) -> np.ndarray:
-        """One forward call through IO binding; returns logits (batch, n_logits, vocab) on the host."""
+    def prefill(self, prompt, segment_ids=None, prefix=None):
+        """Run a prompt once and keep its KV cache (`Prefix`) to continue or fork later."""
+        return self.decoder.prefill(prompt, segment_ids, prefix)
+
+    def forward(self, ids, positions, mask, logits_positions, types, cache):
+        """One onnxruntime call through IO binding: (logits on the host, present cache OrtValues)."""
         binding = self.session.io_binding()
-        feeds = {
-            "input_ids": ids,
-            "position_ids": positions,
-            "attention_mask": mask,
-            "logits_positions": np.ascontiguousarray(logits_positions, dtype=np.int64),
-        }
+        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask, "logits_positions": logits_positions}
         if self.uses_segments:
-            feeds["token_type_ids"] = np.ascontiguousarray(np.broadcast_to(types, ids.shape), dtype=np.int64)
+            feeds["token_type_ids"] = types
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=np.int64))
         binding.bind_output("logits", "cpu")
         cache.bind(binding)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()  # in binding order: logits, then the presents
-        cache.update(outputs[1:], mask.shape[1])
-        return outputs[0].numpy()
+        return outputs[0].numpy(), outputs[1:]
 
     def _check_ids(self, input_ids, name: str = "input_ids") -> np.ndarray:
         ids = np.asarray(input_ids)

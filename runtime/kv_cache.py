@@ -1,10 +1,14 @@
 """KV caches bound through onnxruntime IO binding, in the layout the bundle's manifest names.
 
-- "shared_buffer" (contrib GroupQueryAttention): one (batch, heads, capacity, head_dim) buffer per layer and
-  per key/value, bound as both past input and present output. The op writes each row's new keys in place at
-  that row's length, so a decode step copies nothing. Rows are right-padded.
-- "concat" (opset-23 Attention): present = past + new. The present OrtValues of one step are bound as the
-  next step's past, never passing through numpy. Rows are left-padded.
+- "shared_buffer" (contrib GroupQueryAttention): one (rows, heads, capacity, head_dim) buffer per layer and per
+  key/value, bound as both past input and present output. The op writes each row's new keys in place at that
+  row's length, so a decode step copies nothing. Row b holds its tokens in slots [0, lengths[b]).
+- "concat" (opset-23 Attention): present = past + new. The present OrtValues of one step are bound as the next
+  step's past, never passing through numpy. All rows share one length; `mask` says which slots are real
+  (rows are left-padded, and a row that joined late or continued a prefix may have holes).
+
+Forking (`take`) and joining rows (`insert`) copy; decoding steps never do. On CUDA the caches live in device
+memory; forks and joins go through the host there.
 """
 
 from __future__ import annotations
@@ -13,36 +17,125 @@ import numpy as np
 
 
 class KVCache:
-    def __init__(self, model, batch: int, capacity: int) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, model, rows: int, capacity: int) -> None:
         self.model = model
         self.shared = model.shared_cache
         self.device = model.device_type
-        self.batch, self.capacity = batch, capacity
-        length = capacity if self.shared else 0
-        shape = (batch, model.n_head, length, model.head_dim)
-        self.values = {
-            name: ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device, 0)
-            for name in model.past_names
-        }
+        self.capacity = capacity
+        self.lengths = np.zeros(rows, dtype=np.int64)  # real tokens per row
+        width = capacity if self.shared else 0
+        self._set_arrays([np.zeros((rows, model.n_head, width, model.head_dim), np.float32) for _ in model.past_names])
+        self.mask = np.zeros((rows, 0), dtype=np.int64)  # concat layout only
+
+    # ------------------------------------------------------------------ storage
+    def _set_arrays(self, arrays: list[np.ndarray]) -> None:
+        import onnxruntime as ort
+
+        if self.device == "cpu":
+            self._arrays = arrays  # keeps the memory the OrtValues point at alive
+            self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        else:
+            self._arrays = None
+            self.values = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
+
+    def arrays(self) -> list[np.ndarray]:
+        """Host arrays of the caches: the memory itself on CPU, copies on CUDA (write back with `_set_arrays`).
+
+        On CPU the arrays we allocated are returned, not `OrtValue.numpy()` views: those do not keep the memory
+        alive, so re-wrapping them after the owner is dropped would read freed memory.
+        """
+        if self._arrays is not None:
+            return self._arrays
+        return [v.numpy() for v in self.values]
+
+    @property
+    def can_view_rows(self) -> bool:
+        return self.shared and self.device == "cpu"
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def width(self) -> int:
+        """Slots a step attends over: the mask width."""
+        return int(self.lengths.max(initial=0)) if self.shared else self.mask.shape[1]
+
+    # ------------------------------------------------------------------ one step
+    def step_mask(self, new_tokens: np.ndarray) -> np.ndarray:
+        """The attention mask for feeding `new_tokens[b]` more tokens to each row (right-aligned for concat)."""
         if self.shared:
-            for value in self.values.values():  # fresh buffers must not hold NaN bit patterns
-                if self.device == "cpu":
-                    value.numpy()[...] = 0.0
-        self.length = 0  # past tokens held (padded length for concat, max row length for shared)
+            total = self.lengths + new_tokens
+            return (np.arange(int(total.max()))[None] < total[:, None]).astype(np.int64)
+        width = int(new_tokens.max())
+        new = (np.arange(width)[None] >= (width - new_tokens)[:, None]).astype(np.int64)
+        return np.concatenate([self.mask, new], axis=1)
 
     def bind(self, binding) -> None:
-        """Bind the past inputs, and the present outputs where they go (in place, or fresh ORT values)."""
-        for past, present in zip(self.model.past_names, self.model.present_names):
-            binding.bind_ortvalue_input(past, self.values[past])
+        """Bind past inputs, and present outputs where they go (in place, or fresh ORT values)."""
+        for past, present, value in zip(self.model.past_names, self.model.present_names, self.values):
+            binding.bind_ortvalue_input(past, value)
             if self.shared:
-                binding.bind_ortvalue_output(present, self.values[past])
+                binding.bind_ortvalue_output(present, value)
             else:
                 binding.bind_output(present, self.device)
 
-    def update(self, presents: list, new_length: int) -> None:
-        """Take the step's present OrtValues (in `present_names` order) as the next step's past."""
+    def advance(self, presents: list, mask: np.ndarray, new_tokens: np.ndarray) -> None:
+        """After a step: take the presents as the next past (concat) and count the new tokens."""
         if not self.shared:
-            self.values = dict(zip(self.model.past_names, presents))
-        self.length = new_length
+            self.values = presents
+            self._arrays = None
+            self.mask = mask
+        self.lengths = self.lengths + new_tokens
+
+    # ------------------------------------------------------------------ forks and joins
+    def row_view(self, row: int) -> KVCache:
+        """A one-row cache sharing row `row`'s memory (shared layout): prefill writes straight into the batch."""
+        assert self.can_view_rows
+        view = KVCache.__new__(KVCache)
+        view.model, view.shared, view.device, view.capacity = self.model, True, "cpu", self.capacity
+        view.lengths = self.lengths[row : row + 1].copy()
+        view._set_arrays([a[row : row + 1] for a in self.arrays()])
+        view.mask = np.zeros((1, 0), dtype=np.int64)
+        return view
+
+    def take(self, rows: np.ndarray) -> KVCache:
+        """A new cache holding copies of `rows` (repeats allowed): forks for beams and candidates."""
+        rows = np.asarray(rows, dtype=np.int64)
+        fork = KVCache.__new__(KVCache)
+        fork.model, fork.shared, fork.device, fork.capacity = self.model, self.shared, self.device, self.capacity
+        fork.lengths = self.lengths[rows]
+        fork._set_arrays([np.ascontiguousarray(a[rows]) for a in self.arrays()])
+        fork.mask = self.mask[rows]
+        return fork
+
+    def insert(self, row: int, single: KVCache) -> None:
+        """Put a one-row cache into slot `row`, replacing what was there."""
+        length = int(single.lengths[0])
+        if self.shared:
+            arrays = self.arrays()
+            for dst, src in zip(arrays, single.arrays()):
+                dst[row, :, :length] = src[0, :, :length]
+            if self.device != "cpu":
+                self._set_arrays(arrays)
+        else:
+            width = max(self.width, single.width)
+            arrays = [_left_pad(a, width) for a in self.arrays()]
+            for dst, src in zip(arrays, single.arrays()):
+                dst[row] = _left_pad(src, width)[0]
+            mask = _left_pad(self.mask, width)
+            mask[row] = _left_pad(single.mask, width)[0]
+            self._set_arrays(arrays)
+            self.mask = mask
+        self.lengths[row] = length
+
+
+def _left_pad(a: np.ndarray, width: int) -> np.ndarray:
+    """Pad axis 2 (caches) or axis 1 (masks) on the left with zeros up to `width`."""
+    axis = 2 if a.ndim == 4 else 1
+    missing = width - a.shape[axis]
+    if missing == 0:
+        return a.copy()
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (missing, 0)
+    return np.pad(a, pad)

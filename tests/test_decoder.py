@@ -72,7 +72,7 @@ def _filter_reference(row: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
     probs /= probs.sum()
     kept, mass = [], 0.0
     for token, p in zip(keep, probs):
-        if mass >= top_p:
+        if top_p < 1.0 and mass >= top_p:  # p = 1 keeps everything, whatever the rounding of the sum
             break
         kept.append(token)
         mass += p
@@ -140,3 +140,67 @@ def test_bad_prompts(model):
         model.generate([[1]] * 65)
     with pytest.raises(InputError, match="non-empty list"):
         model.generate([])
+
+
+def _reference_beam(model, prompt, width, steps, stops=()):
+    """Plain beam search re-running the whole sequence without a cache (bert4keras semantics)."""
+    beams, scores = [list(prompt)], np.zeros(1)
+    for _ in range(steps):
+        logits = np.stack([model.logits(np.array([b]))[0, -1].astype(np.float64) for b in beams])
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        total = (scores[:, None] + logp).reshape(-1)
+        order = np.argsort(-total, kind="stable")[:width]
+        beams = [beams[i // logp.shape[1]] + [int(i % logp.shape[1])] for i in order]
+        scores = total[order]
+        if beams[0][-1] in stops:
+            return beams[0][len(prompt):]
+        keep = [i for i, b in enumerate(beams) if b[-1] not in stops]
+        beams, scores = [beams[i] for i in keep], scores[keep]
+    return beams[int(np.argmax(scores))][len(prompt):]
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_beam_search_equals_reference_and_transformers(model, lively_gpt2, width):
+    results = model.generate(PROMPTS[:2], num_beams=width, max_new_tokens=6)
+    for prompt, result in zip(PROMPTS, results):
+        assert result.token_ids == _reference_beam(model, prompt, width, 6)
+        with torch.no_grad():
+            hf = lively_gpt2.generate(torch.tensor([prompt]), max_new_tokens=6, num_beams=width, do_sample=False,
+                                      pad_token_id=0, eos_token_id=None, length_penalty=0.0)
+        assert result.token_ids == hf[0, len(prompt):].tolist()
+
+
+def test_beam_search_stops_when_best_beam_ends(model):
+    free = model.generate(PROMPTS[:1], num_beams=3, max_new_tokens=6)[0]
+    stop = free.token_ids[2]
+    stopped = model.generate(PROMPTS[:1], num_beams=3, max_new_tokens=6, stop_token_ids=[stop])[0]
+    assert stopped.token_ids == _reference_beam(model, PROMPTS[0], 3, 6, stops={stop})
+    assert stopped.finish_reason == ("stop_token" if stopped.token_ids[-1] == stop else "length")
+
+
+def test_continued_prefix_equals_fresh_run(model):
+    history = [3, 14, 15, 92, 65, 35]
+    prefix = model.prefill(history)
+    for turn in ([89, 79], [32]):
+        continued = model.generate([turn], prefix=prefix, max_new_tokens=7)[0]
+        fresh = model.generate([history + turn], max_new_tokens=7)[0]
+        assert continued.token_ids == fresh.token_ids
+        prefix = model.prefill(turn + continued.token_ids, prefix=prefix)
+        history = history + turn + continued.token_ids
+    # a fork: several continuations of one kept prefix in one batch
+    forks = model.generate([[1], [2, 3], [4, 5, 6]], prefix=prefix, max_new_tokens=4)
+    for cont, fork in zip([[1], [2, 3], [4, 5, 6]], forks):
+        assert fork.token_ids == model.generate([history + cont], max_new_tokens=4)[0].token_ids
+
+
+def test_continuous_batching_equals_one_by_one(model):
+    prompts = [[i + 1, i + 2, (3 * i) % 90] for i in range(7)] + [PROMPTS[1]]
+    lengths = [3, 9, 5, 2, 7, 4, 6, 8]
+    expected = [model.generate([p], max_new_tokens=n)[0].token_ids for p, n in zip(prompts, lengths)]
+    # rows stop at different lengths through a logits processor: a stop token chosen per request
+    events = list(model.stream(prompts, max_new_tokens=9, max_active=3,
+                               stop_token_ids=sorted({e[n - 1] for e, n in zip(expected, lengths)})))
+    got = [[e.token_id for e in events if e.row == i] for i in range(len(prompts))]
+    for tokens, full in zip(got, expected):
+        assert tokens == full[: len(tokens)] and len(tokens) >= 1

@@ -1,0 +1,104 @@
+"""Beam search over the KV cache, one prompt at a time (its beams are the batch rows).
+
+Default semantics are bert4keras's AutoRegressiveDecoder.beam_search: keep the `num_beams` best sequences by
+summed log-probability; as soon as the best one ends with a stop token, return it; ended beams that are not
+the best are dropped and the beam narrows. With `early_stopping=False`, ended beams are kept aside and the
+search runs to max_new_tokens, then the best of all is taken by score / length**length_penalty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .decoder import Batcher, Generation
+from .errors import InputError
+from .kv_cache import KVCache
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def beam_search(
+    decoder,
+    prompts: Sequence,
+    *,
+    num_beams: int,
+    length_penalty: float = 0.0,
+    early_stopping: bool = True,
+    segment_ids=None,
+    reply_segment: int = 0,
+    prefix=None,
+    **options,
+) -> list[Generation]:
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise InputError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+    for unsupported in ("do_sample", "num_return_sequences", "seed", "max_active"):
+        if options.pop(unsupported, None) not in (None, False, 1):
+            raise InputError(f"{unsupported} does not apply to beam search")
+    settings = decoder.settings(**options)
+    requests = decoder.requests(prompts, 0, 1, segment_ids, reply_segment, prefix)
+    return [_search_one(decoder.model, settings, r, num_beams, length_penalty, early_stopping, prefix) for r in requests]
+
+
+def _search_one(model, settings, request, width, length_penalty, early_stopping, prefix) -> Generation:
+    start = len(prefix.token_ids) if prefix else 0
+    capacity = min(model.max_positions, start + len(request.tokens) + settings.max_new_tokens)
+    if start + len(request.tokens) >= model.max_positions:
+        raise InputError(f"prompt of {start + len(request.tokens)} tokens leaves no room in the model's positions")
+    feeder = Batcher(model, settings, 1, capacity)
+    cache = prefix.cache.take([0]) if prefix else KVCache(model, 1, capacity)
+    segments = [request.segments] if model.uses_segments else None
+    logprobs = log_softmax(feeder._feed(cache, [request.tokens], segments))  # (1, vocab)
+    stops = np.array(sorted(settings.stop_token_ids), dtype=np.int64)
+    steps = min(settings.max_new_tokens, capacity - start - len(request.tokens))
+
+    beams = np.zeros((1, 0), dtype=np.int64)
+    scores = np.zeros(1)
+    finished: list[tuple[float, list[int], float]] = []  # (normalised score, tokens, raw score)
+    for step in range(steps):
+        if step < settings.min_new_tokens and stops.size:
+            logprobs[:, stops] = -np.inf
+        if settings.logits_processor is not None:
+            for row in range(len(beams)):
+                settings.logits_processor(request.index, beams[row].tolist(), logprobs[row])
+        total = scores[:, None] + logprobs
+        k = min(width, total.size)
+        flat = np.argpartition(-total, k - 1, axis=None)[:k]
+        flat = flat[np.argsort(-total.reshape(-1)[flat], kind="stable")]
+        source, token = np.divmod(flat, total.shape[1])
+        beams = np.concatenate([beams[source], token[:, None]], axis=1)
+        scores = total.reshape(-1)[flat]
+        ended = np.isin(token, stops)
+        if ended.any():
+            if early_stopping and ended[0]:  # the best beam has ended: done
+                return _result(request, beams[0], scores[0], "stop_token", model)
+            if not early_stopping:  # bert4keras drops ended beams that are not the best; here they wait
+                length = beams.shape[1]
+                finished += [(scores[i] / length**length_penalty, beams[i].tolist(), scores[i])
+                             for i in np.flatnonzero(ended)]
+            keep = ~ended
+            beams, scores, source = beams[keep], scores[keep], source[keep]
+            token = token[keep]
+            if not len(beams):
+                break
+        if step == steps - 1:
+            break
+        cache = cache.take(source)
+        types = np.full((len(beams), 1), request.reply_segment) if model.uses_segments else None
+        logprobs = log_softmax(feeder._feed(cache, [[int(t)] for t in token], types))
+    if len(beams):
+        length = beams.shape[1]
+        finished += [(s / length**length_penalty, b.tolist(), s) for s, b in zip(scores, beams)]
+    _, tokens, raw = max(finished, key=lambda item: item[0])
+    reason = "stop_token" if tokens[-1] in settings.stop_token_ids else "length"
+    return _result(request, tokens, raw, reason, model)
+
+
+def _result(request, tokens, score, reason, model) -> Generation:
+    tokens = [int(t) for t in tokens]
+    return Generation(prompt_index=request.index, token_ids=tokens, text=model.decode(tokens),
+                      finish_reason=reason, score=float(score))
