@@ -21,12 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--beams", type=int, default=1, help="beam search width (1: no beam search)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
     model = load(args.bundle, device=args.device)
     prompt = [int(t) for t in args.prompt.split()] if args.ids else args.prompt
+    if args.beams > 1:
+        result = model.generate([prompt], num_beams=args.beams, max_new_tokens=args.max_new_tokens,
+                                repetition_penalty=args.repetition_penalty)[0]
+        out = {"token_ids": result.token_ids, "text": result.text, "finish_reason": result.finish_reason,
+               "score": result.score, "provider": model.provider}
+        return out, result.text if model.tokenizer else " ".join(map(str, result.token_ids))
     sampling = not args.greedy and (args.top_k > 0 or args.top_p < 1.0 or args.temperature != 1.0 or args.seed is not None)
     events = model.stream(
         [prompt],
