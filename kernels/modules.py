@@ -58,6 +58,10 @@ def _attention_eager(
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, -1, num_heads, head_dim).transpose(1, 2)
 
+    if past_k.shape[2] == 0 and not torch.compiler.is_exporting() and bool(attention_mask.all()):
+        # training and full prompts: nothing masked but the future, so the fused causal kernel applies
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+        return out.transpose(1, 2).reshape(batch, q_len, hidden), heads(k), heads(v)
     keys = torch.cat([past_k, heads(k)], dim=2)
     values = torch.cat([past_v, heads(v)], dim=2)
     total = keys.shape[2]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .decoder import Batcher, Generation
+from .decoder import Generation, feed_tokens
 from .errors import InputError
 from .kv_cache import KVCache
 
@@ -49,10 +49,9 @@ def _search_one(model, settings, request, width, length_penalty, early_stopping,
     capacity = min(model.max_positions, start + len(request.tokens) + settings.max_new_tokens)
     if start + len(request.tokens) >= model.max_positions:
         raise InputError(f"prompt of {start + len(request.tokens)} tokens leaves no room in the model's positions")
-    feeder = Batcher(model, settings, 1, capacity)
     cache = prefix.cache.take([0]) if prefix else KVCache(model, 1, capacity)
     segments = [request.segments] if model.uses_segments else None
-    logprobs = log_softmax(feeder._feed(cache, [request.tokens], segments))  # (1, vocab)
+    logprobs = log_softmax(feed_tokens(model, cache, [request.tokens], segments))  # (1, vocab)
     stops = np.array(sorted(settings.stop_token_ids), dtype=np.int64)
     steps = min(settings.max_new_tokens, capacity - start - len(request.tokens))
 
@@ -89,7 +88,7 @@ def _search_one(model, settings, request, width, length_penalty, early_stopping,
             break
         cache = cache.take(source)
         types = np.full((len(beams), 1), request.reply_segment) if model.uses_segments else None
-        logprobs = log_softmax(feeder._feed(cache, [[int(t)] for t in token], types))
+        logprobs = log_softmax(feed_tokens(model, cache, [[int(t)] for t in token], types))
     if len(beams):
         length = beams.shape[1]
         finished += [(s / length**length_penalty, b.tolist(), s) for s, b in zip(scores, beams)]

@@ -46,6 +46,7 @@ class Prefix:
     token_ids: list[int]
     segment_ids: list[int] | None
     cache: KVCache
+    logits: np.ndarray  # next-token logits after the last token (vocab,)
 
 
 @dataclass
@@ -69,6 +70,27 @@ class Request:
     generated: list[int] = field(default_factory=list)
     text: str = ""
     finished: str | None = None
+
+
+def feed_tokens(model, cache: KVCache, tokens: list[list[int]], segments=None) -> np.ndarray:
+    """Feed each cache row its tokens (ragged) in one call; returns each row's last logits (rows, vocab)."""
+    counts = np.array([len(t) for t in tokens], dtype=np.int64)
+    width = int(counts.max())
+    mask = cache.step_mask(counts)
+    ids = np.zeros((cache.rows, width), dtype=np.int64)
+    types = np.zeros((cache.rows, width), dtype=np.int64)
+    positions = np.zeros((cache.rows, width), dtype=np.int64)
+    for b, row in enumerate(tokens):
+        n = len(row)
+        span = slice(0, n) if cache.shared else slice(width - n, width)  # right- or left-padded
+        ids[b, span] = row
+        positions[b, span] = cache.lengths[b] + np.arange(n)
+        if segments is not None:
+            types[b, span] = segments[b]
+    last = counts - 1 if cache.shared else np.full(cache.rows, width - 1)
+    logits, presents = model.forward(ids, positions, mask, last[:, None], types, cache)
+    cache.advance(presents, mask, counts)
+    return logits[:, 0]
 
 
 class Batcher:
@@ -98,7 +120,8 @@ class Batcher:
         if running:
             last = np.array([r.generated[-1] if r is not None and r.generated else 0 for r in self.slots])
             types = np.array([[r.reply_segment if r is not None else 0] for r in self.slots])
-            logits = self._feed(self.cache, [[int(t)] for t in last], types if self.model.uses_segments else None)
+            segments = types if self.model.uses_segments else None
+            logits = feed_tokens(self.model, self.cache, [[int(t)] for t in last], segments)
             events += self._choose(running, logits[running])
         return events
 
@@ -112,7 +135,8 @@ class Batcher:
             self.slots[slot] = self.waiting.popleft()
             admitted.append(slot)
         if self.fresh and self.prefix is None and len(admitted) == len(self.slots):
-            logits = self._feed(self.cache, [self.slots[s].tokens for s in admitted], self._segments(admitted))
+            prompts = [self.slots[s].tokens for s in admitted]
+            logits = feed_tokens(self.model, self.cache, prompts, self._segments(admitted))
         else:
             logits = np.stack([self._prefill_slot(s) for s in admitted])
         self.fresh = False
@@ -124,11 +148,11 @@ class Batcher:
         if self.prefix is None and self.cache.can_view_rows:
             view = self.cache.row_view(slot)  # writes straight into the batch's buffer
             view.lengths[:] = 0
-            logits = self._feed(view, [request.tokens], types)
+            logits = feed_tokens(self.model, view, [request.tokens], types)
             self.cache.lengths[slot] = view.lengths[0]
             return logits[0]
         single = self.prefix.cache.take([0]) if self.prefix else KVCache(self.model, 1, self.capacity)
-        logits = self._feed(single, [request.tokens], types)
+        logits = feed_tokens(self.model, single, [request.tokens], types)
         self.cache.insert(slot, single)
         return logits[0]
 
@@ -136,26 +160,6 @@ class Batcher:
         if not self.model.uses_segments:
             return None
         return [self.slots[s].segments for s in slots]
-
-    def _feed(self, cache: KVCache, tokens: list[list[int]], segments) -> np.ndarray:
-        """Feed each cache row its tokens (ragged) in one call; returns each row's last logits (rows, vocab)."""
-        counts = np.array([len(t) for t in tokens], dtype=np.int64)
-        width = int(counts.max())
-        mask = cache.step_mask(counts)
-        ids = np.zeros((cache.rows, width), dtype=np.int64)
-        types = np.zeros((cache.rows, width), dtype=np.int64)
-        positions = np.zeros((cache.rows, width), dtype=np.int64)
-        for b, row in enumerate(tokens):
-            n = len(row)
-            span = slice(0, n) if cache.shared else slice(width - n, width)  # right- or left-padded
-            ids[b, span] = row
-            positions[b, span] = cache.lengths[b] + np.arange(n)
-            if segments is not None:
-                types[b, span] = segments[b]
-        last = counts - 1 if cache.shared else np.full(cache.rows, width - 1)
-        logits, presents = self.model.forward(ids, positions, mask, last[:, None], types, cache)
-        cache.advance(presents, mask, counts)
-        return logits[:, 0]
 
     # ------------------------------------------------------------------ choosing tokens
     def _choose(self, slots: list[int], logits: np.ndarray) -> list[StreamEvent]:
@@ -322,10 +326,9 @@ class Decoder:
             raise InputError(f"{start + len(ids)} tokens leave no room in the model's {self.model.max_positions} positions")
         segments = list(segment_ids) if segment_ids is not None else [0] * len(ids)
         cache = prefix.cache.take([0]) if prefix else KVCache(self.model, 1, self.model.max_positions)
-        batcher = Batcher(self.model, DecodeSettings(), 1, cache.capacity)
-        batcher._feed(cache, [ids], [segments] if self.model.uses_segments else None)
+        logits = feed_tokens(self.model, cache, [ids], [segments] if self.model.uses_segments else None)
         base_segments = prefix.segment_ids if prefix else []
-        return Prefix((prefix.token_ids if prefix else []) + ids, (base_segments or []) + segments, cache)
+        return Prefix((prefix.token_ids if prefix else []) + ids, (base_segments or []) + segments, cache, logits[0])
 
 
 def _row_seeds(seed, n_prompts: int, n_samples: int) -> list:

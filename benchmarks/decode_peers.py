@@ -1,0 +1,284 @@
+"""Greedy decoding of edgeinfer against the engines users would pick instead, same weights, one process per run.
+
+    python benchmarks/decode_peers.py [--quick] [--engines ...] [--batches 1 16] [--new-tokens 64] [--repeats 3]
+
+Makes a random-weight GPT-2-shaped checkpoint (build/bench/hf-gpt2-small/ at the default shape), prepares each
+engine's artifact from it (edgeinfer bundles, an Optimum ONNX export, CTranslate2 conversions), then runs the
+engines interleaved: every repeat starts each engine once, in a fresh process, so all of them see the same machine
+noise and ratios are taken within a run. Writes results/decode_peers.json and results/decode_peers.md.
+Optimum and CTranslate2 run in build/bench/venv-peers (benchmarks/peers/setup_venv.sh): optimum-onnx pins an older
+transformers than the main environment has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "benchmarks" / "peers"
+BENCH = ROOT / "build" / "bench"
+VENV_PYTHON = BENCH / "venv-peers" / "bin" / "python"
+RESULTS = ROOT / "results"
+REFERENCE = "edgeinfer-contrib"  # the correctness gate compares every engine's greedy ids with this one's
+
+
+@dataclass
+class Engine:
+    script: str
+    in_venv: bool  # runs under build/bench/venv-peers instead of this interpreter
+    artifact: str | None = None  # folder name of its converted model under the shape's folder; None: reads the checkpoint
+    options: dict = field(default_factory=dict)
+
+
+ENGINES = {
+    "edgeinfer-contrib": Engine("engine_edgeinfer.py", False, "edgeinfer-contrib", {"attention": "contrib"}),
+    "edgeinfer-standard": Engine("engine_edgeinfer.py", False, "edgeinfer-standard", {"attention": "standard"}),
+    "hf-torch": Engine("engine_hf_torch.py", False),
+    "optimum": Engine("engine_optimum.py", True, "optimum"),
+    "ct2-fp32": Engine("engine_ctranslate2.py", True, "ct2-float32", {"quantization": "float32"}),
+    "ct2-int8": Engine("engine_ctranslate2.py", True, "ct2-int8", {"quantization": "int8"}),
+}
+
+
+def make_checkpoint(args) -> Path:
+    """The random-weight GPT2LMHeadModel every engine starts from, saved once with save_pretrained."""
+    full = (args.layers, args.embd, args.heads, args.vocab) == (12, 768, 12, 50257)
+    folder = BENCH / ("hf-gpt2-small" if full else f"hf-gpt2-{args.layers}x{args.embd}x{args.heads}-v{args.vocab}")
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    print(f"creating checkpoint {folder.relative_to(ROOT)}", flush=True)
+    torch.manual_seed(0)
+    last = args.vocab - 1  # GPT-2's <|endoftext|> is its last id, whatever the vocabulary size
+    config = GPT2Config(vocab_size=args.vocab, n_positions=1024, n_embd=args.embd, n_layer=args.layers,
+                        n_head=args.heads, bos_token_id=last, eos_token_id=last)
+    GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def weight_bytes(checkpoint: Path) -> int:
+    """Bytes of the stored tensors (from the safetensors header): what one decode step must read at least once."""
+    with open(checkpoint / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return sum(t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items() if name != "__metadata__")
+
+
+def copy_bandwidth(mb: int = 512, tries: int = 5) -> float:
+    """Best-of-`tries` bytes/s of a numpy array copy, counting the bytes read and the bytes written."""
+    src = np.ones(mb * 2**20 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def engine_command(name: str, mode: str, spec_path: Path) -> list[str]:
+    python = str(VENV_PYTHON) if ENGINES[name].in_venv else sys.executable
+    return [python, str(PEERS / ENGINES[name].script), mode, str(spec_path)]
+
+
+def engine_env(threads: int) -> dict:
+    """Every engine gets the same thread count, whichever knob its runtime reads, and never touches the network."""
+    env = dict(os.environ)
+    env.update({"EDGEINFER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"})
+    return env
+
+
+def write_specs(args, checkpoint: Path, engines: list[str]) -> dict[str, Path]:
+    """One spec file per engine: the same prompts, batches and token count for all, its own artifact folder."""
+    work = BENCH / "peers" / checkpoint.name
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    prompts = rng.integers(0, args.vocab, (max(args.batches), args.prompt)).tolist()  # B rows = the first B
+    specs = {}
+    for name in engines:
+        engine = ENGINES[name]
+        spec = {"checkpoint": str(checkpoint), "artifact": str(work / engine.artifact) if engine.artifact else None,
+                "prompts": prompts, "batches": args.batches, "new_tokens": args.new_tokens, "threads": args.threads,
+                **engine.options}
+        specs[name] = work / f"spec-{name}.json"
+        specs[name].write_text(json.dumps(spec))
+    return specs
+
+
+def available(engines: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Engines that can run here, and the reason for each one that cannot."""
+    skipped = {n: f"{VENV_PYTHON.relative_to(ROOT)} is missing: run benchmarks/peers/setup_venv.sh"
+               for n in engines if ENGINES[n].in_venv and not VENV_PYTHON.exists()}
+    return [n for n in engines if n not in skipped], skipped
+
+
+def run_engine(name: str, mode: str, spec: Path, threads: int, timeout: float) -> tuple[dict | None, str]:
+    """(parsed JSON line or None, error text) of one engine process."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(engine_command(name, mode, spec), check=False, capture_output=True, text=True, timeout=timeout,
+                              env=engine_env(threads), cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    wall = time.perf_counter() - t0
+    if proc.stdout.strip() and mode == "prepare":
+        print(proc.stdout.rstrip(), flush=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+        return None, f"exit {proc.returncode}: {tail}"
+    if mode == "prepare":
+        return {"wall_s": wall}, ""
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result, ""
+
+
+def summarize(name: str, runs: list[dict]) -> dict:
+    """Medians over the repeats; peak RSS is the largest seen; row-0 ids from the first run (greedy: all equal)."""
+    batches = {}
+    for b in runs[0]["batches"]:
+        per = [r["batches"][b] for r in runs]
+        batches[b] = {k: statistics.median(p[k] for p in per) for k in ("prefill_ms", "decode_ms_per_token",
+                                                                        "tokens_per_s")}
+        batches[b]["row0_ids"] = per[0]["row0_ids"]
+        batches[b]["repeats_agree"] = all(p["row0_ids"] == per[0]["row0_ids"] for p in per)
+        batches[b]["decode_ms_per_token_all"] = [p["decode_ms_per_token"] for p in per]
+    return {"engine": name, "repeats": len(runs), "load_s": statistics.median(r["load_s"] for r in runs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "versions": runs[0].get("versions", {}),
+            "batches": batches}
+
+
+def gate(summary: dict, reference: dict | None) -> None:
+    """Mark each engine `agrees` when its row-0 greedy ids equal edgeinfer's at every batch size; keep it either way."""
+    if reference is None:
+        summary["agrees"] = None
+        return
+    agrees = True
+    for b, entry in summary["batches"].items():
+        ref, ids = reference["batches"][b]["row0_ids"], entry["row0_ids"]
+        same = next((i for i, (x, y) in enumerate(zip(ids, ref)) if x != y), len(ref))
+        entry["tokens_agreeing_before_first_difference"] = same
+        agrees = agrees and ids == ref
+    summary["agrees"] = agrees
+
+
+def markdown(summaries: list[dict], batches: list[int], floor_ms: float) -> str:
+    small, large = str(min(batches)), str(max(batches))
+    head = (f"| engine | B={small} prefill ms | B={small} decode ms/token | floor share | B={large} decode ms/token "
+            f"| B={large} tokens/s | peak RSS MB | agrees |")
+    lines = [head, "|" + " --- |" * 8]
+    for s in summaries:
+        lo, hi = s["batches"][small], s["batches"][large]
+        lines.append(f"| {s['engine']} | {lo['prefill_ms']:.1f} | {lo['decode_ms_per_token']:.2f} "
+                     f"| {floor_ms / lo['decode_ms_per_token']:.2f} | {hi['decode_ms_per_token']:.2f} "
+                     f"| {hi['tokens_per_s']:.1f} | {s['peak_rss_mb']:.0f} | {s['agrees']} |")
+    return "\n".join(lines)
+
+
+def load_average() -> dict:
+    return {"uptime": subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip(),
+            "loadavg": os.getloadavg()}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and short run, to check the pipeline")
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt", type=int, default=128, help="prompt length in tokens")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--embd", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--vocab", type=int, default=50257)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt ids")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed to one engine process")
+    args = parser.parse_args()
+    if args.quick:
+        args.layers, args.embd, args.heads, args.vocab = 2, 64, 2, 1000
+        args.prompt, args.new_tokens, args.batches, args.repeats = 16, 8, [1, 2], 1
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2: decode time is measured after the first token")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    load_before = load_average()
+    checkpoint = make_checkpoint(args)
+    engines, skipped = available(args.engines)
+    for name, reason in skipped.items():
+        print(f"skipping {name}: {reason}", flush=True)
+    specs = write_specs(args, checkpoint, engines)
+
+    for name in list(engines):
+        print(f"preparing {name}", flush=True)
+        done, error = run_engine(name, "prepare", specs[name], args.threads, args.timeout)
+        if done is None:
+            print(f"  {name} cannot be prepared, skipped: {error}", flush=True)
+            skipped[name] = f"prepare failed: {error}"
+            engines.remove(name)
+
+    runs: dict[str, list[dict]] = {n: [] for n in engines}
+    for repeat in range(args.repeats):
+        order = engines[repeat % len(engines):] + engines[:repeat % len(engines)]  # rotate who goes first
+        for name in order:
+            if name in skipped:
+                continue
+            result, error = run_engine(name, "run", specs[name], args.threads, args.timeout)
+            if result is None:
+                print(f"  {name} failed, dropped from later repeats: {error}", flush=True)
+                skipped[name] = f"run failed: {error}"
+                continue
+            runs[name].append(result)
+            times = ", ".join(f"B={b} {v['decode_ms_per_token']:.2f} ms/token" for b, v in result["batches"].items())
+            print(f"repeat {repeat + 1}/{args.repeats} {name}: load {result['load_s']:.1f} s, {times}", flush=True)
+
+    summaries = [summarize(n, r) for n, r in runs.items() if r]
+    by_name = {s["engine"]: s for s in summaries}
+    for s in summaries:
+        gate(s, by_name.get(REFERENCE))
+    bandwidth = copy_bandwidth()
+    weights = weight_bytes(checkpoint)
+    floor_ms = weights / bandwidth * 1e3
+    for s in summaries:
+        s["floor_share"] = floor_ms / s["batches"][str(min(args.batches))]["decode_ms_per_token"]
+
+    table = markdown(summaries, args.batches, floor_ms)
+    report = {
+        "shape": {"layers": args.layers, "embd": args.embd, "heads": args.heads, "vocab": args.vocab,
+                  "prompt": args.prompt, "new_tokens": args.new_tokens, "batches": args.batches},
+        "checkpoint": str(checkpoint.relative_to(ROOT)), "threads": args.threads, "repeats": args.repeats,
+        "reference": REFERENCE, "weight_bytes": weights, "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "floor_ms_per_token": floor_ms, "load_before": load_before, "load_after": load_average(),
+        "skipped": skipped, "engines": summaries,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    stem = "decode_peers_quick" if args.quick else "decode_peers"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    note = (f"weights {weights / 1e6:.0f} MB, copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), "
+            f"floor {floor_ms:.2f} ms/token; {args.threads} threads, median of {args.repeats} interleaved repeats")
+    (RESULTS / f"{stem}.md").write_text(f"{table}\n\n{note}\n")
+    print(f"\n{table}\n\n{note}")
+    for name, reason in skipped.items():
+        print(f"not run: {name}: {reason}")
+
+
+if __name__ == "__main__":
+    main()

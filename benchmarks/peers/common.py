@@ -1,0 +1,64 @@
+"""What every engine script shares: reading the run spec, the timing protocol, and the one JSON line it prints.
+
+Engine scripts run under different interpreters (the main environment, or build/bench/venv-peers), so this module
+imports only the standard library. Each engine supplies `load()` and a `generate(rows, n)` that returns
+(row-0 generated ids, seconds to the first token, total seconds); this module does the rest the same way for all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+Generate = Callable[[list[list[int]], int], tuple[list[int], float, float]]
+
+
+def read_spec() -> tuple[str, dict]:
+    """(`prepare` or `run`, the spec the driver wrote): checkpoint, artifact, prompts, batches, new_tokens, threads."""
+    if len(sys.argv) != 3 or sys.argv[1] not in ("prepare", "run"):
+        sys.exit(f"usage: {sys.argv[0]} prepare|run SPEC.json")
+    return sys.argv[1], json.loads(Path(sys.argv[2]).read_text())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far, from /proc (VmHWM, KiB).
+
+    Not getrusage's ru_maxrss: Linux carries that across fork + exec, so a child started by a large driver would
+    report the driver's size.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure(spec: dict, load: Callable[[], Generate], packages: tuple[str, ...]) -> None:
+    """Load, then per batch size warm up and time one greedy run; print one JSON line with every batch's numbers.
+
+    Repeats are separate processes started by the driver (interleaved with the other engines), so one timed run
+    per batch here; the driver takes medians.
+    """
+    t0 = time.perf_counter()
+    generate = load()
+    result: dict = {"load_s": time.perf_counter() - t0, "versions": {p: version(p) for p in packages}, "batches": {}}
+    n = spec["new_tokens"]
+    for batch in spec["batches"]:
+        rows = spec["prompts"][:batch]
+        generate(rows, 2)  # warm-up: the same prefill shape and one decode step
+        ids, prefill_s, total_s = generate(rows, n)
+        if len(ids) != n:
+            raise RuntimeError(f"engine produced {len(ids)} tokens for row 0, expected {n}")
+        decode_s = (total_s - prefill_s) / (n - 1)
+        result["batches"][str(batch)] = {
+            "prefill_ms": prefill_s * 1e3,
+            "decode_ms_per_token": decode_s * 1e3,
+            "tokens_per_s": batch * n / total_s,
+            "peak_rss_mb": peak_rss_mb(),
+            "row0_ids": ids,
+        }
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result), flush=True)

@@ -1,0 +1,52 @@
+"""edgeinfer on a bundle exported from the checkpoint (`prepare`, needs torch), timed without torch (`run`).
+
+The timing process must not import torch: edgeinfer's point is running with onnxruntime + numpy only, and torch's
+import would add to its RSS and load time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from common import Generate, measure, read_spec
+
+
+def prepare(spec: dict) -> None:
+    """Export the checkpoint to a bundle with the spec's attention target, once."""
+    out = Path(spec["artifact"])
+    if (out / "manifest.json").exists():
+        return
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    manifest = export_hf_checkpoint(spec["checkpoint"], out, attention=spec["attention"])
+    print(f"  exported {out.name}: parity {manifest['parity']['max_abs_diff']:.2e}", flush=True)
+
+
+def load(spec: dict) -> Generate:
+    import edgeinfer
+
+    model = edgeinfer.load(spec["artifact"], device="cpu", threads=spec["threads"])
+    if "torch" in sys.modules:
+        raise RuntimeError("the edgeinfer timing process imported torch")
+
+    def generate(rows: list[list[int]], n: int) -> tuple[list[int], float, float]:
+        ids, first = [], None
+        t0 = time.perf_counter()
+        for event in model.stream(rows, max_new_tokens=n, min_new_tokens=n, stop_token_ids=[]):
+            if first is None:
+                first = time.perf_counter() - t0
+            if event.row == 0:
+                ids.append(event.token_id)
+        return ids, first, time.perf_counter() - t0
+
+    return generate
+
+
+if __name__ == "__main__":
+    mode, spec = read_spec()
+    if mode == "prepare":
+        prepare(spec)
+    else:
+        measure(spec, lambda: load(spec), ("edgeinfer", "onnxruntime"))

@@ -1,0 +1,105 @@
+"""A small, generic training loop for the GPT of `gpt.py`: AdamW, warmup + cosine decay, gradient clipping.
+
+Used by the task scripts (train_xiangqi.py, train_chat.py), which own their data. Writes the loss curve as
+JSON as it goes and shows progress with tqdm. Deterministic for a given seed and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .gpt import GPT
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # input ids, targets (-100 = ignore), segments
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    seed: int = 0
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: Callable[[], Iterator[Batch]]) -> float:
+    """Mean cross-entropy per target token over all batches."""
+    model.eval()
+    total, count = 0.0, 0
+    for ids, targets, segments in batches():
+        logits = model.training_logits(ids, segments)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += float(loss)
+        count += int((targets != -100).sum())
+    model.train()
+    return total / max(1, count)
+
+
+def train(
+    model: GPT,
+    train_batches: Iterator[Batch],
+    valid_batches: Callable[[], Iterator[Batch]],
+    cfg: TrainConfig,
+    out_dir: Path,
+    loss_fn: Callable[[GPT, Batch], torch.Tensor] | None = None,
+) -> dict:
+    """Train in place; returns (and writes to out_dir/training.json) the loss curve and final validation loss."""
+    torch.manual_seed(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    loss_fn = loss_fn or (lambda m, b: m.loss(b[0], b[1], b[2]))
+    log = {"config": asdict(cfg), "train": [], "valid": []}
+    started = time.perf_counter()
+    model.train()
+    progress = tqdm(range(cfg.steps), desc="train", unit="step", mininterval=2.0)
+    smoothed = None
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        loss = loss_fn(model, next(train_batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        value = loss.item()
+        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+        if step % 10 == 0:
+            log["train"].append([step, round(value, 4)])
+            progress.set_postfix(loss=f"{smoothed:.3f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            valid = evaluate(model, valid_batches)
+            log["valid"].append([step + 1, round(valid, 4)])
+            progress.write(f"step {step + 1}: train {smoothed:.4f} valid {valid:.4f}")
+            log["seconds"] = round(time.perf_counter() - started, 1)
+            (out_dir / "training.json").write_text(json.dumps(log) + "\n")
+    log["final_valid_loss"] = log["valid"][-1][1]
+    log["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / "training.json").write_text(json.dumps(log) + "\n")
+    return log
