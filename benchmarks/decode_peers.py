@@ -158,6 +158,7 @@ def summarize(name: str, runs: list[dict]) -> dict:
         batches[b]["repeats_agree"] = all(p["row0_ids"] == per[0]["row0_ids"] for p in per)
         batches[b]["decode_ms_per_token_all"] = [p["decode_ms_per_token"] for p in per]
     return {"engine": name, "repeats": len(runs), "load_s": statistics.median(r["load_s"] for r in runs),
+            "process_s": statistics.median(r["wall_s"] for r in runs),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "versions": runs[0].get("versions", {}),
             "batches": batches}
 
