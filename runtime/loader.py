@@ -5,6 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bundle import read_manifest
+from .errors import BundleError
+
+BUNDLES = Path(__file__).parent / "bundles"
+DEFAULT_BUNDLES = {
+    "xiangqi": "python -m edgeinfer.export.train_xiangqi",
+    "qa": "python -m edgeinfer.export.qa_bundle",
+    "chat": "python -m edgeinfer.export.train_chat",
+}
+
+
+def default_bundle(name: str) -> Path:
+    """The folder of a bundle shipped inside the package ("xiangqi", "qa", "chat")."""
+    path = BUNDLES / name
+    if not (path / "manifest.json").is_file():
+        how = DEFAULT_BUNDLES.get(name, "an export command")
+        raise BundleError(f"no default {name!r} bundle is installed at {path}; make it with `{how}`")
+    return path
 
 
 def load(path: str | Path, device: str = "auto", threads: int | None = None):

@@ -77,3 +77,26 @@ def test_samples_are_legal_and_game_end_is_refused(movers):
     assert not mated.legal_moves()
     with pytest.raises(InputError, match="no legal moves"):
         mover.score(mated)
+
+
+def test_cli_move_and_play(movers, capsys, monkeypatch):
+    import json
+
+    from edgeinfer.cli import main
+
+    bundle = str(movers.folder)
+    assert main(["move", "--bundle", bundle, "--moves", "h2e2 h9g7", "--top", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    board = Board.from_moves(["h2e2", "h9g7"])
+    best = MoveModel(movers).best(board)
+    assert out["move"] == best.move and len(out["top"]) == 3 and out["legal_moves"] == len(board.legal_moves())
+    assert main(["move", "--bundle", bundle, "--moves", "a0a5", "--json"]) == 2
+    assert "illegal move 'a0a5'" in json.loads(capsys.readouterr().out)["error"]
+
+    typed = iter(["z9z9", "h2e2", "quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(typed))
+    assert main(["play", "--bundle", bundle, "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("not played:") for line in lines)
+    result = json.loads(lines[-1])
+    assert result["moves"][0] == "h2e2" and len(result["moves"]) == 2 and result["outcome"] is None
