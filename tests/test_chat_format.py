@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from tokenizers import Tokenizer
+
 from edgeinfer.chat_format import encode_dialogue, reply_segment_id
 from edgeinfer.errors import InputError
 from edgeinfer.export.chat_data import windows
@@ -12,7 +14,6 @@ from edgeinfer.export.chat_tokenizer import (
     build_tokenizer,
     save_tokenizer,
 )
-from tokenizers import Tokenizer
 
 PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
 HELLO, NI, HAO, OK = 8701, 872, 1962, 8270

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
         if line == "moves":
             print(" ".join(sorted(board.legal_moves())))
         elif line == "undo":
-            for _ in range(2 if len(board.move_stack) >= 2 else len(board.move_stack)):
+            for _ in range(min(2, len(board.move_stack))):
                 board.pop()
         else:
             try:
