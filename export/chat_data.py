@@ -31,9 +31,10 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
-from edgeinfer.chat_format import assemble, encode_turns, fit_turns, special_ids
 from tokenizers import Tokenizer
 from tqdm import tqdm
+
+from edgeinfer.chat_format import assemble, encode_turns, fit_turns, special_ids
 
 from .chat_tokenizer import UNK_TOKEN, build_tokenizer
 
