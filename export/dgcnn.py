@@ -14,16 +14,21 @@ two dictionary look-ups (:func:`encode`).
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PAD, UNK = 0, 1
+# featurisation and decoding are numpy-only and shared with the runtime; re-exported for training
+from edgeinfer.qa.dgcnn import PAD, UNK, encode
+from edgeinfer.qa.spans import best_span, vote
+
+__all__ = [
+    "PAD", "UNK", "AttentionPool", "DGCNNConfig", "DGCNNReader", "GatedConvBlock",
+    "best_span", "encode", "focal_loss", "reader_loss", "vote",
+]
+
 NEG = -1e4  # additive mask value; finite so fp16 and ONNX stay NaN-free
 
 
@@ -158,41 +163,3 @@ def reader_loss(model: DGCNNReader, batch: dict[str, Tensor]) -> Tensor:
     has = (batch["starts"].sum(dim=1) > 0).float()
     loss_has = focal_loss(log_a, has, torch.ones_like(has))
     return loss_start + loss_end + loss_has
-
-
-# --------------------------------------------------------------------------- featurisation and decoding (numpy only)
-
-
-def encode(words: Sequence[str], chars_vocab: dict[str, int], words_vocab: dict[str, int]) -> tuple[list[int], list[int]]:
-    """Char ids and per-char word ids for a segmented text (e.g. ``jieba.lcut(text)``)."""
-    char_ids = [chars_vocab.get(c, UNK) for w in words for c in w]
-    word_ids = [i for w in words for i in [words_vocab.get(w, UNK)] * len(w)]
-    return char_ids, word_ids
-
-
-def best_span(start: np.ndarray, end: np.ndarray, max_len: int) -> tuple[int, int, float]:
-    """Span [i, j) maximising start[i]·end[j-1] with j-1 ≥ i and length ≤ max_len."""
-    n = len(start)
-    scores = np.triu(np.outer(start, end)) - np.triu(np.ones((n, n)), k=max_len)
-    i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
-    return int(i), int(j) + 1, float(scores[i, j])
-
-
-def vote(passages: Sequence[str], starts: Sequence[np.ndarray], ends: Sequence[np.ndarray], max_len: int) -> tuple[str, float]:
-    """Best span per passage, then answers voted across passages by Σs²/(1+Σs).
-
-    Summing squares rewards an answer found confidently in several passages
-    while the 1+Σs denominator keeps many weak hits from outvoting one strong one.
-    """
-    found: dict[str, list[float]] = defaultdict(list)
-    for text, s, e in zip(passages, starts, ends, strict=True):
-        n = min(len(text), len(s))
-        if n == 0:
-            continue
-        i, j, score = best_span(np.asarray(s[:n]), np.asarray(e[:n]), max_len)
-        found[text[i:j]].append(score)
-    if not found:
-        return "", 0.0
-    totals = {a: float((np.square(v)).sum() / (1 + np.sum(v))) for a, v in found.items()}
-    answer = max(totals, key=totals.__getitem__)
-    return answer, totals[answer]

@@ -112,6 +112,13 @@ class GPT(nn.Module):
         shape = (batch, self.cfg.n_head, 0, self.cfg.head_dim)
         return [torch.zeros(shape) for _ in range(2 * self.cfg.n_layer)]
 
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids=None, inputs_embeds=None):
+        """Token (or given) embeddings plus position and segment embeddings."""
+        x = (self.wte(input_ids) if inputs_embeds is None else inputs_embeds) + self.wpe(position_ids)
+        if self.wse is not None:
+            x = x + self.wse(token_type_ids)
+        return self.drop(x)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -127,10 +134,7 @@ class GPT(nn.Module):
         Asking only for the positions that are needed (the last one when decoding) skips the LM head
         for the rest.
         """
-        x = self.wte(input_ids) + self.wpe(position_ids)
-        if self.wse is not None:
-            x = x + self.wse(token_type_ids)
-        x = self.drop(x)
+        x = self.embed(input_ids, position_ids, token_type_ids)
         presents = []
         for i, block in enumerate(self.blocks):
             x, present_k, present_v = block(x, past[2 * i], past[2 * i + 1], attention_mask)
@@ -139,14 +143,19 @@ class GPT(nn.Module):
         index = logits_positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         return self.lm_head(torch.gather(x, 1, index)), presents
 
-    def training_logits(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """All-position logits for teacher-forced training on right-padded batches (no cache)."""
+    def training_logits(self, input_ids: torch.Tensor, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
+        """All-position logits for teacher-forced training on right-padded batches (no cache).
+
+        `inputs_embeds` replaces the token embeddings (TeaForN feeds the model its own expected embeddings).
+        """
         batch, seq = input_ids.shape
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         mask = torch.ones_like(input_ids)
-        past = [t.to(input_ids.device) for t in self.empty_cache(batch)]
-        logits, _ = self.forward(input_ids, positions, mask, positions, past, token_type_ids)
-        return logits
+        x = self.embed(input_ids, positions, token_type_ids, inputs_embeds)
+        empty = torch.zeros(batch, self.cfg.n_head, 0, self.cfg.head_dim, device=input_ids.device)
+        for block in self.blocks:
+            x, _, _ = block(x, empty, empty, mask)
+        return self.lm_head(self.ln_f(x))
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, token_type_ids=None) -> torch.Tensor:
         """Cross-entropy of next-token prediction; targets of -100 are ignored."""

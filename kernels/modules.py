@@ -112,3 +112,43 @@ def causal_attention(
     if torch.compiler.is_exporting():
         return attention_op(q, k, v, past_k, past_v, attention_mask, num_heads)
     return _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads)
+
+
+# ---------------------------------------------------------------- bidirectional (encoder) attention
+def _encoder_attention_eager(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    batch, seq, hidden = q.shape
+    head_dim = hidden // num_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, seq, num_heads, head_dim).transpose(1, 2)
+
+    hidden_keys = attention_mask[:, None, None, :] == 0
+    bias = torch.zeros(hidden_keys.shape, dtype=q.dtype, device=q.device).masked_fill(hidden_keys, torch.finfo(q.dtype).min)
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias)
+    return out.transpose(1, 2).reshape(batch, seq, hidden)
+
+
+@torch.library.custom_op("edgeinfer::encoder_attention", mutates_args=())
+def encoder_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    return _encoder_attention_eager(q, k, v, attention_mask, num_heads).clone()
+
+
+@encoder_attention_op.register_fake
+def _encoder_attention_fake(q, k, v, attention_mask, num_heads):
+    return torch.empty_like(q)
+
+
+def bidirectional_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """Encoder self-attention: every query sees every key its row's (batch, seq) 0/1 mask keeps.
+
+    q, k, v: (batch, seq, heads*head_dim) -> (batch, seq, heads*head_dim). Exports as one ONNX node.
+    """
+    if torch.compiler.is_exporting():
+        return encoder_attention_op(q, k, v, attention_mask, num_heads)
+    return _encoder_attention_eager(q, k, v, attention_mask, num_heads)

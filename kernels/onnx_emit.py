@@ -95,3 +95,21 @@ def translation_table(attention_target: str) -> dict:
         torch.ops.edgeinfer.attention.default: attention,
     }
 
+
+
+def encoder_attention_standard(q, k, v, attention_mask, num_heads: int):
+    """Bidirectional attention as one opset-23 `Attention`, the key mask turned into an additive bias."""
+    key_ok = op.Unsqueeze(op.Cast(attention_mask, to=9), [1, 2])  # (batch, 1, 1, seq), 9 = BOOL
+    bias = op.Where(key_ok, op.Constant(value_float=0.0), op.Constant(value_float=MASK_VALUE))
+    seq = op.Shape(attention_mask, start=1, end=2)
+    # onnxruntime wants the mask's query axis spelled out: (batch, 1, seq, seq)
+    bias = op.Expand(bias, op.Concat(op.Shape(attention_mask, start=0, end=1), op.Constant(value_ints=[1]), seq, seq, axis=0))
+    y, _, _, _ = op.Attention(q, k, v, bias, q_num_heads=num_heads, kv_num_heads=num_heads)
+    return y
+
+
+def encoder_translation_table() -> dict:
+    """Custom-op translations for encoders (bidirectional attention, GELU) on the standard target."""
+    import torch
+
+    return {**translation_table("standard"), torch.ops.edgeinfer.encoder_attention.default: encoder_attention_standard}

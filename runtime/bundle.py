@@ -41,6 +41,10 @@ _CAUSAL_LM_SCHEMA: dict[str, Any] = {
     "fused_ops": dict,
     "generation": dict,
 }
+_QA_SCHEMA: dict[str, Any] = {
+    "reader": str,
+    "qa": {"window": int, "stride": int, "max_answer_len": int, "max_question_len": int, "batch_size": int},
+}
 
 
 def _check(data: dict, schema: dict, where: str) -> None:
@@ -78,6 +82,8 @@ def validate_manifest(data: Any) -> dict:
         _check(data, _CAUSAL_LM_SCHEMA, "")
         if data["kv_cache"]["layout"] not in KV_LAYOUTS:
             raise BundleError(f"manifest kv_cache.layout {data['kv_cache']['layout']!r} is not one of {KV_LAYOUTS}")
+    if data["task"] == "extractive-qa":
+        _check(data, _QA_SCHEMA, "")
     return data
 
 

@@ -32,4 +32,8 @@ def load(path: str | Path, device: str = "auto", threads: int | None = None):
         from .causal_lm import CausalLM
 
         return CausalLM(folder, manifest, device=device, threads=threads)
+    if task == "extractive-qa":
+        from .qa import Reader
+
+        return Reader(folder, manifest, device=device, threads=threads)
     raise NotImplementedError(f"task {task!r} has no runtime yet")

@@ -10,7 +10,10 @@ HELP = "export a Hugging Face checkpoint folder to a bundle (needs edgeinfer[exp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from-hf", required=True, metavar="DIR", help="local GPT2LMHeadModel checkpoint folder")
+    parser.add_argument("--from-hf", required=True, metavar="DIR",
+                        help="local checkpoint folder: GPT2LMHeadModel, or BertForQuestionAnswering with --task qa")
+    parser.add_argument("--task", choices=["causal-lm", "qa"], default="causal-lm",
+                        help="causal-lm: a GPT-2 decoder; qa: a BERT extractive reader (attention is always standard)")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     parser.add_argument("--attention", choices=["auto", "standard", "contrib"], default="auto",
                         help="opset-23 Attention (any provider) or onnxruntime GroupQueryAttention (in-place cache);"
@@ -22,9 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
     try:
+        from edgeinfer.export.bert import export_bert_qa_bundle
         from edgeinfer.export.hf_bundle import export_hf_checkpoint
     except ImportError as exc:
         raise InputError(f"export needs the [export] extra (pip install 'edgeinfer[export]'): {exc}") from exc
+    if args.task == "qa":
+        manifest = export_bert_qa_bundle(args.from_hf, args.out, tolerance=args.tolerance)
+        text = (
+            f"wrote {args.out}: BERT reader, {manifest['model']['n_layer']} layers, fused ops {manifest['fused_ops']}, "
+            f"parity {manifest['parity']['max_abs_diff']:.2e} (tolerance {manifest['parity']['tolerance']:g})"
+        )
+        return {"bundle": str(args.out), "manifest": manifest}, text
     manifest = export_hf_checkpoint(args.from_hf, args.out, attention=args.attention, gelu=args.gelu,
                                     tolerance=args.tolerance)
     parity = manifest["parity"]

@@ -1,0 +1,82 @@
+"""BERT reader backend: WordPiece tokens are the units, read as [CLS] question [SEP] window [SEP].
+
+The graph takes (input_ids, token_type_ids, attention_mask) and returns start/end logits per token.
+Spans are ranked by start + end logit; the logits are log-softmaxed over each window's passage tokens
+first, which shifts every span of a row by the same constant (same ranking) and makes exp(score) the
+span's probability, a positive score that voting can add up across windows and passages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleError
+from .units import Encoded, Window, pad_rows
+
+SPECIALS = 3  # [CLS], [SEP], [SEP]
+
+
+def _log_softmax(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    x = np.where(valid, x, -np.inf)
+    peak = np.max(x, axis=1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    shifted = x - peak
+    return shifted - np.log(np.maximum(np.exp(shifted).sum(axis=1, keepdims=True), np.finfo(np.float64).tiny))
+
+
+class BertFeatures:
+    """Text -> WordPiece ids and offsets with the bundle's tokenizer.json, and logits -> span log-scores."""
+
+    combine = "sum"
+
+    def __init__(self, folder: Path, manifest: dict) -> None:
+        name = manifest["files"].get("tokenizer")
+        if not name:
+            raise BundleError(f"BERT reader bundle {folder} has no tokenizer.json: it cannot read text")
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(folder / name))
+        special = manifest["special_tokens"]
+        missing = [t for t in ("cls", "sep", "pad") if not isinstance(special.get(t), int)]
+        if missing:
+            raise BundleError(f"BERT reader bundle {folder} names no {', '.join(missing)} token id")
+        self.cls, self.sep, self.pad = special["cls"], special["sep"], special["pad"]
+        self.max_question_len = manifest["qa"]["max_question_len"]
+
+    def _encode(self, text: str) -> Encoded:
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = np.asarray(encoding.ids, dtype=np.int64).reshape(-1, 1)
+        return Encoded(ids, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
+
+    def question(self, text: str) -> Encoded:
+        encoded = self._encode(text)
+        return Encoded(encoded.ids[: self.max_question_len], encoded.offsets[: self.max_question_len])
+
+    def passage(self, text: str) -> Encoded:
+        return self._encode(text)
+
+    def window_size(self, question: Encoded, window: int) -> int:
+        """Passage tokens per window: the sequence length less the question and the three specials."""
+        return window - len(question) - SPECIALS
+
+    def feeds(self, rows: list[Window]) -> dict[str, np.ndarray]:
+        ids, types = [], []
+        for row in rows:
+            q, p = row.q.ids[:, 0], row.p.ids[row.start : row.end, 0]
+            ids.append(np.concatenate([[self.cls], q, [self.sep], p, [self.sep]]))
+            types.append(np.concatenate([np.zeros(len(q) + 2, np.int64), np.ones(len(p) + 1, np.int64)]))
+        input_ids = pad_rows(ids, self.pad)
+        mask = pad_rows([np.ones(len(r), np.int64) for r in ids])
+        return {"input_ids": input_ids, "token_type_ids": pad_rows(types), "attention_mask": mask}
+
+    def scores(self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray], rows: list[Window]):
+        """(start, end, valid) over each row's window units: log-softmaxed logits of the passage tokens."""
+        first = np.array([len(row.q) + 2 for row in rows])[:, None]
+        units = np.arange(max(row.length for row in rows))[None, :]
+        valid = units < np.array([row.length for row in rows])[:, None]
+        index = np.minimum(first + units, feeds["input_ids"].shape[1] - 1)
+        start = np.take_along_axis(outputs["start_logits"].astype(np.float64), index, axis=1)
+        end = np.take_along_axis(outputs["end_logits"].astype(np.float64), index, axis=1)
+        return _log_softmax(start, valid), _log_softmax(end, valid), valid

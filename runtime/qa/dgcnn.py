@@ -1,0 +1,79 @@
+"""DGCNN reader backend: characters are the units; jieba words give each character a word id too.
+
+The graph takes (q_chars, q_words, p_chars, p_words) with 0 as padding and returns start/end pointer
+probabilities per passage character, so span scores are products. jieba is imported on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .units import Encoded, Window, pad_rows
+
+PAD, UNK = 0, 1
+
+
+def encode(words: Sequence[str], chars_vocab: dict[str, int], words_vocab: dict[str, int]) -> tuple[list[int], list[int]]:
+    """Char ids and per-char word ids for a segmented text (e.g. ``jieba.lcut(text)``)."""
+    char_ids = [chars_vocab.get(c, UNK) for w in words for c in w]
+    word_ids = [i for w in words for i in [words_vocab.get(w, UNK)] * len(w)]
+    return char_ids, word_ids
+
+
+def _segmenter():
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    return jieba.lcut
+
+
+class DGCNNFeatures:
+    """Text -> char/word ids with the bundle's vocab.json, and model outputs -> start/end scores."""
+
+    combine = "product"
+
+    def __init__(self, folder: Path, manifest: dict) -> None:
+        vocab = json.loads((folder / manifest["files"]["vocab"]).read_text(encoding="utf-8"))
+        self.chars, self.words = vocab["chars"], vocab["words"]
+        self.max_question_len = manifest["qa"]["max_question_len"]
+        self._lcut = None
+
+    def _encode(self, text: str) -> Encoded:
+        if self._lcut is None:
+            self._lcut = _segmenter()
+        words = self._lcut(text)
+        if "".join(words) != text:  # never seen, but offsets must stay exact: fall back to single characters
+            words = list(text)
+        chars, word_ids = encode(words, self.chars, self.words)
+        offsets = np.stack([np.arange(len(text)), np.arange(1, len(text) + 1)], axis=1)
+        return Encoded(np.array([chars, word_ids], dtype=np.int64).T, offsets)
+
+    def question(self, text: str) -> Encoded:
+        """The question's first max_question_len characters (the reader was trained on no longer ones)."""
+        return self._encode(text[: self.max_question_len])
+
+    def passage(self, text: str) -> Encoded:
+        return self._encode(text)
+
+    def window_size(self, question: Encoded, window: int) -> int:
+        return window
+
+    def feeds(self, rows: list[Window]) -> dict[str, np.ndarray]:
+        q = [row.q.ids for row in rows]
+        p = [row.p.ids[row.start : row.end] for row in rows]
+        return {
+            "q_chars": pad_rows([ids[:, 0] for ids in q]),
+            "q_words": pad_rows([ids[:, 1] for ids in q]),
+            "p_chars": pad_rows([ids[:, 0] for ids in p]),
+            "p_words": pad_rows([ids[:, 1] for ids in p]),
+        }
+
+    def scores(self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray], rows: list[Window]):
+        """(start, end, valid) over each row's window units."""
+        return outputs["start_probs"], outputs["end_probs"], feeds["p_chars"] != PAD

@@ -1,0 +1,121 @@
+"""BERT readers: Hugging Face import, export with fused ops, parity with transformers, runtime answers."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import edgeinfer
+from edgeinfer.cli import main
+
+WORDS = ["the", "poem", "was", "written", "by", "li", "bai", "who", "wrote", "it", "in", "year", "moon", "light", "before", "bed", ",", ".", "?", "床", "前", "明", "月", "光", "谁", "写"]
+CONFIGS = {
+    "gelu-2x4": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37},
+    "tanh-1x3": {"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 3, "intermediate_size": 40,
+                 "hidden_act": "gelu_new"},
+}
+QUESTION = "Who wrote the poem?"
+CONTEXT = "The poem was written by Li Bai in the year 726. 床前明月光, the moon light before bed."
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *string.ascii_lowercase, *string.digits]
+    tokens += [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return tok
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def exported(request, tmp_path_factory):
+    """(transformers model, checkpoint folder, bundle folder) for each tiny random config, exported by the CLI."""
+    root = tmp_path_factory.mktemp(request.param)
+    tok = _tokenizer()
+    config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=64, **CONFIGS[request.param])
+    torch.manual_seed(0)
+    model = transformers.BertForQuestionAnswering(config).eval()
+    model.save_pretrained(root / "ckpt")
+    tok.save(str(root / "ckpt" / "tokenizer.json"))
+    assert main(["export", "--from-hf", str(root / "ckpt"), "--task", "qa", "--out", str(root / "bundle")]) == 0
+    return model, root / "ckpt", root / "bundle"
+
+
+def test_manifest_parity_and_census(exported) -> None:
+    model, _, bundle = exported
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    layers = model.config.num_hidden_layers
+    assert manifest["task"] == "extractive-qa" and manifest["reader"] == "bert"
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert manifest["fused_ops"] == {"Attention": layers, "Gelu": layers}
+    assert not {"Softmax", "Erf", "Tanh"} & set(manifest["op_census"])
+    assert manifest["special_tokens"]["cls"] == 2 and manifest["special_tokens"]["sep"] == 3
+
+
+def _hf_logits(model, encodings) -> tuple[np.ndarray, np.ndarray, dict]:
+    width = max(len(e.ids) for e in encodings)
+    feeds = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in ("input_ids", "token_type_ids", "attention_mask")}
+    for b, e in enumerate(encodings):
+        for name, values in (("input_ids", e.ids), ("token_type_ids", e.type_ids), ("attention_mask", e.attention_mask)):
+            feeds[name][b, : len(values)] = values
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    return out.start_logits.numpy(), out.end_logits.numpy(), feeds
+
+
+def test_bundle_logits_equal_transformers(exported) -> None:
+    model, _, bundle = exported
+    reader = edgeinfer.load(bundle, device="cpu", threads=1)
+    tok = _tokenizer()
+    encodings = [tok.encode(QUESTION, CONTEXT), tok.encode("Who?", "Li Bai.")]
+    start, end, feeds = _hf_logits(model, encodings)
+    got_start, got_end = reader.session.run(["start_logits", "end_logits"], feeds)
+    real = feeds["attention_mask"].astype(bool)
+    assert np.max(np.abs(got_start - start)[real]) <= 1e-4
+    assert np.max(np.abs(got_end - end)[real]) <= 1e-4
+
+
+def test_answer_is_the_best_span_of_transformers_logits(exported) -> None:
+    model, _, bundle = exported
+    reader = edgeinfer.load(bundle, device="cpu", threads=1)
+    max_len = 5
+    found = reader.answer([QUESTION], context=[CONTEXT], max_answer_len=max_len)[0][0]
+    encoding = _tokenizer().encode(QUESTION, CONTEXT)
+    start, end, _ = _hf_logits(model, [encoding])
+    context = [i for i, t in enumerate(encoding.type_ids) if t == 1][:-1]  # context tokens, less the last [SEP]
+    best = max(((i, j) for i in context for j in context if 0 <= j - i < max_len), key=lambda s: start[0, s[0]] + end[0, s[1]])
+    offsets = encoding.offsets
+    assert (found.start, found.end) == (offsets[best[0]][0], offsets[best[1]][1])
+    assert found.text == CONTEXT[found.start : found.end]
+    assert 0 < found.span_score <= 1
+
+
+def test_long_context_windows_map_back_to_characters(exported) -> None:
+    _, _, bundle = exported
+    reader = edgeinfer.load(bundle, device="cpu", threads=1)
+    context = " ".join([CONTEXT] * 12)  # ~300 tokens, windows of 64
+    answers = reader.answer([QUESTION, "谁写"], context=[context, context], top_k=3, batch_size=4)
+    for found in answers:
+        assert 1 <= len(found) <= 3
+        for a in found:
+            assert a.text == context[a.start : a.end] and a.end > a.start
+
+
+def test_unsupported_checkpoint_is_refused(tmp_path) -> None:
+    from edgeinfer.export.bert import config_from_hf
+    from edgeinfer.export.onnx_export import ExportError
+
+    config = transformers.BertConfig(hidden_act="relu")
+    with pytest.raises(ExportError, match="activation 'relu'"):
+        config_from_hf(config)
