@@ -94,9 +94,15 @@ def engine_command(name: str, mode: str, spec_path: Path) -> list[str]:
 
 
 def engine_env(threads: int) -> dict:
-    """Every engine gets the same thread count, whichever knob its runtime reads, and never touches the network."""
+    """Every engine gets the same thread count, whichever knob its runtime reads, and never touches the network.
+
+    OpenMP threads wait passively: on a shared machine, libgomp's default spin-waiting made PyTorch and CTranslate2
+    (both OpenMP) up to 10x slower per token, and erratically so, whenever another job held a core. onnxruntime has
+    its own thread pool and is not affected by this setting.
+    """
     env = dict(os.environ)
     env.update({"EDGEINFER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                "OMP_WAIT_POLICY": "PASSIVE",
                 "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"})
     return env
@@ -266,6 +272,7 @@ def main() -> None:
         "shape": {"layers": args.layers, "embd": args.embd, "heads": args.heads, "vocab": args.vocab,
                   "prompt": args.prompt, "new_tokens": args.new_tokens, "batches": args.batches},
         "checkpoint": str(checkpoint.relative_to(ROOT)), "threads": args.threads, "repeats": args.repeats,
+        "engine_env": {k: v for k, v in engine_env(args.threads).items() if k not in os.environ or os.environ[k] != v},
         "reference": REFERENCE, "weight_bytes": weights, "copy_bandwidth_gb_s": bandwidth / 1e9,
         "floor_ms_per_token": floor_ms, "load_before": load_before, "load_after": load_average(),
         "skipped": skipped, "engines": summaries,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -65,19 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="data/xiangqi", type=Path)
     parser.add_argument("--out", default="runtime/bundles/xiangqi", type=Path)
     parser.add_argument("--work", default="build/xiangqi", type=Path, help="checkpoint and training log")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--embd", type=int, default=192)
+    parser.add_argument("--embd", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--positions", type=int, default=1024)
+    parser.add_argument("--train-tokens", type=int, default=640, help="games are cut here for training (160 plies)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    splits = {name: read_games(args.data / f"{name}.txt", args.positions) for name in ("train", "valid", "test")}
+    splits = {name: read_games(args.data / f"{name}.txt", args.train_tokens) for name in ("train", "valid", "test")}
     print({name: len(games) for name, games in splits.items()}, flush=True)
     cfg = GPTConfig(vocab_size=len(VOCAB), n_positions=args.positions, n_embd=args.embd, n_layer=args.layers,
                     n_head=args.heads, gelu="tanh")
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             "games": {name: len(games) for name, games in splits.items()},
             "steps": args.steps, "batch_size": args.batch_size, "seconds": log["seconds"],
             "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"],
-            "command": "python -m edgeinfer.export.train_xiangqi " + " ".join(argv or []),
+            "command": " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])]),
         }},
     )
     print(f"wrote {args.out}: valid loss {log['final_valid_loss']}, test loss {log['test_loss']}, "

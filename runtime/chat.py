@@ -1,0 +1,86 @@
+"""Multi-turn chat over a DialoGPT-style bundle: history layout, kept KV cache, sampled and streamed replies.
+
+The history is laid out as `[CLS] u1 [SEP] u2 [SEP] …` with segment ids alternating per speaker
+(`edgeinfer.chat_format`); the reply continues the alternation and ends at `[SEP]`. When the history no longer
+fits, the oldest turns are dropped whole. Between turns the cache of the laid-out history is kept, so a turn
+runs only the new message (and the previous reply), not the whole conversation; after truncation changes the
+layout the cache is rebuilt once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from .chat_format import encode_dialogue, reply_segment_id, special_ids
+from .decoder import Prefix
+from .errors import InputError
+
+_CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff00-\uffef])")
+MAX_MESSAGE_CHARS = 10_000
+
+
+def tidy(text: str) -> str:
+    """WordPiece decoding puts spaces between Chinese characters; take them out."""
+    return _CJK_GAP.sub("", text).strip()
+
+
+class Chat:
+    """One conversation with a chat bundle (the seed's defaults: top-k 5 sampling, stop at [SEP])."""
+
+    def __init__(self, model, *, max_new_tokens: int = 32, do_sample: bool = True, top_k: int = 5,
+                 top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
+                 seed: int | None = None, history: list[str] | None = None) -> None:
+        if model.tokenizer is None or not model.uses_segments:
+            raise InputError("a chat bundle needs a tokenizer and segment embeddings")
+        self.model = model
+        self.cls_id, self.sep_id = special_ids(model.tokenizer)
+        self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "top_k": top_k, "top_p": top_p,
+                        "temperature": temperature, "repetition_penalty": repetition_penalty}
+        model.decoder.settings(**self.options)  # check the options now, not at the first message
+        self.seed = seed
+        self.turns = 0
+        self.history: list[str] = list(history or [])
+        self._kept: Prefix | None = None
+
+    def reset(self) -> None:
+        self.history, self._kept, self.turns = [], None, 0
+
+    def _layout(self, message: str) -> tuple[list[int], list[int]]:
+        if not isinstance(message, str):
+            raise InputError(f"a message must be text, got {type(message).__name__}")
+        message = message.strip()
+        if not message:
+            raise InputError("empty message")
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise InputError(f"message of {len(message)} characters is over the {MAX_MESSAGE_CHARS} limit")
+        budget = self.model.max_positions - self.options["max_new_tokens"] - 1
+        return encode_dialogue(self.model.tokenizer, [*self.history, message], budget)
+
+    def stream(self, message: str) -> Iterator[str]:
+        """Yield the reply's text as it is generated; the turn enters the history when the reply is done."""
+        ids, segments = self._layout(message)
+        kept = self._kept
+        if kept is None or ids[: len(kept.token_ids)] != kept.token_ids or segments[: len(kept.token_ids)] != kept.segment_ids:
+            kept = None  # truncation moved the layout: start over
+        start = len(kept.token_ids) if kept else 0
+        rest, rest_segments = ids[start:], segments[start:]
+        if len(rest) > 1:  # keep all but the last token in the cache; generation starts from that one
+            kept = self.model.prefill(rest[:-1], segment_ids=rest_segments[:-1], prefix=kept)
+        seed = None if self.seed is None else [self.seed + self.turns]
+        events = self.model.stream([rest[-1:]], prefix=kept, segment_ids=[rest_segments[-1:]],
+                                   reply_segment=reply_segment_id(segments), stop_token_ids=[self.sep_id],
+                                   seed=seed, **self.options)
+        tokens, shown = [], ""
+        for event in events:
+            if event.token_id != self.sep_id:
+                tokens.append(event.token_id)
+            text = tidy(self.model.decode(tokens))
+            if len(text) > len(shown) and text.startswith(shown):
+                yield text[len(shown) :]
+                shown = text
+        self._kept, self.turns = kept, self.turns + 1
+        self.history += [message.strip(), tidy(self.model.decode(tokens))]
+
+    def reply(self, message: str) -> str:
+        return "".join(self.stream(message))

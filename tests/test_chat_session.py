@@ -1,0 +1,97 @@
+"""The Chat session: reused-cache turns equal fresh runs, [SEP] stops the reply, bad messages are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import edgeinfer
+from edgeinfer.chat import Chat, tidy
+from edgeinfer.errors import InputError
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    from edgeinfer.export.chat_tokenizer import save_tokenizer
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.onnx_export import export_gpt_bundle
+
+    root = tmp_path_factory.mktemp("chat")
+    save_tokenizer(root / "tokenizer.json")
+    torch.manual_seed(5)
+    model = GPT(GPTConfig(vocab_size=21128, n_positions=48, n_embd=32, n_layer=2, n_head=4, n_segments=2))
+    for p in model.parameters():
+        p.data.mul_(10)
+    with torch.no_grad():  # make [SEP] likely after a few tokens so replies end by themselves
+        model.lm_head.weight[102] *= 1.5
+    export_gpt_bundle(model, root / "bundle", task="chat", tokenizer_file=root / "tokenizer.json",
+                      special_tokens={"cls": 101, "sep": 102, "eos": 102})
+    return edgeinfer.load(root / "bundle", device="cpu")
+
+
+def test_reused_cache_turns_equal_fresh_runs(chat_model):
+    chat = Chat(chat_model, do_sample=False, max_new_tokens=6)
+    for message in ["hello there", "你好吗？", "tell me more 🙂"]:
+        history = list(chat.history)
+        reply = chat.reply(message)
+        fresh = Chat(chat_model, do_sample=False, max_new_tokens=6, history=history).reply(message)
+        assert reply == fresh
+    assert len(chat.history) == 6
+
+
+def test_truncation_keeps_replying(chat_model):
+    chat = Chat(chat_model, do_sample=False, max_new_tokens=6)
+    for i in range(12):  # the 48-position model must drop old turns
+        chat.reply(f"message number {i} with several words in it")
+    assert len(chat.history) == 24
+
+
+def test_reply_stops_at_sep(chat_model):
+    chat = Chat(chat_model, do_sample=True, seed=1, max_new_tokens=20)
+    events = list(chat_model.stream([[101, 8701, 102]], segment_ids=[[0, 0, 0]], reply_segment=1,
+                                    stop_token_ids=[102], max_new_tokens=20, do_sample=True, seed=1, top_k=5))
+    assert events[-1].finished in ("stop_token", "length")
+    if events[-1].finished == "stop_token":
+        assert events[-1].token_id == 102 and all(e.token_id != 102 for e in events[:-1])
+    assert "[SEP]" not in chat.reply("hi")
+
+
+def test_seeded_sampling_is_reproducible(chat_model):
+    a = Chat(chat_model, seed=3).reply("hello")
+    assert a == Chat(chat_model, seed=3).reply("hello")
+
+
+@pytest.mark.parametrize("message, error", [("", "empty message"), ("   ", "empty message"), (42, "must be text"),
+                                            ("x" * 10_001, "over the 10000 limit")])
+def test_bad_messages(chat_model, message, error):
+    chat = Chat(chat_model, do_sample=False, max_new_tokens=4)
+    with pytest.raises(InputError, match=error):
+        chat.reply(message)
+    assert chat.history == [] and isinstance(chat.reply("ok"), str)
+
+
+def test_huge_and_mixed_messages(chat_model):
+    chat = Chat(chat_model, do_sample=False, max_new_tokens=4)
+    chat.reply("长" * 5000)  # cut from the left to fit
+    chat.reply("mixed 中文 and emoji 🎉🎉 \u200b")
+    assert len(chat.history) == 4
+
+
+def test_tidy_removes_gaps_between_chinese_characters():
+    assert tidy("你 好 ， world 吗") == "你好， world 吗"  # only gaps between two CJK characters go
+
+
+def test_cli_once(chat_model, tmp_path, capsys):
+    from edgeinfer.cli import main
+
+    (tmp_path / "h.json").write_text(json.dumps(["hi", "hello"]))
+    args = ["chat", "--bundle", str(chat_model.folder), "--once", "how are you", "--greedy", "--json"]
+    assert main([*args, "--history", str(tmp_path / "h.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = Chat(chat_model, do_sample=False, history=["hi", "hello"]).reply("how are you")
+    assert out["reply"] == expected and out["history"][:3] == ["hi", "hello", "how are you"]
+    assert main([*args, "--history", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read history file" in json.loads(capsys.readouterr().out)["error"]
