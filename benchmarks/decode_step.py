@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeinfer
+from edgeinfer.decoder import feed_tokens
 from edgeinfer.kv_cache import KVCache
 
 
@@ -43,21 +44,16 @@ def export_bundles(args) -> dict[str, Path]:
 
 
 def step_times(model, batch: int, prompt: int, steps: int) -> list[float]:
-    """Seconds per decode step (greedy, prefill excluded) through the engine's own step call."""
+    """Seconds per decode step (greedy, prefill excluded) through the engine's own step function."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, model.vocab_size, (batch, prompt))
-    mask = np.ones((batch, prompt), dtype=np.int64)
-    positions = np.broadcast_to(np.arange(prompt), (batch, prompt)).copy()
     cache = KVCache(model, batch, prompt + steps)
-    logits = model.run_step(ids, positions, mask, np.full((batch, 1), prompt - 1), None, cache)
+    logits = feed_tokens(model, cache, rng.integers(0, model.vocab_size, (batch, prompt)).tolist())
     times = []
-    for step in range(steps):
-        token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-        total = prompt + step + 1
-        mask = np.ones((batch, total), dtype=np.int64)
-        t0 = time.perf_counter()
-        logits = model.run_step(token, np.full((batch, 1), total - 1), mask, np.zeros((batch, 1)), None, cache)
-        times.append(time.perf_counter() - t0)
+    for _ in range(steps):
+        tokens = logits.argmax(-1)
+        start = time.perf_counter()
+        logits = feed_tokens(model, cache, [[int(t)] for t in tokens])
+        times.append(time.perf_counter() - start)
     return times
 
 

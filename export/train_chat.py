@@ -29,10 +29,9 @@ PAD, CLS, SEP = 0, 101, 102
 
 
 def load_split(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    data = np.load(path)
-    offsets = data["offsets"]
-    return [(data["input_ids"][a:b].astype(np.int64), data["segment_ids"][a:b].astype(np.int64))
-            for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    with np.load(path) as data:  # each key access of an .npz re-reads the array: read each once
+        ids, segments, offsets = data["input_ids"].astype(np.int64), data["segment_ids"].astype(np.int64), data["offsets"]
+    return [(ids[a:b], segments[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def collate(examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
