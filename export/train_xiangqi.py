@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-tokens", type=int, default=640, help="games are cut here for training (160 plies)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attention", default="standard", choices=["standard", "contrib"],
+                        help="standard: move scoring feeds 3 characters per candidate in one call")
+    parser.add_argument("--export-only", action="store_true", help="re-export the checkpoint in --work")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -89,23 +92,28 @@ def main(argv: list[str] | None = None) -> None:
         games = splits[name]
         return lambda: (collate(games[i : i + 32]) for i in range(0, len(games), 32))
 
-    log = train(model, batches(splits["train"], args.batch_size, random.Random(args.seed)), eval_batches("valid"),
-                TrainConfig(steps=args.steps, seed=args.seed), args.work)
-    log["test_loss"] = round(evaluate(model, eval_batches("test")), 4)
-    (args.work / "training.json").write_text(json.dumps(log) + "\n")
-    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict()}, args.work / "model.pt")
+    if args.export_only:
+        model.load_state_dict(torch.load(args.work / "model.pt")["state_dict"])
+        log = json.loads((args.work / "training.json").read_text())
+    else:
+        log = train(model, batches(splits["train"], args.batch_size, random.Random(args.seed)),
+                    eval_batches("valid"), TrainConfig(steps=args.steps, seed=args.seed), args.work)
+        log["test_loss"] = round(evaluate(model, eval_batches("test")), 4)
+        log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
+        (args.work / "training.json").write_text(json.dumps(log) + "\n")
+        torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict()}, args.work / "model.pt")
 
     tokenizer = args.work / "tokenizer.json"
     save_tokenizer(tokenizer)
     manifest = export_gpt_bundle(
-        model, args.out, task="xiangqi", tokenizer_file=tokenizer,
+        model, args.out, attention=args.attention, task="xiangqi", tokenizer_file=tokenizer,
         special_tokens={"start": START, "pad": START},
         generation={"score": "sum of the 4 character log-probabilities of each legal move"},
         extra={"vocab": VOCAB, "training": {
             "games": {name: len(games) for name, games in splits.items()},
             "steps": args.steps, "batch_size": args.batch_size, "seconds": log["seconds"],
             "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"],
-            "command": " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])]),
+            "command": log.get("command"),
         }},
     )
     print(f"wrote {args.out}: valid loss {log['final_valid_loss']}, test loss {log['test_loss']}, "

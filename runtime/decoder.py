@@ -72,8 +72,12 @@ class Request:
     finished: str | None = None
 
 
-def feed_tokens(model, cache: KVCache, tokens: list[list[int]], segments=None) -> np.ndarray:
-    """Feed each cache row its tokens (ragged) in one call; returns each row's last logits (rows, vocab)."""
+def feed_tokens(model, cache: KVCache, tokens: list[list[int]], segments=None, every_position: bool = False):
+    """Feed each cache row its tokens (ragged) in one call.
+
+    Returns each row's last logits (rows, vocab), or with `every_position` (rows of equal length only) the
+    logits after each fed token (rows, tokens, vocab).
+    """
     counts = np.array([len(t) for t in tokens], dtype=np.int64)
     width = int(counts.max())
     mask = cache.step_mask(counts)
@@ -87,10 +91,15 @@ def feed_tokens(model, cache: KVCache, tokens: list[list[int]], segments=None) -
         positions[b, span] = cache.lengths[b] + np.arange(n)
         if segments is not None:
             types[b, span] = segments[b]
-    last = counts - 1 if cache.shared else np.full(cache.rows, width - 1)
-    logits, presents = model.forward(ids, positions, mask, last[:, None], types, cache)
+    if every_position:
+        if (counts != width).any():
+            raise ValueError("every_position needs the same number of tokens in every row")
+        wanted = np.broadcast_to(np.arange(width), (cache.rows, width))
+    else:
+        wanted = (counts - 1 if cache.shared else np.full(cache.rows, width - 1))[:, None]
+    logits, presents = model.forward(ids, positions, mask, wanted, types, cache)
     cache.advance(presents, mask, counts)
-    return logits[:, 0]
+    return logits if every_position else logits[:, 0]
 
 
 class Batcher:

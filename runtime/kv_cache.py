@@ -99,13 +99,29 @@ class KVCache:
         view.mask = np.zeros((1, 0), dtype=np.int64)
         return view
 
-    def take(self, rows: np.ndarray) -> KVCache:
-        """A new cache holding copies of `rows` (repeats allowed): forks for beams and candidates."""
+    def take(self, rows: np.ndarray, capacity: int | None = None) -> KVCache:
+        """A new cache holding copies of `rows` (repeats allowed): forks for beams and candidates.
+
+        A shared-buffer fork that needs room for only a few more tokens can ask for a smaller `capacity`;
+        only the slots in use are copied.
+        """
         rows = np.asarray(rows, dtype=np.int64)
         fork = KVCache.__new__(KVCache)
-        fork.model, fork.shared, fork.device, fork.capacity = self.model, self.shared, self.device, self.capacity
+        fork.model, fork.shared, fork.device = self.model, self.shared, self.device
+        fork.capacity = capacity or self.capacity
         fork.lengths = self.lengths[rows]
-        fork._set_arrays([np.ascontiguousarray(a[rows]) for a in self.arrays()])
+        if self.shared:
+            used = int(fork.lengths.max(initial=0))
+            if used > fork.capacity:
+                raise ValueError(f"a fork of capacity {fork.capacity} cannot hold {used} cached tokens")
+            arrays = []
+            for a in self.arrays():
+                copy = np.zeros((len(rows), a.shape[1], fork.capacity, a.shape[3]), dtype=a.dtype)
+                copy[:, :, :used] = a[rows, :, :used]
+                arrays.append(copy)
+            fork._set_arrays(arrays)
+        else:
+            fork._set_arrays([np.ascontiguousarray(a[rows]) for a in self.arrays()])
         fork.mask = self.mask[rows]
         return fork
 

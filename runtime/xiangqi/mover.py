@@ -2,10 +2,11 @@
 
 A move's score is the sum of the log-probabilities of its 4 ICCS characters after the game so far (the seed's
 definition). Instead of re-running the game once per candidate, the legal moves are scored as a tree: their
-first characters come from the game's own next-token logits; then one forward call per level feeds the
-distinct 1-, 2- and 3-character prefixes (at most ~9, ~16, ~60 rows), each row a fork of the game's KV
-cache. The game's cache is kept across turns and only extended by the new moves. Output is legal by
-construction: only legal moves are ever scored.
+first characters come from the game's own next-token logits, and one forward call feeds each distinct
+3-character prefix (at most ~60 rows, each a fork of the game's KV cache) and reads the logits after each of
+its characters. A shared-buffer (GroupQueryAttention) bundle takes one new token per row on a shared past, so
+there the prefixes go level by level instead: three calls. The game's cache is kept across turns and only
+extended by the new moves. Output is legal by construction: only legal moves are ever scored.
 """
 
 from __future__ import annotations
@@ -69,18 +70,33 @@ class MoveModel:
         prefix = self._game_prefix(self._context(board.move_stack))
         chars = np.array([[TOKEN_ID[c] for c in move] for move in moves])
         scores = log_softmax(prefix.logits)[chars[:, 0]]
-        cache, row_of_move = prefix.cache, np.zeros(len(moves), dtype=np.int64)
-        for level in range(1, 4):
-            nodes, first, node_of_move = np.unique(chars[:, :level], axis=0, return_index=True, return_inverse=True)
-            cache = cache.take(row_of_move[first])  # one fork per distinct prefix
-            logprobs = log_softmax(feed_tokens(self.model, cache, [[int(n[-1])] for n in nodes]))
+        if prefix.cache.shared:
+            scores = scores + self._levels(prefix, chars)
+        else:
+            nodes, node_of_move = np.unique(chars[:, :3], axis=0, return_inverse=True)
+            cache = prefix.cache.take(np.zeros(len(nodes), dtype=np.int64))  # one fork per distinct prefix
+            logprobs = log_softmax(feed_tokens(self.model, cache, nodes.tolist(), every_position=True))
             node_of_move = node_of_move.reshape(-1)
-            scores = scores + logprobs[node_of_move, chars[:, level]]
-            row_of_move = node_of_move
+            for level in range(1, 4):
+                scores = scores + logprobs[node_of_move, level - 1, chars[:, level]]
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
         order = np.argsort(-scores, kind="stable")
         return [ScoredMove(moves[i], float(scores[i]), float(probs[i])) for i in order]
+
+    def _levels(self, prefix: Prefix, chars: np.ndarray) -> np.ndarray:
+        """Characters 2-4 of each move, one call per level, each fork holding one more character."""
+        scores = np.zeros(len(chars))
+        cache, row_of_move = prefix.cache, np.zeros(len(chars), dtype=np.int64)
+        room = len(prefix.token_ids) + 3  # the forks only ever hold the game and 3 more characters
+        for level in range(1, 4):
+            nodes, first, node_of_move = np.unique(chars[:, :level], axis=0, return_index=True, return_inverse=True)
+            cache = cache.take(row_of_move[first], capacity=room)
+            logprobs = log_softmax(feed_tokens(self.model, cache, [[int(n[-1])] for n in nodes]))
+            node_of_move = node_of_move.reshape(-1)
+            scores += logprobs[node_of_move, chars[:, level]]
+            row_of_move = node_of_move
+        return scores
 
     def best(self, board: Board) -> ScoredMove:
         return self.score(board)[0]
