@@ -99,11 +99,12 @@ class KVCache:
         view.mask = np.zeros((1, 0), dtype=np.int64)
         return view
 
-    def take(self, rows: np.ndarray, capacity: int | None = None) -> KVCache:
+    def take(self, rows: np.ndarray, capacity: int | None = None, scratch: ForkScratch | None = None) -> KVCache:
         """A new cache holding copies of `rows` (repeats allowed): forks for beams and candidates.
 
         A shared-buffer fork that needs room for only a few more tokens can ask for a smaller `capacity`;
-        only the slots in use are copied.
+        only the slots in use are copied. A concat-layout fork can copy into `scratch` memory that a caller
+        reuses for every fork, instead of fresh allocations (which cost page faults on every call).
         """
         rows = np.asarray(rows, dtype=np.int64)
         fork = KVCache.__new__(KVCache)
@@ -120,6 +121,8 @@ class KVCache:
                 copy[:, :, :used] = a[rows, :, :used]
                 arrays.append(copy)
             fork._set_arrays(arrays)
+        elif scratch is not None:
+            fork._set_arrays([np.take(a, rows, axis=0, out=out) for a, out in zip(self.arrays(), scratch.get(self, rows))])
         else:
             fork._set_arrays([np.ascontiguousarray(a[rows]) for a in self.arrays()])
         fork.mask = self.mask[rows]
@@ -144,6 +147,25 @@ class KVCache:
             self._set_arrays(arrays)
             self.mask = mask
         self.lengths[row] = length
+
+
+class ForkScratch:
+    """Reusable memory for concat-layout forks of a growing size (the move scorer forks on every move)."""
+
+    def __init__(self) -> None:
+        self._buffers: list[np.ndarray] = []
+
+    def get(self, cache: KVCache, rows: np.ndarray) -> list[np.ndarray]:
+        shapes = [(len(rows), *a.shape[1:]) for a in cache.arrays()]
+        size = sum(int(np.prod(s)) for s in shapes)
+        if not self._buffers or self._buffers[0].size < size:
+            self._buffers = [np.empty(2 * size, dtype=np.float32)]
+        out, offset = [], 0
+        for shape in shapes:
+            n = int(np.prod(shape))
+            out.append(self._buffers[0][offset : offset + n].reshape(shape))
+            offset += n
+        return out
 
 
 def _left_pad(a: np.ndarray, width: int) -> np.ndarray:

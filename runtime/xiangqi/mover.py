@@ -17,6 +17,7 @@ import numpy as np
 
 from ..decoder import Prefix, feed_tokens
 from ..errors import InputError
+from ..kv_cache import ForkScratch
 from .board import Board
 from .tokens import START, TOKEN_ID, encode_moves
 
@@ -41,6 +42,7 @@ class MoveModel:
             raise InputError(f"bundle task is {model.manifest['task']!r}, not 'xiangqi'")
         self.model = model
         self._prefix: Prefix | None = None
+        self._scratch = ForkScratch()
 
     def _context(self, moves: list[str]) -> list[int]:
         """Tokens for the game so far; over-long games keep their most recent moves that fit."""
@@ -74,7 +76,7 @@ class MoveModel:
             scores = scores + self._levels(prefix, chars)
         else:
             nodes, node_of_move = np.unique(chars[:, :3], axis=0, return_inverse=True)
-            cache = prefix.cache.take(np.zeros(len(nodes), dtype=np.int64))  # one fork per distinct prefix
+            cache = prefix.cache.take(np.zeros(len(nodes), dtype=np.int64), scratch=self._scratch)
             logprobs = log_softmax(feed_tokens(self.model, cache, nodes.tolist(), every_position=True))
             node_of_move = node_of_move.reshape(-1)
             for level in range(1, 4):
