@@ -11,6 +11,7 @@ one position, through the same model to predict the token after next; N passes i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -31,7 +32,7 @@ PAD, CLS, SEP = 0, 101, 102
 def load_split(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     with np.load(path) as data:  # each key access of an .npz re-reads the array: read each once
         ids, segments, offsets = data["input_ids"].astype(np.int64), data["segment_ids"].astype(np.int64), data["offsets"]
-    return [(ids[a:b], segments[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    return [(ids[a:b], segments[a:b]) for a, b in itertools.pairwise(offsets)]
 
 
 def collate(examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
