@@ -17,12 +17,14 @@ from .decoder import Prefix
 from .errors import InputError
 
 _CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff00-\uffef])")
+_BEFORE_PUNCT = re.compile(r" (?=[,.!?;:%)\]}])")
+_APOSTROPHE = re.compile(r"(?<=\w) ' (?=\w)")
 MAX_MESSAGE_CHARS = 10_000
 
 
 def tidy(text: str) -> str:
-    """WordPiece decoding puts spaces between Chinese characters; take them out."""
-    return _CJK_GAP.sub("", text).strip()
+    """WordPiece decoding puts spaces between Chinese characters, before punctuation and around apostrophes."""
+    return _APOSTROPHE.sub("'", _BEFORE_PUNCT.sub("", _CJK_GAP.sub("", text))).strip()
 
 
 class Chat:

@@ -82,6 +82,7 @@ def test_huge_and_mixed_messages(chat_model):
 
 def test_tidy_removes_gaps_between_chinese_characters():
     assert tidy("你 好 ， world 吗") == "你好， world 吗"  # only gaps between two CJK characters go
+    assert tidy("i ' m fine , thanks !") == "i'm fine, thanks!"
 
 
 def test_cli_once(chat_model, tmp_path, capsys):
