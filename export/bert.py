@@ -26,7 +26,14 @@ from edgeinfer.kernels.modules import Gelu, bidirectional_attention
 from edgeinfer.kernels.onnx_emit import encoder_translation_table
 
 from .hf_import import _HF_ACTIVATIONS
-from .onnx_export import OPSET, ExportError, ParityError, _io_spec, _session, op_census
+from .onnx_export import (
+    OPSET,
+    ExportError,
+    ParityError,
+    cpu_session,
+    io_spec,
+    op_census,
+)
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 OUTPUTS = ("start_logits", "end_logits")
@@ -179,7 +186,7 @@ def export_onnx(model: BertQA, path: Path) -> onnx.ModelProto:
 @torch.no_grad()
 def measure_parity(path: Path, model: BertQA, reference) -> float:
     """Max |logit difference| of onnxruntime against `reference` (a transformers QA model) on padded batches."""
-    session = _session(path)
+    session = cpu_session(path)
     worst = 0.0
     for seed, (batch, seq) in ((1, (3, 11)), (2, (2, min(40, model.cfg.max_positions)))):
         feeds = example_batch(model.cfg, batch, seq, seed)
@@ -240,8 +247,8 @@ def export_bert_qa_bundle(
         "task": "extractive-qa",
         "reader": "bert",
         "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer else None},
-        "inputs": [_io_spec(v) for v in proto.graph.input],
-        "outputs": [_io_spec(v) for v in proto.graph.output],
+        "inputs": [io_spec(v) for v in proto.graph.input],
+        "outputs": [io_spec(v) for v in proto.graph.output],
         "special_tokens": _special_tokens(tokenizer, hf_model.config),
         "qa": {
             "unit": "token",

@@ -108,7 +108,7 @@ def op_census(proto: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in proto.graph.node).items()))
 
 
-def _session(path: Path):
+def cpu_session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -132,7 +132,7 @@ def measure_parity(
     seed: int = 0,
 ) -> dict[str, float]:
     """Max |logit diff| of onnxruntime against `reference` (full-sequence logits) for a prompt and a cached step."""
-    session = _session(onnx_path)
+    session = cpu_session(onnx_path)
     names = [i.name for i in session.get_inputs()]
     cfg = model.cfg
     batch, prompt_len = 2, 7
@@ -252,8 +252,8 @@ def export_gpt_bundle(
         "schema_version": 1,
         "task": task,
         "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None},
-        "inputs": [_io_spec(v) for v in proto.graph.input],
-        "outputs": [_io_spec(v) for v in proto.graph.output],
+        "inputs": [io_spec(v) for v in proto.graph.input],
+        "outputs": [io_spec(v) for v in proto.graph.output],
         "model": {
             "architecture": "gpt",
             "n_layer": cfg.n_layer,
@@ -297,7 +297,7 @@ def export_gpt_bundle(
     return manifest
 
 
-def _io_spec(value: onnx.ValueInfoProto) -> dict:
+def io_spec(value: onnx.ValueInfoProto) -> dict:
     tensor = value.type.tensor_type
     dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
     return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims}

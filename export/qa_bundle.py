@@ -23,7 +23,7 @@ from edgeinfer import __version__
 from edgeinfer.bundle import write_manifest
 
 from .dgcnn import PAD, DGCNNConfig, DGCNNReader
-from .onnx_export import OPSET, ParityError, _io_spec, _session, op_census
+from .onnx_export import OPSET, ParityError, cpu_session, io_spec, op_census
 from .qa_data import MAX_ANSWER, MAX_PASSAGE, MAX_QUESTION
 
 INPUTS = {"q_chars": ["batch", "q_len"], "q_words": ["batch", "q_len"], "p_chars": ["batch", "p_len"], "p_words": ["batch", "p_len"]}
@@ -74,7 +74,7 @@ def export_onnx(model: DGCNNReader, path: Path) -> onnx.ModelProto:
 @torch.no_grad()
 def measure_parity(path: Path, model: DGCNNReader) -> float:
     """Max |probability difference| of onnxruntime against the PyTorch reader over two padded batches."""
-    session = _session(path)
+    session = cpu_session(path)
     worst = 0.0
     for seed, shape in ((1, (3, 11, 57)), (2, (5, 30, 200))):
         batch = example_batch(model.config, *shape, seed=seed)
@@ -105,8 +105,8 @@ def export_qa_bundle(source: str | Path, out_dir: str | Path, tolerance: float =
         "task": "extractive-qa",
         "reader": "dgcnn",
         "files": {"model": "model.onnx", "vocab": "vocab.json"},
-        "inputs": [_io_spec(v) for v in proto.graph.input],
-        "outputs": [_io_spec(v) for v in proto.graph.output],
+        "inputs": [io_spec(v) for v in proto.graph.input],
+        "outputs": [io_spec(v) for v in proto.graph.output],
         "special_tokens": {"pad": PAD, "unk": PAD + 1},
         "qa": {
             "unit": "char",

@@ -127,10 +127,11 @@ class Batcher:
         events = self._admit()
         running = [i for i, r in enumerate(self.slots) if r is not None and r.finished is None and r.generated]
         if running:
-            last = np.array([r.generated[-1] if r is not None and r.generated else 0 for r in self.slots])
-            types = np.array([[r.reply_segment if r is not None else 0] for r in self.slots])
-            segments = types if self.model.uses_segments else None
-            logits = feed_tokens(self.model, self.cache, [[int(t)] for t in last], segments)
+            last = [[r.generated[-1] if r is not None and r.generated else 0] for r in self.slots]
+            segments = None
+            if self.model.uses_segments:
+                segments = [[r.reply_segment if r is not None else 0] for r in self.slots]
+            logits = feed_tokens(self.model, self.cache, last, segments)
             events += self._choose(running, logits[running])
         return events
 
