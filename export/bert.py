@@ -29,10 +29,13 @@ from .hf_import import _HF_ACTIVATIONS
 from .onnx_export import (
     OPSET,
     ExportError,
-    ParityError,
+    check_parity,
+    check_quantization,
     cpu_session,
     io_spec,
     op_census,
+    quantization_record,
+    quantized,
 )
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -184,10 +187,10 @@ def export_onnx(model: BertQA, path: Path) -> onnx.ModelProto:
 
 
 @torch.no_grad()
-def measure_parity(path: Path, model: BertQA, reference) -> float:
+def measure_parity(path: Path, model: BertQA, reference) -> dict[str, float]:
     """Max |logit difference| of onnxruntime against `reference` (a transformers QA model) on padded batches."""
     session = cpu_session(path)
-    worst = 0.0
+    worst, largest = 0.0, 0.0
     for seed, (batch, seq) in ((1, (3, 11)), (2, (2, min(40, model.cfg.max_positions)))):
         feeds = example_batch(model.cfg, batch, seq, seed)
         got = session.run(list(OUTPUTS), {k: v.numpy() for k, v in feeds.items()})
@@ -195,7 +198,8 @@ def measure_parity(path: Path, model: BertQA, reference) -> float:
         for g, w, mask in ((got[0], out.start_logits, feeds["attention_mask"]), (got[1], out.end_logits, feeds["attention_mask"])):
             real = mask.numpy().astype(bool)  # padded positions' logits are meaningless on both sides
             worst = max(worst, float(np.max(np.abs(g - w.numpy())[real])))
-    return worst
+            largest = max(largest, float(np.max(np.abs(w.numpy())[real])))
+    return {"max_abs_diff": worst, "reference_abs_max": largest}
 
 
 def _check_census(census: dict[str, int], n_layer: int) -> None:
@@ -218,9 +222,17 @@ def _special_tokens(tokenizer: Path | None, hf_config) -> dict[str, int]:
 
 
 def export_bert_qa_bundle(
-    source, out_dir: str | Path, *, tolerance: float = 1e-4, max_seq_len: int = 384, stride: int = 128, max_answer_len: int = 30
+    source,
+    out_dir: str | Path,
+    *,
+    tolerance: float | None = None,
+    quantize: str = "none",
+    max_seq_len: int = 384,
+    stride: int = 128,
+    max_answer_len: int = 30,
 ) -> dict:
     """Export a BertForQuestionAnswering (folder or in-memory model) to an extractive-QA bundle; returns the manifest."""
+    check_quantization(quantize)
     hf_model = load_hf_qa(source)
     model = bert_from_hf(hf_model)
     cfg = model.cfg
@@ -228,13 +240,13 @@ def export_bert_qa_bundle(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        proto = export_onnx(model, onnx_path)
-        export_seconds = time.perf_counter() - started
+        _check_census(op_census(export_onnx(model, onnx_path)), cfg.n_layer)
+        onnx_path = quantized(onnx_path, quantize)
+        proto = onnx.load(str(onnx_path), load_external_data=False)
         census = op_census(proto)
-        _check_census(census, cfg.n_layer)
-        diff = measure_parity(onnx_path, model, hf_model)
-        if not diff <= tolerance:
-            raise ParityError(f"exported graph differs from transformers by {diff:.3g}, over the tolerance {tolerance:g}; no bundle written")
+        export_seconds = time.perf_counter() - started
+        parity = check_parity(measure_parity(onnx_path, model, hf_model), quantize, tolerance,
+                              f"transformers {type(hf_model).__name__}")
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(onnx_path), out_dir / "model.onnx")
     tokenizer = Path(source) / "tokenizer.json" if isinstance(source, (str, Path)) else None
@@ -266,7 +278,8 @@ def export_bert_qa_bundle(
         "gelu": cfg.gelu,
         "fused_ops": {op: census[op] for op in ("Attention", "Gelu") if op in census},
         "op_census": census,
-        "parity": {"max_abs_diff": diff, "tolerance": tolerance, "reference": f"transformers {type(hf_model).__name__}"},
+        "quantization": quantization_record(quantize),
+        "parity": parity,
         "producer": {"edgeinfer": __version__, "torch": torch.__version__, "onnx_opset": OPSET, "export_seconds": round(export_seconds, 2)},
         "source": {"format": "huggingface", "path": str(source) if isinstance(source, (str, Path)) else None,
                    "config": json.loads(hf_model.config.to_json_string())},

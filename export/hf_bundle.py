@@ -13,7 +13,8 @@ def export_hf_checkpoint(
     out_dir: str | Path,
     attention: str = "auto",
     gelu: str | None = None,
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
+    quantize: str = "none",
 ) -> dict:
     """Export a GPT2LMHeadModel (folder or in-memory model) to `out_dir`; returns the manifest."""
     hf_model = load_hf_gpt2(source)
@@ -33,5 +34,6 @@ def export_hf_checkpoint(
         special_tokens=special_tokens_from_hf(hf_model.config),
         generation={"max_new_tokens": 32, "do_sample": False},
         tolerance=tolerance,
+        quantize=quantize,
         extra={"source": {"format": "huggingface", "path": str(source) if tokenizer else None}},
     )

@@ -105,3 +105,33 @@ def test_our_gpt_post_ln_segments_export(tmp_path):
     with torch.no_grad():
         ref = model.training_logits(torch.from_numpy(ids), torch.from_numpy(types)).numpy()
     np.testing.assert_allclose(loaded.logits(ids, token_type_ids=types), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["standard", "contrib"])
+def test_int8_bundle_quantizes_every_weight_matmul(tmp_path, hf_gpt2, target):
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    # tiny random models have small logits next to their int8 error (trained ones measure about 0.06)
+    manifest = export_hf_checkpoint(hf_gpt2, tmp_path / "b", attention=target, quantize="int8", tolerance=0.25)
+    assert manifest["quantization"]["weights"].startswith("int8")
+    assert manifest["parity"]["tolerance_kind"].startswith("relative")
+    census = manifest["op_census"]
+    # 4 per layer (qkv, proj, fc, fc_proj) + the tied head, whose Transpose was folded into an initializer
+    assert census["MatMulInteger"] == 4 * 2 + 1 and "MatMul" not in census and "Transpose" not in census
+    model = edgeinfer.load(tmp_path / "b", device="cpu")
+    ids = np.random.default_rng(0).integers(0, 97, size=(2, 9))
+    want, got = _hf_logits(hf_gpt2, ids), model.logits(ids)
+    error = np.abs(got - want).max() / np.abs(want).max()
+    assert 0.001 < error <= 0.25  # int8 is close, and not secretly fp32
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.9
+
+
+def test_int8_parity_gate_is_relative(tmp_path, hf_gpt2):
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+    from edgeinfer.export.onnx_export import ExportError, ParityError
+
+    with pytest.raises(ParityError, match=r"relative to max \|reference logit\| error .* over the tolerance 1e-06"):
+        export_hf_checkpoint(hf_gpt2, tmp_path / "b", quantize="int8", tolerance=1e-6)
+    with pytest.raises(ExportError, match="unknown quantization 'int4'"):
+        export_hf_checkpoint(hf_gpt2, tmp_path / "b", quantize="int4")
+    assert not (tmp_path / "b").exists()

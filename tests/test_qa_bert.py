@@ -119,3 +119,18 @@ def test_unsupported_checkpoint_is_refused(tmp_path) -> None:
     config = transformers.BertConfig(hidden_act="relu")
     with pytest.raises(ExportError, match="activation 'relu'"):
         config_from_hf(config)
+
+
+def test_int8_reader_is_close_to_transformers(exported, tmp_path) -> None:
+    model, checkpoint, _ = exported
+    assert main(["export", "--from-hf", str(checkpoint), "--task", "qa", "--out", str(tmp_path / "b"),
+                 "--quantize", "int8", "--tolerance", "0.5"]) == 0  # tiny logits: see test_gpt_export
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["quantization"]["op"].endswith("DynamicQuantizeMatMul")
+    layers = model.config.num_hidden_layers  # q, k, v, out, fc, fc_out per layer + the QA head
+    assert manifest["op_census"]["MatMulInteger"] == 6 * layers + 1 and "MatMul" not in manifest["op_census"]
+    reader = edgeinfer.load(tmp_path / "b", device="cpu", threads=1)
+    start, end, feeds = _hf_logits(model, [_tokenizer().encode(QUESTION, CONTEXT)])
+    got_start, got_end = reader.session.run(["start_logits", "end_logits"], feeds)
+    error = max(np.abs(got_start - start).max(), np.abs(got_end - end).max()) / np.abs(start).max()
+    assert 0.001 < error <= 0.5

@@ -20,7 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         " auto: contrib when the head size is a multiple of 8")
     parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
                         help="GELU form to emit (default: the checkpoint's own)")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| allowed against PyTorch")
+    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
+                        help="int8: int8 weights through DynamicQuantizeMatMul (CPU; about 4x fewer weight bytes)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="largest logit error allowed against PyTorch: absolute for fp32 (default 1e-4), relative to"
+                        " the largest logit for int8 (default 0.1)")
 
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
@@ -30,14 +34,15 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     except ImportError as exc:
         raise InputError(f"export needs the [export] extra (pip install 'edgeinfer[export]'): {exc}") from exc
     if args.task == "qa":
-        manifest = export_bert_qa_bundle(args.from_hf, args.out, tolerance=args.tolerance)
+        manifest = export_bert_qa_bundle(args.from_hf, args.out, tolerance=args.tolerance,
+                                         quantize=args.quantize)
         text = (
             f"wrote {args.out}: BERT reader, {manifest['model']['n_layer']} layers, fused ops {manifest['fused_ops']}, "
             f"parity {manifest['parity']['max_abs_diff']:.2e} (tolerance {manifest['parity']['tolerance']:g})"
         )
         return {"bundle": str(args.out), "manifest": manifest}, text
     manifest = export_hf_checkpoint(args.from_hf, args.out, attention=args.attention, gelu=args.gelu,
-                                    tolerance=args.tolerance)
+                                    tolerance=args.tolerance, quantize=args.quantize)
     parity = manifest["parity"]
     text = (
         f"wrote {args.out}: {manifest['model']['n_layer']} layers, attention={manifest['attention']}, "
