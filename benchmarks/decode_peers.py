@@ -14,35 +14,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import struct
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from driver import (
+    BENCH,
+    RESULTS,
+    ROOT,
+    Engine,
+    available,
+    copy_bandwidth,
+    engine_env,
+    interleaved_runs,
+    machine,
+    prepare_all,
+    write_spec,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT / "benchmarks" / "peers"
-BENCH = ROOT / "build" / "bench"
-VENV_PYTHON = BENCH / "venv-peers" / "bin" / "python"
-RESULTS = ROOT / "results"
 REFERENCE = "edgeinfer-contrib"  # the correctness gate compares every engine's greedy ids with this one's
-
-
-@dataclass
-class Engine:
-    script: str
-    in_venv: bool  # runs under build/bench/venv-peers instead of this interpreter
-    artifact: str | None = None  # folder name of its converted model under the shape's folder; None: reads the checkpoint
-    options: dict = field(default_factory=dict)
 
 
 ENGINES = {
     "edgeinfer-contrib": Engine("engine_edgeinfer.py", False, "edgeinfer-contrib", {"attention": "contrib"}),
+    "edgeinfer-int8": Engine("engine_edgeinfer.py", False, "edgeinfer-contrib-int8",
+                             # random weights give small logits next to int8 error: the gate below judges tokens
+                             {"attention": "contrib", "quantize": "int8", "tolerance": 0.5}),
     "edgeinfer-standard": Engine("engine_edgeinfer.py", False, "edgeinfer-standard", {"attention": "standard"}),
     "hf-torch": Engine("engine_hf_torch.py", False),
     "optimum": Engine("engine_optimum.py", True, "optimum"),
@@ -76,42 +74,9 @@ def weight_bytes(checkpoint: Path) -> int:
     return sum(t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items() if name != "__metadata__")
 
 
-def copy_bandwidth(mb: int = 512, tries: int = 5) -> float:
-    """Best-of-`tries` bytes/s of a numpy array copy, counting the bytes read and the bytes written."""
-    src = np.ones(mb * 2**20 // 8)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(tries):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best
-
-
-def engine_command(name: str, mode: str, spec_path: Path) -> list[str]:
-    python = str(VENV_PYTHON) if ENGINES[name].in_venv else sys.executable
-    return [python, str(PEERS / ENGINES[name].script), mode, str(spec_path)]
-
-
-def engine_env(threads: int) -> dict:
-    """Every engine gets the same thread count, whichever knob its runtime reads, and never touches the network.
-
-    OpenMP threads wait passively: on a shared machine, libgomp's default spin-waiting made PyTorch and CTranslate2
-    (both OpenMP) up to 10x slower per token, and erratically so, whenever another job held a core. onnxruntime has
-    its own thread pool and is not affected by this setting.
-    """
-    env = dict(os.environ)
-    env.update({"EDGEINFER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                "OMP_WAIT_POLICY": "PASSIVE",
-                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"})
-    return env
-
-
 def write_specs(args, checkpoint: Path, engines: list[str]) -> dict[str, Path]:
     """One spec file per engine: the same prompts, batches and token count for all, its own artifact folder."""
     work = BENCH / "peers" / checkpoint.name
-    work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(0, args.vocab, (max(args.batches), args.prompt)).tolist()  # B rows = the first B
     specs = {}
@@ -120,37 +85,8 @@ def write_specs(args, checkpoint: Path, engines: list[str]) -> dict[str, Path]:
         spec = {"checkpoint": str(checkpoint), "artifact": str(work / engine.artifact) if engine.artifact else None,
                 "prompts": prompts, "batches": args.batches, "new_tokens": args.new_tokens, "threads": args.threads,
                 **engine.options}
-        specs[name] = work / f"spec-{name}.json"
-        specs[name].write_text(json.dumps(spec))
+        specs[name] = write_spec(work, name, spec)
     return specs
-
-
-def available(engines: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Engines that can run here, and the reason for each one that cannot."""
-    skipped = {n: f"{VENV_PYTHON.relative_to(ROOT)} is missing: run benchmarks/peers/setup_venv.sh"
-               for n in engines if ENGINES[n].in_venv and not VENV_PYTHON.exists()}
-    return [n for n in engines if n not in skipped], skipped
-
-
-def run_engine(name: str, mode: str, spec: Path, threads: int, timeout: float) -> tuple[dict | None, str]:
-    """(parsed JSON line or None, error text) of one engine process."""
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(engine_command(name, mode, spec), check=False, capture_output=True, text=True, timeout=timeout,
-                              env=engine_env(threads), cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:.0f} s"
-    wall = time.perf_counter() - t0
-    if proc.stdout.strip() and mode == "prepare":
-        print(proc.stdout.rstrip(), flush=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
-        return None, f"exit {proc.returncode}: {tail}"
-    if mode == "prepare":
-        return {"wall_s": wall}, ""
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = wall
-    return result, ""
 
 
 def summarize(name: str, runs: list[dict]) -> dict:
@@ -196,12 +132,7 @@ def markdown(summaries: list[dict], batches: list[int], floor_ms: float) -> str:
     return "\n".join(lines)
 
 
-def load_average() -> dict:
-    return {"uptime": subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip(),
-            "loadavg": os.getloadavg()}
-
-
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model and short run, to check the pipeline")
     parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
@@ -216,7 +147,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt ids")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed to one engine process")
-    args = parser.parse_args()
+    parser.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], default=None,
+                        help="OMP_WAIT_POLICY for every engine (default: OpenMP's own; PASSIVE on a shared machine)")
+    parser.add_argument("--name", default=None, help="results/<name>.json and .md (default decode_peers[_quick])")
+    args = parser.parse_args(argv)
     if args.quick:
         args.layers, args.embd, args.heads, args.vocab = 2, 64, 2, 1000
         args.prompt, args.new_tokens, args.batches, args.repeats = 16, 8, [1, 2], 1
@@ -225,37 +159,22 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    load_before = load_average()
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    load_before = machine()
     checkpoint = make_checkpoint(args)
-    engines, skipped = available(args.engines)
+    engines, skipped = available(ENGINES, args.engines)
     for name, reason in skipped.items():
         print(f"skipping {name}: {reason}", flush=True)
     specs = write_specs(args, checkpoint, engines)
-
-    for name in list(engines):
-        print(f"preparing {name}", flush=True)
-        done, error = run_engine(name, "prepare", specs[name], args.threads, args.timeout)
-        if done is None:
-            print(f"  {name} cannot be prepared, skipped: {error}", flush=True)
-            skipped[name] = f"prepare failed: {error}"
-            engines.remove(name)
+    env = engine_env(args.threads, args.omp_wait)
+    engines = prepare_all(ENGINES, engines, specs, env, args.timeout, skipped)
 
     runs: dict[str, list[dict]] = {n: [] for n in engines}
-    for repeat in range(args.repeats):
-        order = engines[repeat % len(engines):] + engines[:repeat % len(engines)]  # rotate who goes first
-        for name in order:
-            if name in skipped:
-                continue
-            result, error = run_engine(name, "run", specs[name], args.threads, args.timeout)
-            if result is None:
-                print(f"  {name} failed, dropped from later repeats: {error}", flush=True)
-                skipped[name] = f"run failed: {error}"
-                continue
-            runs[name].append(result)
-            times = ", ".join(f"B={b} {v['decode_ms_per_token']:.2f} ms/token" for b, v in result["batches"].items())
-            print(f"repeat {repeat + 1}/{args.repeats} {name}: load {result['load_s']:.1f} s, {times}", flush=True)
+    for repeat, name, result in interleaved_runs(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped):
+        runs[name].append(result)
+        times = ", ".join(f"B={b} {v['decode_ms_per_token']:.2f} ms/token" for b, v in result["batches"].items())
+        print(f"repeat {repeat + 1}/{args.repeats} {name}: load {result['load_s']:.1f} s, {times}", flush=True)
 
     summaries = [summarize(n, r) for n, r in runs.items() if r]
     by_name = {s["engine"]: s for s in summaries}
@@ -272,20 +191,22 @@ def main() -> None:
         "shape": {"layers": args.layers, "embd": args.embd, "heads": args.heads, "vocab": args.vocab,
                   "prompt": args.prompt, "new_tokens": args.new_tokens, "batches": args.batches},
         "checkpoint": str(checkpoint.relative_to(ROOT)), "threads": args.threads, "repeats": args.repeats,
-        "engine_env": {k: v for k, v in engine_env(args.threads).items() if k not in os.environ or os.environ[k] != v},
+        "omp_wait_policy": args.omp_wait or "default",
         "reference": REFERENCE, "weight_bytes": weights, "copy_bandwidth_gb_s": bandwidth / 1e9,
-        "floor_ms_per_token": floor_ms, "load_before": load_before, "load_after": load_average(),
+        "floor_ms_per_token": floor_ms, "machine_before": load_before, "machine_after": machine(),
         "skipped": skipped, "engines": summaries,
     }
     RESULTS.mkdir(exist_ok=True)
-    stem = "decode_peers_quick" if args.quick else "decode_peers"
+    stem = args.name or ("decode_peers_quick" if args.quick else "decode_peers")
     (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
     note = (f"weights {weights / 1e6:.0f} MB, copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), "
-            f"floor {floor_ms:.2f} ms/token; {args.threads} threads, median of {args.repeats} interleaved repeats")
+            f"floor {floor_ms:.2f} ms/token; {args.threads} threads, median of {args.repeats} interleaved repeats, "
+            f"OMP_WAIT_POLICY {args.omp_wait or 'default'}")
     (RESULTS / f"{stem}.md").write_text(f"{table}\n\n{note}\n")
     print(f"\n{table}\n\n{note}")
     for name, reason in skipped.items():
         print(f"not run: {name}: {reason}")
+    return report
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 Generate = Callable[[list[list[int]], int], tuple[list[int], float, float]]
+Answer = Callable[[list[str], list[str]], list[tuple[int, int]]]  # questions, contexts -> best span's char offsets
 
 
 def read_spec() -> tuple[str, dict]:
@@ -59,6 +60,41 @@ def measure(spec: dict, load: Callable[[], Generate], packages: tuple[str, ...])
             "tokens_per_s": batch * n / total_s,
             "peak_rss_mb": peak_rss_mb(),
             "row0_ids": ids,
+        }
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result), flush=True)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default), without numpy: engines' venvs may lack it."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def measure_answers(spec: dict, load: Callable[[], Answer], packages: tuple[str, ...], min_items: int = 16) -> None:
+    """Load, then per batch size warm up once and time calls until `min_items` questions were answered; print one
+    JSON line with each batch's items/s (from the median call), call-latency quantiles and the first call's spans."""
+    t0 = time.perf_counter()
+    answer = load()
+    result: dict = {"load_s": time.perf_counter() - t0, "versions": {p: version(p) for p in packages}, "batches": {}}
+    for batch in spec["batches"]:
+        questions = [t["question"] for t in spec["texts"][:batch]]
+        contexts = [t["context"] for t in spec["texts"][:batch]]
+        answer(questions, contexts)  # warm-up
+        times, spans = [], None
+        for _ in range(max(1, -(-min_items // batch))):
+            started = time.perf_counter()
+            found = answer(questions, contexts)
+            times.append(time.perf_counter() - started)
+            spans = spans or found
+        result["batches"][str(batch)] = {
+            "items_per_s": batch / quantile(times, 0.5),
+            "latency_ms": {f"p{q}": 1e3 * quantile(times, q / 100) for q in (50, 90, 99)},
+            "calls_ms": [1e3 * t for t in times],
+            "spans": spans,
         }
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result), flush=True)

@@ -14,13 +14,14 @@ from common import Generate, measure, read_spec
 
 
 def prepare(spec: dict) -> None:
-    """Export the checkpoint to a bundle with the spec's attention target, once."""
+    """Export the checkpoint to a bundle with the spec's attention target and quantization, once."""
     out = Path(spec["artifact"])
     if (out / "manifest.json").exists():
         return
     from edgeinfer.export.hf_bundle import export_hf_checkpoint
 
-    manifest = export_hf_checkpoint(spec["checkpoint"], out, attention=spec["attention"])
+    manifest = export_hf_checkpoint(spec["checkpoint"], out, attention=spec["attention"],
+                                    quantize=spec.get("quantize", "none"), tolerance=spec.get("tolerance"))
     print(f"  exported {out.name}: parity {manifest['parity']['max_abs_diff']:.2e}", flush=True)
 
 
