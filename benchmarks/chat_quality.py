@@ -47,18 +47,11 @@ def distinct(replies: list[list[str]], n: int) -> float:
     return len(set(grams)) / max(1, len(grams))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", required=True)
-    parser.add_argument("--data", default="data/chat/test.npz", type=Path)
-    parser.add_argument("--contexts", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    model = edgeinfer.load(args.bundle, device="cpu")
+def measure(model, histories: list[list[str]], seed: int = 0) -> dict:
+    """Reply to each history's last message with the bundle's sampling defaults; diversity and latency figures."""
     replies, first_ms, per_token_ms = [], [], []
-    for i, history in enumerate(contexts(args.data, args.contexts, model.tokenizer)):
-        chat = Chat(model, seed=args.seed + i, history=history[:-1])
+    for i, history in enumerate(histories):
+        chat = Chat(model, seed=seed + i, history=history[:-1])
         start = time.perf_counter()
         pieces, first = [], None
         for piece in chat.stream(history[-1]):
@@ -71,15 +64,29 @@ def main() -> None:
             first_ms.append(1e3 * (first - start))
             if len(tokens) > 1:
                 per_token_ms.append(1e3 * (end - first) / (len(tokens) - 1))
-    result = {
-        "bundle": args.bundle,
+    return {
+        "bundle": str(model.folder),
         "contexts": len(replies),
         "distinct_1": round(distinct(replies, 1), 4),
         "distinct_2": round(distinct(replies, 2), 4),
         "mean_reply_tokens": round(statistics.mean(len(r) for r in replies), 2),
         "first_token_ms_median": round(statistics.median(first_ms), 2) if first_ms else None,
         "per_token_ms_median": round(statistics.median(per_token_ms), 2) if per_token_ms else None,
+        "first_token_ms": first_ms,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data", default="data/chat/test.npz", type=Path)
+    parser.add_argument("--contexts", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    model = edgeinfer.load(args.bundle, device="cpu")
+    result = measure(model, contexts(args.data, args.contexts, model.tokenizer), args.seed)
+    result.pop("first_token_ms")
     print(json.dumps(result, ensure_ascii=False))
 
 

@@ -42,6 +42,7 @@ ENGINES = {
                              # random weights give small logits next to int8 error: the gate below judges tokens
                              {"attention": "contrib", "quantize": "int8", "tolerance": 0.5}),
     "edgeinfer-standard": Engine("engine_edgeinfer.py", False, "edgeinfer-standard", {"attention": "standard"}),
+    "edgeinfer-unfused": Engine("engine_edgeinfer.py", False, "edgeinfer-unfused", {"attention": "unfused"}),
     "hf-torch": Engine("engine_hf_torch.py", False),
     "optimum": Engine("engine_optimum.py", True, "optimum"),
     "ct2-fp32": Engine("engine_ctranslate2.py", True, "ct2-float32", {"quantization": "float32"}),

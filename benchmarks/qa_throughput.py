@@ -43,6 +43,27 @@ def rate(run, batches: list[dict]) -> float:
     return count / (time.perf_counter() - started)
 
 
+def measure(bundle: str, weights: Path, data: Path, passages: int, threads: int, sizes=(1, 8, 32, 128)) -> list[dict]:
+    """Passages/s of the bundle and of the PyTorch model at each batch size, on the same featurised batches."""
+    torch.set_num_threads(threads)
+    reader = edgeinfer.load(bundle, device="cpu", threads=threads)
+    model = load_reader(weights)
+    rows = sorted(pairs(reader, data, passages), key=lambda r: (r.length, len(r.q)))
+
+    def run_torch(feeds):
+        with torch.inference_mode():
+            model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+
+    def run_ort(feeds):
+        reader.session.run(None, feeds)
+
+    table = []
+    for size in sizes:
+        batches = [reader.features.feeds(rows[i : i + size]) for i in range(0, len(rows), size)]
+        table.append({"batch": size, "edgeinfer": rate(run_ort, batches), "torch_eager": rate(run_torch, batches)})
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="runtime/bundles/qa")
@@ -52,24 +73,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    reader = edgeinfer.load(args.bundle, device="cpu", threads=args.threads)
-    model = load_reader(args.weights)
-    rows = sorted(pairs(reader, args.data, args.passages), key=lambda r: (r.length, len(r.q)))
-
-    def run_torch(feeds):
-        with torch.inference_mode():
-            model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-
-    def run_ort(feeds):
-        reader.session.run(None, feeds)
-
-    print(f"{len(rows)} dev passages, {args.threads} thread(s), passages/s")
+    table = measure(args.bundle, args.weights, args.data, args.passages, args.threads)
+    print(f"{args.passages} dev passages, {args.threads} thread(s), passages/s")
     print("| batch | onnxruntime | PyTorch eager | speed-up |\n|---:|---:|---:|---:|")
-    for size in (1, 8, 32, 128):
-        batches = [reader.features.feeds(rows[i : i + size]) for i in range(0, len(rows), size)]
-        ort_rate, torch_rate = rate(run_ort, batches), rate(run_torch, batches)
-        print(f"| {size} | {ort_rate:.0f} | {torch_rate:.0f} | {ort_rate / torch_rate:.2f}x |")
+    for row in table:
+        print(f"| {row['batch']} | {row['edgeinfer']:.0f} | {row['torch_eager']:.0f} | "
+              f"{row['edgeinfer'] / row['torch_eager']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ from edgeinfer.xiangqi import Board, iccs_to_uci, uci_to_iccs
 from edgeinfer.xiangqi.mover import MoveModel, rerun_scores
 
 
-def median_ms(fn, repeats: int) -> float:
+def timed_ms(fn, repeats: int) -> list[float]:
+    """Milliseconds of `repeats` calls of `fn`; fn returns its own seconds (to leave set-up untimed) or None."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1e3 * statistics.median(times), 2)
+        own = fn()
+        times.append(1e3 * (own if own is not None else time.perf_counter() - start))
+    return times
 
 
 def latency_at(model, game: list[str], ply: int, repeats: int) -> dict:
@@ -47,19 +48,21 @@ def latency_at(model, game: list[str], ply: int, repeats: int) -> dict:
         mover.score(board)
         return time.perf_counter() - start
 
-    warm_ms = round(1e3 * statistics.median(warm() for _ in range(repeats)), 2)
-    cold_ms = median_ms(lambda: MoveModel(model).score(board), repeats)
-    seed_ms = median_ms(lambda: rerun_scores(model, board), max(1, repeats // 3))
-    return {"legal_moves": len(board.legal_moves()), "tree_cold_ms": cold_ms, "tree_warm_ms": warm_ms,
-            "seed_rerun_ms": seed_ms, "speedup_cold": round(seed_ms / cold_ms, 1),
-            "speedup_warm": round(seed_ms / warm_ms, 1)}
+    samples = {"tree_warm_ms": timed_ms(warm, repeats),
+               "tree_cold_ms": timed_ms(lambda: MoveModel(model).score(board), repeats),
+               "seed_rerun_ms": timed_ms(lambda: rerun_scores(model, board), max(1, repeats // 3))}
+    row = {"legal_moves": len(board.legal_moves())}
+    row |= {name: round(statistics.median(times), 2) for name, times in samples.items()}
+    row |= {"speedup_cold": round(row["seed_rerun_ms"] / row["tree_cold_ms"], 1),
+            "speedup_warm": round(row["seed_rerun_ms"] / row["tree_warm_ms"], 1), "samples_ms": samples}
+    return row
 
 
 def latency(model, games: list[list[str]], plies: list[int], repeats: int) -> dict:
     rows = {}
     for ply in plies:
         rows[ply] = latency_at(model, next(g for g in games if len(g) > ply), ply, repeats)
-        print(f"ply {ply}: {rows[ply]}", flush=True)
+        print(f"ply {ply}: " + ", ".join(f"{k} {v}" for k, v in rows[ply].items() if k != "samples_ms"), flush=True)
     return rows
 
 

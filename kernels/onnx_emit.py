@@ -6,10 +6,14 @@ Two attention targets, picked at export:
 - "contrib": onnxruntime's `com.microsoft.GroupQueryAttention`. It reads the per-row length from the key
   mask (seqlens_k) and writes new keys in place when past and present are bound to one max-length buffer,
   so decoding needs no per-step cache copy. Rows must be right-padded.
+- "unfused": no fused op at all, as a plain exporter writes it: attention as MatMul, Softmax, MatMul over concatenated
+  caches, GELU as its Erf / Tanh / Sigmoid formula. It exists to measure what fusion buys (benchmarks/).
 The mask sub-expressions are identical in every layer; onnxruntime's common-subexpression pass merges them.
 """
 
 from __future__ import annotations
+
+import math
 
 from onnx.defs import OpSchema
 from onnxscript import opset23 as op
@@ -18,7 +22,7 @@ from onnxscript.values import Op, Opset
 from .attention import MASK_VALUE
 from .gelu import SIGMOID_ALPHA
 
-ATTENTION_TARGETS = ("standard", "contrib")
+ATTENTION_TARGETS = ("standard", "contrib", "unfused")
 _msft = Opset("com.microsoft", 1)
 
 
@@ -56,7 +60,8 @@ def quick_gelu(x, alpha: float = SIGMOID_ALPHA):
     return QuickGelu(x, alpha=alpha)
 
 
-def attention_standard(q, k, v, past_k, past_v, attention_mask, num_heads: int):
+def _causal_bias(q, attention_mask):
+    """(batch, 1, q_len, total) additive mask: 0 where a query may look (causal and not padding), MASK_VALUE else."""
     total = op.Squeeze(op.Shape(attention_mask, start=1, end=2))
     q_len = op.Squeeze(op.Shape(q, start=1, end=2))
     zero = op.Constant(value_int=0)
@@ -66,11 +71,46 @@ def attention_standard(q, k, v, past_k, past_v, attention_mask, num_heads: int):
     causal = op.LessOrEqual(op.Unsqueeze(key_pos, [0]), op.Unsqueeze(query_pos, [1]))
     key_ok = op.Unsqueeze(op.Cast(attention_mask, to=9), [1, 2])  # 9 = BOOL
     visible = op.And(op.Unsqueeze(causal, [0, 1]), key_ok)
-    bias = op.Where(visible, op.Constant(value_float=0.0), op.Constant(value_float=MASK_VALUE))
+    return op.Where(visible, op.Constant(value_float=0.0), op.Constant(value_float=MASK_VALUE))
+
+
+def attention_standard(q, k, v, past_k, past_v, attention_mask, num_heads: int):
+    bias = _causal_bias(q, attention_mask)
     y, present_k, present_v, _ = op.Attention(
         q, k, v, bias, past_k, past_v, q_num_heads=num_heads, kv_num_heads=num_heads
     )
     return y, present_k, present_v
+
+
+def attention_unfused(q, k, v, past_k, past_v, attention_mask, num_heads: int):
+    """softmax(q·kᵀ/√d + mask)·v in primitive ops; caches concatenate like the standard target's."""
+    split = op.Concat(op.Constant(value_ints=[0, 0, num_heads, -1]), axis=0)
+
+    def heads(x):  # (batch, seq, heads·dim) -> (batch, heads, seq, dim)
+        return op.Transpose(op.Reshape(x, split), perm=[0, 2, 1, 3])
+
+    present_k = op.Concat(past_k, heads(k), axis=2)
+    present_v = op.Concat(past_v, heads(v), axis=2)
+    head_dim = op.Cast(op.Shape(present_k, start=3, end=4), to=1)  # 1 = FLOAT
+    scores = op.Div(op.MatMul(heads(q), op.Transpose(present_k, perm=[0, 1, 3, 2])), op.Sqrt(head_dim))
+    weights = op.Softmax(op.Add(scores, _causal_bias(q, attention_mask)), axis=-1)
+    y = op.Transpose(op.MatMul(weights, present_v), perm=[0, 2, 1, 3])
+    return op.Reshape(y, op.Constant(value_ints=[0, 0, -1])), present_k, present_v
+
+
+def gelu_unfused(x, approximate: str = "none"):
+    """GELU as its formula: exact 0.5·x·(1 + erf(x/√2)); tanh 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))."""
+    half = op.Mul(op.Constant(value_float=0.5), x)
+    if approximate == "tanh":
+        cube = op.Mul(op.Constant(value_float=0.044715), op.Mul(x, op.Mul(x, x)))
+        inner = op.Tanh(op.Mul(op.Constant(value_float=math.sqrt(2 / math.pi)), op.Add(x, cube)))
+    else:
+        inner = op.Erf(op.Mul(x, op.Constant(value_float=1 / math.sqrt(2))))
+    return op.Mul(half, op.Add(op.Constant(value_float=1.0), inner))
+
+
+def quick_gelu_unfused(x, alpha: float = SIGMOID_ALPHA):
+    return op.Mul(x, op.Sigmoid(op.Mul(op.Constant(value_float=alpha), x)))
 
 
 def attention_contrib(q, k, v, past_k, past_v, attention_mask, num_heads: int):
@@ -89,12 +129,17 @@ def translation_table(attention_target: str) -> dict:
 
     if attention_target not in ATTENTION_TARGETS:
         raise ValueError(f"unknown attention target {attention_target!r}; expected one of {ATTENTION_TARGETS}")
+    if attention_target == "unfused":
+        return {
+            torch.ops.edgeinfer.quick_gelu.default: quick_gelu_unfused,
+            torch.ops.edgeinfer.attention.default: attention_unfused,
+            torch.ops.aten.gelu.default: gelu_unfused,
+        }
     attention = attention_standard if attention_target == "standard" else attention_contrib
     return {
         torch.ops.edgeinfer.quick_gelu.default: quick_gelu,
         torch.ops.edgeinfer.attention.default: attention,
     }
-
 
 
 def encoder_attention_standard(q, k, v, attention_mask, num_heads: int):

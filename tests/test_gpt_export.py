@@ -135,3 +135,26 @@ def test_int8_parity_gate_is_relative(tmp_path, hf_gpt2):
     with pytest.raises(ExportError, match="unknown quantization 'int4'"):
         export_hf_checkpoint(hf_gpt2, tmp_path / "b", quantize="int4")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu", "quick_gelu"])
+def test_unfused_target_has_no_fused_op_and_same_tokens(tmp_path, activation):
+    """The benchmark baseline: primitive ops only, yet the same logits and greedy tokens as transformers."""
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    hf = tiny_gpt2(seed=5, activation_function=activation, initializer_range=0.2)
+    manifest = export_hf_checkpoint(hf, tmp_path / "b", attention="unfused")
+    census = manifest["op_census"]
+    assert manifest["fused_ops"] == {} and manifest["kv_cache"]["layout"] == "concat"
+    assert census["Softmax"] == 2
+    formula = {"gelu_new": "Tanh", "gelu": "Erf", "quick_gelu": "Sigmoid"}[activation]
+    assert census[formula] == 2
+    model = edgeinfer.load(tmp_path / "b", device="cpu")
+    ids = np.random.default_rng(1).integers(0, 97, size=(2, 9))
+    np.testing.assert_allclose(model.logits(ids), _hf_logits(hf, ids), atol=1e-4)
+    prompt = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    got = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    for row, generation in zip(prompt, got, strict=True):
+        with torch.no_grad():
+            want = hf.generate(torch.tensor([row]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(row):]
+        assert generation.token_ids == want.tolist()
