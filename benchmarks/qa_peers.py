@@ -103,12 +103,13 @@ def markdown(summaries: list[dict], batches: list[int]) -> str:
         agrees = "—" if s["agrees"] is None else f"{s['agrees']:.0%}"
         lines.append(f"| {s['engine']} | {rates} | {lat['p50']:.0f} / {lat['p90']:.0f} | {s['load_s']:.1f} "
                      f"| {s['peak_rss_mb']:.0f} | {agrees} |")
-    if reference:
+    others = [s for s in summaries if s is not reference]
+    if reference and others:
         big = str(batches[-1])
         lines.append("")
         lines += [f"- {reference['engine']} ÷ {s['engine']} at B={big}: "
                   f"{reference['batches'][big]['items_per_s'] / s['batches'][big]['items_per_s']:.2f}×"
-                  for s in summaries if s is not reference]
+                  for s in others]
     return "\n".join(lines)
 
 

@@ -28,12 +28,12 @@ from edgeinfer.xiangqi.mover import MoveModel, rerun_scores
 
 
 def timed_ms(fn, repeats: int) -> list[float]:
-    """Milliseconds of `repeats` calls of `fn`; fn returns its own seconds (to leave set-up untimed) or None."""
+    """Milliseconds of each of `repeats` calls of `fn`."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        own = fn()
-        times.append(1e3 * (own if own is not None else time.perf_counter() - start))
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
     return times
 
 
@@ -48,7 +48,7 @@ def latency_at(model, game: list[str], ply: int, repeats: int) -> dict:
         mover.score(board)
         return time.perf_counter() - start
 
-    samples = {"tree_warm_ms": timed_ms(warm, repeats),
+    samples = {"tree_warm_ms": [1e3 * warm() for _ in range(repeats)],
                "tree_cold_ms": timed_ms(lambda: MoveModel(model).score(board), repeats),
                "seed_rerun_ms": timed_ms(lambda: rerun_scores(model, board), max(1, repeats // 3))}
     row = {"legal_moves": len(board.legal_moves())}
