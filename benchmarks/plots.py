@@ -104,7 +104,7 @@ def write_plots(report: dict, out: Path) -> list[Path]:
 def _sweep_table(sweep: dict, key: str, label: str) -> str:
     names = sorted({e for r in sweep.values() for e in _engines(r)})
     xs = sorted(sweep, key=int)
-    lines = [f"| engine | " + " | ".join(f"{label} {x}" for x in xs) + " |", "|" + " --- |" * (len(xs) + 1)]
+    lines = ["| engine | " + " | ".join(f"{label} {x}" for x in xs) + " |", "|" + " --- |" * (len(xs) + 1)]
     for name in names:
         cells = [f"{_engines(sweep[x])[name]['batches']['1'][key]:.2f}" if name in _engines(sweep[x]) else "—"
                  for x in xs]
@@ -115,25 +115,25 @@ def _sweep_table(sweep: dict, key: str, label: str) -> str:
 def write_tables(report: dict) -> str:
     """One markdown page: the command, the machine, then each job's table."""
     m = report["machine_before"]
-    parts = [f"Made with `{report['command']}` in {report['seconds']} s on {m['cpu']}, {m['cores']} cores "
-             f"(load before {m['loadavg'][0]:.2f}, after {report['machine_after']['loadavg'][0]:.2f})."]
+    parts = [(f"Made with `{report['command']}` in {report['seconds']} s on {m['cpu']}, {m['cores']} cores "
+             f"(load before {m['loadavg'][0]:.2f}, after {report['machine_after']['loadavg'][0]:.2f}).")]
     jobs = report["jobs"]
     if "decode" in jobs:
         main = jobs["decode"]["main"]
         shape = main["shape"]
-        parts += [f"### Decode: {shape['layers']}x{shape['embd']} GPT-2 shape, prompt {shape['prompt']} -> "
-                  f"{shape['new_tokens']} new tokens, greedy, {main['threads']} threads",
+        parts += [(f"### Decode: {shape['layers']}x{shape['embd']} GPT-2 shape, prompt {shape['prompt']} -> "
+                  f"{shape['new_tokens']} new tokens, greedy, {main['threads']} threads"),
                   decode_peers.markdown(main["engines"], shape["batches"], main["floor_ms_per_token"]),
-                  f"Bandwidth floor {main['floor_ms_per_token']:.2f} ms/token ({main['weight_bytes'] / 1e6:.0f} MB "
-                  f"at {main['copy_bandwidth_gb_s']:.1f} GB/s). Skipped: {main['skipped'] or 'none'}.",
+                  (f"Bandwidth floor {main['floor_ms_per_token']:.2f} ms/token ({main['weight_bytes'] / 1e6:.0f} MB "
+                  f"at {main['copy_bandwidth_gb_s']:.1f} GB/s). Skipped: {main['skipped'] or 'none'}."),
                   "B=1 decode ms/token by intra-op threads:", _sweep_table(jobs["decode"]["threads"],
                                                                           "decode_ms_per_token", "threads"),
                   "B=1 tokens/s (prefill included) by prompt length:", _sweep_table(jobs["decode"]["prompts"],
                                                                                     "tokens_per_s", "prompt")]
     if "qa" in jobs:
         qa = jobs["qa"]
-        parts += [f"### Extractive QA: BERT shape {qa['shape']['layers']}x{qa['shape']['hidden']}, sequence "
-                  f"{qa['shape']['sequence']}, text in, {qa['threads']} threads",
+        parts += [(f"### Extractive QA: BERT shape {qa['shape']['layers']}x{qa['shape']['hidden']}, sequence "
+                  f"{qa['shape']['sequence']}, text in, {qa['threads']} threads"),
                   qa_peers.markdown(qa["engines"], qa["shape"]["batches"]), f"Skipped: {qa['skipped'] or 'none'}."]
     if "dgcnn" in jobs:
         d = jobs["dgcnn"]
@@ -149,11 +149,11 @@ def write_tables(report: dict) -> str:
         rows = [f"| {ply} | {r['legal_moves']} | {r['tree_warm_ms']} | {r['tree_cold_ms']} | {r['seed_rerun_ms']} | "
                 f"{r['speedup_warm']}× | {r['speedup_cold']}× |" for ply, r in jobs["xiangqi"]["latency"].items()]
         parts += ["### Xiangqi move selection, ms (median)",
-                  "\n".join(["| ply | legal moves | tree, kept cache | tree, fresh | seed re-run | speed-up kept "
-                             "| speed-up fresh |", "|" + " --- |" * 7, *rows])]
+                  "\n".join([("| ply | legal moves | tree, kept cache | tree, fresh | seed re-run | speed-up kept "
+                             "| speed-up fresh |"), "|" + " --- |" * 7, *rows])]
     if "dialogue" in jobs:
         d = jobs["dialogue"]
         parts += ["### Dialogue turn (default chat bundle, top-k 5 sampling)",
-                  f"{d['contexts']} turns: first token {d['first_token_ms_median']} ms, then "
-                  f"{d['per_token_ms_median']} ms/token (medians); {d['mean_reply_tokens']} tokens per reply."]
+                  (f"{d['contexts']} turns: first token {d['first_token_ms_median']} ms, then "
+                  f"{d['per_token_ms_median']} ms/token (medians); {d['mean_reply_tokens']} tokens per reply.")]
     return "\n\n".join(parts) + "\n"

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from driver import RESULTS, ROOT, machine
 from tqdm import tqdm
