@@ -20,7 +20,7 @@ import torch
 from edgeinfer import __version__
 from edgeinfer.bundle import write_manifest
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, translation_table
+from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translation_table
 
 from .gpt import GPT
 from .quantize import INT8, QUANTIZATIONS, quantize_int8
@@ -57,7 +57,14 @@ def io_names(n_layer: int, segments: bool) -> tuple[list[str], list[str]]:
     return inputs + (["token_type_ids"] if segments else []), ["logits", *present]
 
 
-def _example_inputs(model: GPT, batch: int, seq: int, past_len: int, seed: int = 0) -> dict:
+def query_key_mask(key_mask: torch.Tensor, seq: int) -> torch.Tensor:
+    """(batch, total) key mask -> (batch, seq, total) mask of what each of the last `seq` queries sees (causal)."""
+    total = key_mask.shape[1]
+    causal = torch.arange(total)[None, :] <= torch.arange(total - seq, total)[:, None]
+    return (causal[None] & (key_mask[:, None, :] != 0)).long()
+
+
+def _example_inputs(model: GPT, batch: int, seq: int, past_len: int, seed: int = 0, mask: str = "key") -> dict:
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
     total = past_len + seq
@@ -70,10 +77,12 @@ def _example_inputs(model: GPT, batch: int, seq: int, past_len: int, seed: int =
     }
     if cfg.n_segments:
         inputs["token_type_ids"] = torch.randint(0, cfg.n_segments, (batch, seq), generator=g)
+    if mask == "query_key":
+        inputs["attention_mask"] = query_key_mask(inputs["attention_mask"], seq)
     return inputs
 
 
-def _symbolic_io(proto: onnx.ModelProto, cfg, attention: str) -> None:
+def _symbolic_io(proto: onnx.ModelProto, cfg, attention: str, mask: str) -> None:
     """Give graph inputs/outputs readable dim names; the exporter's own symbols (s0, s1...) say nothing."""
     cache_len = "cache_len" if attention == "contrib" else "past_len"
     present_len = "cache_len" if attention == "contrib" else "total_len"
@@ -81,7 +90,7 @@ def _symbolic_io(proto: onnx.ModelProto, cfg, attention: str) -> None:
         "input_ids": ["batch", "seq"],
         "position_ids": ["batch", "seq"],
         "token_type_ids": ["batch", "seq"],
-        "attention_mask": ["batch", "total_len"],
+        "attention_mask": ["batch", "seq", "total_len"] if mask == "query_key" else ["batch", "total_len"],
         "logits_positions": ["batch", "n_logits"],
         "logits": ["batch", "n_logits", cfg.vocab_size],
     }
@@ -131,13 +140,14 @@ def measure_parity(
     reference: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
     attention: str,
     seed: int = 0,
+    mask: str = "key",
 ) -> dict[str, float]:
     """Max |logit diff| of onnxruntime against `reference` (full-sequence logits) for a prompt and a cached step."""
     session = cpu_session(onnx_path)
     names = [i.name for i in session.get_inputs()]
     cfg = model.cfg
     batch, prompt_len = 2, 7
-    prompt = _example_inputs(model, batch, prompt_len, 0, seed)
+    prompt = _example_inputs(model, batch, prompt_len, 0, seed, mask)
     # contrib graphs decode into a preallocated buffer; standard ones take a past of exactly past_len
     if attention == "contrib":
         cache = prompt_len + 1
@@ -147,7 +157,7 @@ def measure_parity(
         ref_prompt = reference(prompt["input_ids"], prompt.get("token_type_ids")).numpy()
     prefill = float(np.max(np.abs(out[0] - ref_prompt)))
 
-    step = _example_inputs(model, batch, 1, prompt_len, seed + 1)
+    step = _example_inputs(model, batch, 1, prompt_len, seed + 1, mask)
     step["past"] = [torch.from_numpy(t) for t in out[1:]]
     out_step = session.run(None, _feeds(step, names))
     full_ids = torch.cat([prompt["input_ids"], step["input_ids"]], dim=1)
@@ -198,23 +208,29 @@ def quantized(onnx_path: Path, quantize: str) -> Path:
     return out
 
 
-def export_onnx(model: GPT, path: Path, attention: str) -> onnx.ModelProto:
-    """Dynamo-export `model` to `path` (dynamic batch, sequence and past axes) with fused ops."""
+def export_onnx(model: GPT, path: Path, attention: str, mask: str = "key") -> onnx.ModelProto:
+    """Dynamo-export `model` to `path` (dynamic batch, sequence and past axes) with fused ops.
+
+    mask "query_key" makes attention_mask (batch, seq, total), given whole by the runtime (standard target only).
+    """
     if attention not in ATTENTION_TARGETS:
         raise ExportError(f"unknown attention target {attention!r}; expected one of {ATTENTION_TARGETS}")
+    if mask not in MASK_KINDS or (mask == "query_key" and attention != "standard"):
+        raise ExportError(f"attention mask {mask!r} is not available with attention {attention!r}; "
+                          f"expected one of {MASK_KINDS}, query_key with the standard target only")
     cfg = model.cfg
     if attention == "contrib" and cfg.head_dim % 8:
         raise ExportError(
             f"the contrib target (GroupQueryAttention) needs a head size that is a multiple of 8; this model's is "
             f"{cfg.head_dim} ({cfg.n_embd}/{cfg.n_head}): export with attention 'standard'"
         )
-    example = _example_inputs(model, batch=2, seq=3, past_len=4)
+    example = _example_inputs(model, batch=2, seq=3, past_len=4, mask=mask)
     input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
     auto = torch.export.Dim.AUTO
     dynamic = {
         "input_ids": {0: auto, 1: auto},
         "position_ids": {0: auto, 1: auto},
-        "attention_mask": {0: auto, 1: auto},
+        "attention_mask": {0: auto, 1: auto, 2: auto} if mask == "query_key" else {0: auto, 1: auto},
         "logits_positions": {0: auto, 1: auto},
         "past": [{0: auto, 2: auto} for _ in example["past"]],
     }
@@ -229,12 +245,12 @@ def export_onnx(model: GPT, path: Path, attention: str) -> onnx.ModelProto:
         dynamic_shapes=dynamic,
         input_names=input_names,
         output_names=output_names,
-        custom_translation_table=translation_table(attention),
+        custom_translation_table=translation_table(attention, mask),
         optimize=True,
         verbose=False,
     )
     proto = program.model_proto
-    _symbolic_io(proto, cfg, attention)
+    _symbolic_io(proto, cfg, attention, mask)
     onnx.save(proto, str(path))
     return proto
 
@@ -252,9 +268,13 @@ def export_gpt_bundle(
     generation: dict | None = None,
     tolerance: float | None = None,
     quantize: str = "none",
+    attention_mask: str = "key",
     extra: dict | None = None,
 ) -> dict:
     """Export, check parity, and write the bundle folder. Returns the manifest.
+
+    attention_mask="query_key": the graph takes the full (batch, seq, total) mask instead of a key mask, so a caller
+    can score a tree of continuations in one call (Xiangqi move scoring); standard attention only.
 
     quantize="int8" ships int8 weights (export/quantize.py); tolerance defaults per quantization (DEFAULT_TOLERANCE).
 
@@ -275,11 +295,11 @@ def export_gpt_bundle(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(model, onnx_path, attention)
+        export_onnx(model, onnx_path, attention, attention_mask)
         onnx_path = quantized(onnx_path, quantize)
         proto = onnx.load(str(onnx_path), load_external_data=False)
         export_seconds = time.perf_counter() - started
-        parity = check_parity(measure_parity(onnx_path, model, reference, attention), quantize, tolerance,
+        parity = check_parity(measure_parity(onnx_path, model, reference, attention, mask=attention_mask), quantize, tolerance,
                               reference_name)
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(onnx_path), out_dir / "model.onnx")
@@ -308,6 +328,7 @@ def export_gpt_bundle(
             "n_parameters": sum(p.numel() for p in model.parameters()),
         },
         "attention": attention,
+        "attention_mask": attention_mask,
         "gelu": cfg.gelu,
         "kv_cache": {
             "layout": "shared_buffer" if attention == "contrib" else "concat",

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attention", default="standard", choices=["standard", "contrib"],
-                        help="standard: move scoring feeds 3 characters per candidate in one call")
+                        help="standard: move scoring feeds the whole move tree in one call (query-key mask)")
     parser.add_argument("--export-only", action="store_true", help="re-export the checkpoint in --work")
     args = parser.parse_args(argv)
 
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     save_tokenizer(tokenizer)
     manifest = export_gpt_bundle(
         model, args.out, attention=args.attention, task="xiangqi", tokenizer_file=tokenizer,
+        # standard: a query-key mask lets move scoring feed the whole move tree in one call (runtime/xiangqi/mover.py)
+        attention_mask="query_key" if args.attention == "standard" else "key",
         special_tokens={"start": START, "pad": START},
         generation={"score": "sum of the 4 character log-probabilities of each legal move"},
         extra={"vocab": VOCAB, "training": {

@@ -58,7 +58,9 @@ def _attention_eager(
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(batch, -1, num_heads, head_dim).transpose(1, 2)
 
-    if past_k.shape[2] == 0 and not torch.compiler.is_exporting() and bool(attention_mask.all()):
+    if attention_mask.dim() == 2 and past_k.shape[2] == 0 and not torch.compiler.is_exporting() and bool(
+        attention_mask.all()
+    ):
         # training and full prompts: nothing masked but the future, so the fused causal kernel applies
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
         return out.transpose(1, 2).reshape(batch, q_len, hidden), heads(k), heads(v)
@@ -67,7 +69,10 @@ def _attention_eager(
     total = keys.shape[2]
     key_pos = torch.arange(total, device=q.device)
     query_pos = torch.arange(q_len, device=q.device) + (total - q_len)
-    visible = (key_pos[None, :] <= query_pos[:, None])[None, None] & (attention_mask[:, None, None, :] != 0)
+    if attention_mask.dim() == 3:  # (batch, seq, total): the caller says what each query sees (tree scoring)
+        visible = attention_mask[:, None] != 0
+    else:
+        visible = (key_pos[None, :] <= query_pos[:, None])[None, None] & (attention_mask[:, None, None, :] != 0)
     bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device)
     bias = bias.masked_fill(~visible, torch.finfo(q.dtype).min)
     out = F.scaled_dot_product_attention(heads(q), keys, values, attn_mask=bias)
@@ -103,7 +108,8 @@ def causal_attention(
     attention_mask: torch.Tensor,
     num_heads: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Causal attention over [past, new] keys with a (batch, past+new) 0/1 key mask.
+    """Causal attention over [past, new] keys with a (batch, past+new) 0/1 key mask, or with a
+    (batch, seq, past+new) query-key mask that says exactly which keys each query sees (no causal rule added).
 
     q, k, v: (batch, seq, heads*head_dim); past_k/v: (batch, heads, past, head_dim). Returns the attention
     output and the present caches (batch, heads, past+seq, head_dim). Same function as

@@ -23,6 +23,7 @@ from .attention import MASK_VALUE
 from .gelu import SIGMOID_ALPHA
 
 ATTENTION_TARGETS = ("standard", "contrib", "unfused")
+MASK_KINDS = ("key", "query_key")
 _msft = Opset("com.microsoft", 1)
 
 
@@ -82,6 +83,16 @@ def attention_standard(q, k, v, past_k, past_v, attention_mask, num_heads: int):
     return y, present_k, present_v
 
 
+def attention_query_key(q, k, v, past_k, past_v, attention_mask, num_heads: int):
+    """The standard target with a (batch, seq, total) 0/1 mask given whole: any query-key pattern (a tree)."""
+    visible = op.Unsqueeze(op.Cast(attention_mask, to=9), [1])  # (batch, 1, seq, total), 9 = BOOL
+    bias = op.Where(visible, op.Constant(value_float=0.0), op.Constant(value_float=MASK_VALUE))
+    y, present_k, present_v, _ = op.Attention(
+        q, k, v, bias, past_k, past_v, q_num_heads=num_heads, kv_num_heads=num_heads
+    )
+    return y, present_k, present_v
+
+
 def attention_unfused(q, k, v, past_k, past_v, attention_mask, num_heads: int):
     """softmax(q·kᵀ/√d + mask)·v in primitive ops; caches concatenate like the standard target's."""
     split = op.Concat(op.Constant(value_ints=[0, 0, num_heads, -1]), axis=0)
@@ -121,14 +132,25 @@ def attention_contrib(q, k, v, past_k, past_v, attention_mask, num_heads: int):
     )
 
 
-def translation_table(attention_target: str) -> dict:
-    """Custom-op translations for `torch.onnx.export(..., custom_translation_table=...)`."""
+def translation_table(attention_target: str, mask: str = "key") -> dict:
+    """Custom-op translations for `torch.onnx.export(..., custom_translation_table=...)`.
+
+    mask "key": the graph takes a (batch, total) key mask and adds the causal rule; "query_key" (standard target
+    only): a (batch, seq, total) mask given whole.
+    """
     import torch
 
     from . import modules  # noqa: F401  (registers the edgeinfer:: custom ops)
 
     if attention_target not in ATTENTION_TARGETS:
         raise ValueError(f"unknown attention target {attention_target!r}; expected one of {ATTENTION_TARGETS}")
+    if mask not in MASK_KINDS or (mask == "query_key" and attention_target != "standard"):
+        raise ValueError(f"mask {mask!r} with attention {attention_target!r}: query_key masks need 'standard'")
+    if mask == "query_key":
+        return {
+            torch.ops.edgeinfer.quick_gelu.default: quick_gelu,
+            torch.ops.edgeinfer.attention.default: attention_query_key,
+        }
     if attention_target == "unfused":
         return {
             torch.ops.edgeinfer.quick_gelu.default: quick_gelu_unfused,

@@ -24,6 +24,13 @@ def positions_from_mask(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
 
 
+def query_key_mask(key_mask: np.ndarray, seq: int) -> np.ndarray:
+    """(batch, total) key mask -> (batch, seq, total): what each of the last `seq` queries sees, causally."""
+    total = key_mask.shape[1]
+    causal = np.arange(total)[None, :] <= np.arange(total - seq, total)[:, None]
+    return (causal[None] & (key_mask[:, None, :] != 0)).astype(np.int64)
+
+
 class CausalLM:
     """A GPT bundle opened on an onnxruntime session."""
 
@@ -37,6 +44,8 @@ class CausalLM:
         self.uses_segments = bool(cfg.get("n_segments"))
         kv = manifest["kv_cache"]
         self.shared_cache = kv["layout"] == "shared_buffer"
+        # "query_key": the graph takes (batch, seq, total) masks, so callers may pass any pattern (tree scoring)
+        self.query_key_mask = manifest.get("attention_mask", "key") == "query_key"
         layers = [(i, part) for i in range(self.n_layer) for part in ("key", "value")]
         self.past_names = [kv[f"past_{part}"].format(layer=i) for i, part in layers]
         self.present_names = [kv[f"present_{part}"].format(layer=i) for i, part in layers]
@@ -81,7 +90,12 @@ class CausalLM:
         return self.decoder.prefill(prompt, segment_ids, prefix)
 
     def forward(self, ids, positions, mask, logits_positions, types, cache):
-        """One onnxruntime call through IO binding: (logits on the host, present cache OrtValues)."""
+        """One onnxruntime call through IO binding: (logits on the host, present cache OrtValues).
+
+        mask: a (batch, total) key mask, or for query-key bundles also a (batch, seq, total) mask used as given.
+        """
+        if self.query_key_mask and mask.ndim == 2:
+            mask = query_key_mask(mask, ids.shape[1])
         binding = self.session.io_binding()
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask, "logits_positions": logits_positions}
         if self.uses_segments:
@@ -123,7 +137,7 @@ class CausalLM:
         feeds = {
             "input_ids": ids,
             "position_ids": positions_from_mask(mask),
-            "attention_mask": mask,
+            "attention_mask": query_key_mask(mask, seq) if self.query_key_mask else mask,
             "logits_positions": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
             **{name: empty for name in self.past_names},
         }

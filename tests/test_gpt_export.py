@@ -158,3 +158,23 @@ def test_unfused_target_has_no_fused_op_and_same_tokens(tmp_path, activation):
         with torch.no_grad():
             want = hf.generate(torch.tensor([row]), max_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(row):]
         assert generation.token_ids == want.tolist()
+
+
+def test_query_key_mask_bundle_decodes_like_key_mask_bundle(tmp_path, hf_gpt2, gpt2_bundles):
+    from edgeinfer.export.hf_bundle import load_hf_gpt2
+    from edgeinfer.export.hf_import import gpt_from_hf
+    from edgeinfer.export.onnx_export import ExportError, export_gpt_bundle
+
+    model = gpt_from_hf(load_hf_gpt2(hf_gpt2))
+    manifest = export_gpt_bundle(model, tmp_path / "b", attention="standard", attention_mask="query_key")
+    assert manifest["attention_mask"] == "query_key" and manifest["inputs"][2]["shape"] == ["batch", "seq", "total_len"]
+    tree, keyed = edgeinfer.load(tmp_path / "b", device="cpu"), edgeinfer.load(gpt2_bundles["standard"], device="cpu")
+    ids = np.array([[5, 6, 7, 8, 9], [0, 0, 3, 4, 5]])
+    mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    np.testing.assert_allclose(tree.logits(ids, attention_mask=mask)[mask == 1],
+                               keyed.logits(ids, attention_mask=mask)[mask == 1], atol=1e-5)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    assert [g.token_ids for g in tree.generate(prompts, max_new_tokens=5, do_sample=False)] == [
+        g.token_ids for g in keyed.generate(prompts, max_new_tokens=5, do_sample=False)]
+    with pytest.raises(ExportError, match="query_key with the standard target only"):
+        export_gpt_bundle(model, tmp_path / "c", attention="contrib", attention_mask="query_key")

@@ -14,8 +14,9 @@ from edgeinfer.xiangqi.tokens import VOCAB
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module", params=["standard", "contrib"])
+@pytest.fixture(scope="module", params=["standard", "contrib", "tree"])
 def movers(request, tmp_path_factory):
+    """The three scoring paths: forked caches (standard), level by level (contrib), one tree call (tree)."""
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle
 
@@ -24,7 +25,10 @@ def movers(request, tmp_path_factory):
     for p in model.parameters():  # large weights: scores far from uniform
         p.data.mul_(8)
     path = tmp_path_factory.mktemp("xq") / request.param
-    export_gpt_bundle(model, path, attention=request.param, task="xiangqi")
+    if request.param == "tree":
+        export_gpt_bundle(model, path, attention="standard", attention_mask="query_key", task="xiangqi")
+    else:
+        export_gpt_bundle(model, path, attention=request.param, task="xiangqi")
     return edgeinfer.load(path, device="cpu")
 
 
@@ -56,9 +60,7 @@ def test_cache_kept_across_turns(movers):
     board = _random_game(4, 9)
     mover.score(board)
     kept = mover._prefix
-    for move in (mover.best(board).move, board.legal_moves()[0] if False else None):
-        if move:
-            board.push(move)
+    board.push(mover.best(board).move)
     board.push(board.legal_moves()[0])
     scored = mover.score(board)
     assert mover._prefix.token_ids[: len(kept.token_ids)] == kept.token_ids  # extended, not rebuilt

@@ -2,11 +2,14 @@
 
 A move's score is the sum of the log-probabilities of its 4 ICCS characters after the game so far (the seed's
 definition). Instead of re-running the game once per candidate, the legal moves are scored as a tree: their
-first characters come from the game's own next-token logits, and one forward call feeds each distinct
-3-character prefix (at most ~60 rows, each a fork of the game's KV cache) and reads the logits after each of
-its characters. A shared-buffer (GroupQueryAttention) bundle takes one new token per row on a shared past, so
-there the prefixes go level by level instead: three calls. The game's cache is kept across turns and only
-extended by the new moves. Output is legal by construction: only legal moves are ever scored.
+first characters come from the game's own next-token logits, and the rest from one more forward call, in one of
+three ways by what the bundle's graph allows:
+- query-key mask (the shipped bundle): every distinct 1-, 2- and 3-character prefix is one token of a single row
+  on the game's cache, and the mask lets each see the game and its own ancestors only. No cache is copied;
+- key mask, concatenated cache: one row per distinct 3-character prefix, each a fork (copy) of the game's cache;
+- shared buffer (GroupQueryAttention): one new token per row on a shared past, so level by level: three calls.
+The game's cache is kept across turns and only extended by the new moves. Output is legal by construction: only
+legal moves are ever scored.
 """
 
 from __future__ import annotations
@@ -72,7 +75,9 @@ class MoveModel:
         prefix = self._game_prefix(self._context(board.move_stack))
         chars = np.array([[TOKEN_ID[c] for c in move] for move in moves])
         scores = log_softmax(prefix.logits)[chars[:, 0]]
-        if prefix.cache.shared:
+        if self.model.query_key_mask:
+            scores = scores + self._tree(prefix, chars)
+        elif prefix.cache.shared:
             scores = scores + self._levels(prefix, chars)
         else:
             nodes, node_of_move = np.unique(chars[:, :3], axis=0, return_inverse=True)
@@ -85,6 +90,26 @@ class MoveModel:
         probs /= probs.sum()
         order = np.argsort(-scores, kind="stable")
         return [ScoredMove(moves[i], float(scores[i]), float(probs[i])) for i in order]
+
+    def _tree(self, prefix: Prefix, chars: np.ndarray) -> np.ndarray:
+        """Characters 2-4 of each move from one call: the move tree's nodes as one row under a tree mask."""
+        levels = [np.unique(chars[:, :depth], axis=0, return_inverse=True) for depth in (1, 2, 3)]
+        first = np.cumsum([0] + [len(nodes) for nodes, _ in levels])  # index of each level's first node
+        node = [first[d] + inverse.reshape(-1) for d, (_, inverse) in enumerate(levels)]  # per move, per level
+        count, cache = int(first[-1]), prefix.cache
+        past = cache.mask.shape[1]
+        ids = np.concatenate([nodes[:, -1] for nodes, _ in levels])[None]
+        positions = np.concatenate([np.full(len(nodes), cache.lengths[0] + d) for d, (nodes, _) in enumerate(levels)])
+        mask = np.zeros((1, count, past + count), dtype=np.int64)
+        mask[0, :, :past] = cache.mask[0]
+        mask[0, np.arange(count), past + np.arange(count)] = 1  # itself
+        for depth in range(1, 3):
+            for ancestor in range(depth):
+                mask[0, node[depth], past + node[ancestor]] = 1
+        wanted = np.arange(count)[None]
+        logits, _ = self.model.forward(ids, positions[None], mask, wanted, np.zeros_like(ids), cache)
+        logprobs = log_softmax(logits[0])
+        return sum(logprobs[node[level - 1], chars[:, level]] for level in range(1, 4))
 
     def _levels(self, prefix: Prefix, chars: np.ndarray) -> np.ndarray:
         """Characters 2-4 of each move, one call per level, each fork holding one more character."""
