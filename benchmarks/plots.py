@@ -9,7 +9,7 @@ import numpy as np
 import qa_peers
 
 
-def _figure(columns: int = 1):
+def figure(columns: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +19,7 @@ def _figure(columns: int = 1):
     return plt, fig, axes[0]
 
 
-def _save(plt, fig, path: Path) -> Path:
+def save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -35,7 +35,7 @@ def plot_batch(jobs: dict, out: Path) -> Path | None:
     panels = [j for j in ("decode", "qa") if j in jobs]
     if not panels:
         return None
-    plt, fig, axes = _figure(len(panels))
+    plt, fig, axes = figure(len(panels))
     for ax, job in zip(axes, panels, strict=True):
         report = jobs[job]["main"] if job == "decode" else jobs[job]
         key = "decode_ms_per_token" if job == "decode" else "items_per_s"
@@ -48,12 +48,12 @@ def plot_batch(jobs: dict, out: Path) -> Path | None:
         ax.set_ylabel("decode ms per token (lower is better)" if job == "decode" else "sequences/s (higher is better)")
         ax.set_title("decode, GPT-2-small shape" if job == "decode" else "extractive QA, BERT-base shape")
         ax.legend(fontsize=7)
-    return _save(plt, fig, out / "latency_vs_batch.png")
+    return save(plt, fig, out / "latency_vs_batch.png")
 
 
 def plot_sweeps(decode: dict, out: Path) -> Path:
     """B=1 tokens/s against prompt length, and decode ms/token against intra-op threads."""
-    plt, fig, (by_prompt, by_threads) = _figure(2)
+    plt, fig, (by_prompt, by_threads) = figure(2)
     for ax, sweep, key, label in ((by_prompt, decode["prompts"], "tokens_per_s", "prompt length (tokens)"),
                                   (by_threads, decode["threads"], "decode_ms_per_token", "intra-op threads")):
         names = sorted({e for r in sweep.values() for e in _engines(r)})
@@ -66,7 +66,7 @@ def plot_sweeps(decode: dict, out: Path) -> Path:
     by_prompt.set_xscale("log", base=2)
     by_prompt.set_ylabel("B=1 tokens/s, prefill included")
     by_threads.set_ylabel("B=1 decode ms per token")
-    return _save(plt, fig, out / "decode_sweeps.png")
+    return save(plt, fig, out / "decode_sweeps.png")
 
 
 def plot_cdf(jobs: dict, out: Path) -> Path | None:
@@ -82,7 +82,7 @@ def plot_cdf(jobs: dict, out: Path) -> Path | None:
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
-    plt, fig, (ax,) = _figure()
+    plt, fig, (ax,) = figure()
     for name, values in series.items():
         values = np.sort(values)
         ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=name)
@@ -90,7 +90,7 @@ def plot_cdf(jobs: dict, out: Path) -> Path | None:
     ax.set_xlabel("latency per call, ms")
     ax.set_ylabel("share of calls at most this slow")
     ax.legend(fontsize=7)
-    return _save(plt, fig, out / "latency_cdf.png")
+    return save(plt, fig, out / "latency_cdf.png")
 
 
 def write_plots(report: dict, out: Path) -> list[Path]:
