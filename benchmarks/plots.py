@@ -79,6 +79,8 @@ def plot_cdf(jobs: dict, out: Path) -> Path | None:
     if "qa" in jobs:
         for name, s in _engines(jobs["qa"]).items():
             series[f"qa {name}, B=1"] = s["batches"]["1"]["calls_ms"] if "1" in s["batches"] else []
+    if "dialogue" in jobs:
+        series["dialogue: first token of a sampled turn"] = jobs["dialogue"]["sampled"]["first_token_ms"]
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
@@ -153,7 +155,14 @@ def write_tables(report: dict) -> str:
                              "| speed-up fresh |"), "|" + " --- |" * 7, *rows])]
     if "dialogue" in jobs:
         d = jobs["dialogue"]
-        parts += ["### Dialogue turn (default chat bundle, top-k 5 sampling)",
-                  (f"{d['contexts']} turns: first token {d['first_token_ms_median']} ms, then "
-                  f"{d['per_token_ms_median']} ms/token (medians); {d['mean_reply_tokens']} tokens per reply.")]
+        rows = [f"| {t['engine']} | {t['batches']['1']['prefill_ms']:.1f} | {t['batches']['1']['decode_ms_per_token']:.2f} "
+                f"| {t['load_s']:.2f} | {t['peak_rss_mb']:.0f} | {t['agrees']} |" for t in d["turn"]]
+        sampled = d["sampled"]
+        parts += [f"### Dialogue turn: default chat bundle, a {d['history_tokens']}-token history, greedy reply",
+                  "\n".join(["| engine | first token ms | ms/token | load s | peak RSS MB | same tokens |",
+                             "|" + " --- |" * 6, *rows]),
+                  (f"Skipped: {d['skipped'] or 'none'}. Sampled turns (top-k 5, the chat defaults, kept cache): "
+                   f"{sampled['contexts']} turns, first token {sampled['first_token_ms_median']} ms, then "
+                   f"{sampled['per_token_ms_median']} ms/token (medians), {sampled['mean_reply_tokens']} tokens per "
+                   f"reply, distinct-1/2 {sampled['distinct_1']}/{sampled['distinct_2']}.")]
     return "\n\n".join(parts) + "\n"

@@ -20,8 +20,18 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
-from driver import RESULTS, ROOT, machine
+from driver import (
+    BENCH,
+    RESULTS,
+    ROOT,
+    Engine,
+    engine_env,
+    interleaved_runs,
+    machine,
+    write_spec,
+)
 from tqdm import tqdm
 
 JOBS = ("decode", "qa", "dgcnn", "xiangqi", "dialogue")
@@ -94,13 +104,36 @@ def xiangqi(args) -> dict:
 
 
 def dialogue(args) -> dict:
+    """A greedy turn (32 tokens) against the same weights in PyTorch eager, then sampled turns (the chat defaults)."""
     import chat_quality
+    import decode_peers
 
     import edgeinfer
+    from edgeinfer.chat_format import encode_dialogue, reply_segment_id
     from edgeinfer.loader import default_bundle
 
-    model = edgeinfer.load(default_bundle("chat"), device="cpu")
-    return chat_quality.measure(model, HISTORIES[:2] if args.quick else HISTORIES * 3, seed=0)
+    bundle = default_bundle("chat")
+    model = edgeinfer.load(bundle, device="cpu")
+    ids, segments = encode_dialogue(model.tokenizer, HISTORIES[-1], model.max_positions - 40)
+    engines, skipped = {"edgeinfer": Engine("engine_chat.py", False)}, {}
+    if args.chat_checkpoint.is_file():
+        engines["torch-eager"] = Engine("engine_chat.py", False)
+    else:
+        skipped["torch-eager"] = f"no training checkpoint at {args.chat_checkpoint} (export/train_chat.py writes it)"
+    specs = {name: write_spec(BENCH / "peers" / "chat", name, {
+        "engine": name, "artifact": str(bundle), "checkpoint": str(args.chat_checkpoint), "prompts": [ids],
+        "segments": [segments], "reply_segment": reply_segment_id(segments), "batches": [1],
+        "new_tokens": 8 if args.quick else 32, "threads": 2}) for name in engines}
+    runs: dict[str, list[dict]] = {name: [] for name in engines}
+    env = engine_env(2, args.omp_wait)
+    for _, name, result in interleaved_runs(engines, list(engines), specs, env, 1 if args.quick else args.repeats,
+                                            600, skipped):
+        runs[name].append(result)
+    turn = [decode_peers.summarize(name, r) for name, r in runs.items() if r]
+    for summary in turn:
+        decode_peers.gate(summary, turn[0])  # against edgeinfer's greedy reply
+    sampled = chat_quality.measure(model, HISTORIES[:2] if args.quick else HISTORIES * 3, seed=0)
+    return {"history_tokens": len(ids), "turn": turn, "skipped": skipped, "sampled": sampled}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,7 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="OMP_WAIT_POLICY for the OpenMP peers (default: OpenMP's own)")
     parser.add_argument("--decode-engines", nargs="+", default=None, help="default: every decode_peers engine")
     parser.add_argument("--qa-engines", nargs="+", default=None, help="default: every qa_peers engine")
+    parser.add_argument("--chat-checkpoint", type=Path, default=ROOT / "build" / "chat-tf" / "model.pt",
+                        help="training checkpoint of the default chat bundle, for the PyTorch eager row")
     args = parser.parse_args(argv)
+    args.chat_checkpoint = args.chat_checkpoint.resolve()  # engines run from the repository root
     import decode_peers
     import qa_peers
 

@@ -33,7 +33,8 @@ def test_quick_bench_writes_report_tables_and_plots():
     assert set(jobs["decode"]["threads"]) == {"1", str(os.cpu_count())}
     assert jobs["qa"]["engines"][0]["agrees"] == 1.0
     assert jobs["xiangqi"]["latency"]["10"]["legal_moves"] > 0
-    assert jobs["dialogue"]["contexts"] == 2 and jobs["dialogue"]["first_token_ms_median"] > 0
+    assert jobs["dialogue"]["sampled"]["contexts"] == 2 and jobs["dialogue"]["sampled"]["first_token_ms_median"] > 0
+    assert jobs["dialogue"]["turn"][0]["engine"] == "edgeinfer"
     for plot in report["plots"]:
         assert (ROOT / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(report["plots"]) == 3
