@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         log = train(model, batches(splits["train"], args.batch_size, random.Random(args.seed)),
                     eval_batches("valid"), TrainConfig(steps=args.steps, seed=args.seed), args.work)
         log["test_loss"] = round(evaluate(model, eval_batches("test")), 4)
+        log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
         (args.work / "training.json").write_text(json.dumps(log) + "\n")
         torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict()}, args.work / "model.pt")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         generation={"score": "sum of the 4 character log-probabilities of each legal move"},
         extra={"vocab": VOCAB, "training": {
             "games": {name: len(games) for name, games in splits.items()},
-            "steps": args.steps, "batch_size": args.batch_size, "seconds": log["seconds"],
+            "steps": log["config"]["steps"], "batch_size": log["batch_size"], "seconds": log["seconds"],
             "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"],
             "command": log.get("command"),
         }},
