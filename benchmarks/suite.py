@@ -143,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny models, one repeat: checks the pipeline (< 1 min)")
     parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other jobs of the last results/bench.json and replace only these")
     parser.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], default=None,
                         help="OMP_WAIT_POLICY for the OpenMP peers (default: OpenMP's own)")
     parser.add_argument("--decode-engines", nargs="+", default=None, help="default: every decode_peers engine")
@@ -165,8 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
     from plots import write_plots, write_tables
 
     started = time.perf_counter()
-    report: dict = {"command": "edgeinfer bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-                    "quick": args.quick, "machine_before": machine(), "jobs": {}}
+    command = "edgeinfer bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report: dict = {"command": command, "quick": args.quick, "machine_before": machine(), "jobs": {}}
+    if args.update and (RESULTS / "bench.json").is_file():
+        kept = json.loads((RESULTS / "bench.json").read_text())
+        report["jobs"] = kept["jobs"]
+        report["command"] = f"{kept['command']}, then {command}"
     for job in tqdm(args.jobs, desc="bench", unit="job"):
         tqdm.write(f"== {job}")
         report["jobs"][job] = globals()[job](args)

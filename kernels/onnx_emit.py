@@ -30,11 +30,13 @@ _msft = Opset("com.microsoft", 1)
 def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: dict[str, OpSchema.AttrType]) -> Op:
     """An onnxscript op for an onnxruntime contrib op; onnx ships no schemas for these, so we declare them.
 
-    Inputs named `*_k` or `total_*` are int32, all others float.
+    Inputs named `seqlens*`, `total_*` or `*_mask` are int32, all others float; `bias` is optional.
     """
 
     def param(n: str) -> OpSchema.FormalParameter:
-        return OpSchema.FormalParameter(n, "M" if n.startswith(("seqlens", "total")) else "T")
+        kind = "M" if n.startswith(("seqlens", "total")) or n.endswith("_mask") else "T"
+        option = OpSchema.FormalParameterOption.Optional if n == "bias" else OpSchema.FormalParameterOption.Single
+        return OpSchema.FormalParameter(n, kind, param_option=option)
 
     schema = OpSchema(
         name,
@@ -54,6 +56,12 @@ GroupQueryAttention = _contrib_op(
     ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length"],
     ["output", "present_key", "present_value"],
     {"num_heads": OpSchema.AttrType.INT, "kv_num_heads": OpSchema.AttrType.INT},
+)
+
+
+MultiHeadAttention = _contrib_op(
+    "MultiHeadAttention", ["query", "key", "value", "bias", "key_padding_mask"], ["output"],
+    {"num_heads": OpSchema.AttrType.INT},
 )
 
 
@@ -175,8 +183,20 @@ def encoder_attention_standard(q, k, v, attention_mask, num_heads: int):
     return y
 
 
-def encoder_translation_table() -> dict:
-    """Custom-op translations for encoders (bidirectional attention, GELU) on the standard target."""
+def encoder_attention_contrib(q, k, v, attention_mask, num_heads: int):
+    """Bidirectional attention as onnxruntime's `MultiHeadAttention`, fed the (batch, seq) key mask as int32."""
+    return MultiHeadAttention(q, k, v, None, op.Cast(attention_mask, to=6), num_heads=num_heads)  # 6 = INT32
+
+
+ENCODER_ATTENTION = {"standard": encoder_attention_standard, "contrib": encoder_attention_contrib}
+
+
+def encoder_translation_table(attention_target: str = "standard") -> dict:
+    """Custom-op translations for encoders (bidirectional attention, GELU): opset-23 `Attention` ("standard", any
+    provider) or onnxruntime's `MultiHeadAttention` ("contrib", its own optimized CPU and CUDA kernels)."""
     import torch
 
-    return {**translation_table("standard"), torch.ops.edgeinfer.encoder_attention.default: encoder_attention_standard}
+    if attention_target not in ENCODER_ATTENTION:
+        raise ValueError(f"unknown encoder attention target {attention_target!r}; expected one of {sorted(ENCODER_ATTENTION)}")
+    return {**translation_table("standard"),
+            torch.ops.edgeinfer.encoder_attention.default: ENCODER_ATTENTION[attention_target]}

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny models, one repeat, small sweeps: checks the pipeline in well under a minute")
     parser.add_argument("--jobs", nargs="+", choices=JOBS, default=None, help="default: all of them")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats per engine (default 2)")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only these jobs in the last results/bench.json, keeping the others")
     parser.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], default=None,
                         help="OMP_WAIT_POLICY for the OpenMP peers; PASSIVE on a machine shared with other jobs")
 
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     argv += ["--jobs", *args.jobs] if args.jobs else []
     argv += ["--repeats", str(args.repeats)] if args.repeats else []
     argv += ["--omp-wait", args.omp_wait] if args.omp_wait else []
+    argv += ["--update"] if args.update else []
     # its own process: the suite imports torch for exports, and its scripts import each other from benchmarks/
     done = subprocess.run([sys.executable, str(SUITE), *argv], cwd=SUITE.parent.parent, check=False,
                           stdout=sys.stderr if args.json else None)
