@@ -58,7 +58,7 @@ def test_manifest_parity_and_census(exported) -> None:
     layers = model.config.num_hidden_layers
     assert manifest["task"] == "extractive-qa" and manifest["reader"] == "bert"
     assert manifest["parity"]["max_abs_diff"] <= 1e-4
-    assert manifest["fused_ops"] == {"Attention": layers, "Gelu": layers}
+    assert manifest["attention"] == "contrib" and manifest["fused_ops"] == {"MultiHeadAttention": layers, "Gelu": layers}
     assert not {"Softmax", "Erf", "Tanh"} & set(manifest["op_census"])
     assert manifest["special_tokens"]["cls"] == 2 and manifest["special_tokens"]["sep"] == 3
 
@@ -134,3 +134,18 @@ def test_int8_reader_is_close_to_transformers(exported, tmp_path) -> None:
     got_start, got_end = reader.session.run(["start_logits", "end_logits"], feeds)
     error = max(np.abs(got_start - start).max(), np.abs(got_end - end).max()) / np.abs(start).max()
     assert 0.001 < error <= 0.5
+
+
+def test_standard_attention_reader_equals_transformers(exported, tmp_path) -> None:
+    model, checkpoint, _ = exported
+    assert main(["export", "--from-hf", str(checkpoint), "--task", "qa", "--out", str(tmp_path / "b"),
+                 "--attention", "standard"]) == 0
+    reader = edgeinfer.load(tmp_path / "b", device="cpu", threads=1)
+    assert reader.manifest["fused_ops"] == {"Attention": model.config.num_hidden_layers,
+                                            "Gelu": model.config.num_hidden_layers}
+    start, end, feeds = _hf_logits(model, [_tokenizer().encode(QUESTION, CONTEXT), _tokenizer().encode("Who?", "Li.")])
+    got_start, got_end = reader.session.run(["start_logits", "end_logits"], feeds)
+    real = feeds["attention_mask"].astype(bool)
+    assert max(np.abs(got_start - start)[real].max(), np.abs(got_end - end)[real].max()) <= 1e-4
+    assert main(["export", "--from-hf", str(checkpoint), "--task", "qa", "--out", str(tmp_path / "c"),
+                 "--attention", "unfused"]) == 2

@@ -13,11 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-hf", required=True, metavar="DIR",
                         help="local checkpoint folder: GPT2LMHeadModel, or BertForQuestionAnswering with --task qa")
     parser.add_argument("--task", choices=["causal-lm", "qa"], default="causal-lm",
-                        help="causal-lm: a GPT-2 decoder; qa: a BERT extractive reader (attention is always standard)")
+                        help="causal-lm: a GPT-2 decoder; qa: a BERT extractive reader")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
-    parser.add_argument("--attention", choices=["auto", "standard", "contrib"], default="auto",
-                        help="opset-23 Attention (any provider) or onnxruntime GroupQueryAttention (in-place cache);"
-                        " auto: contrib when the head size is a multiple of 8")
+    parser.add_argument("--attention", choices=["auto", "standard", "contrib", "unfused"], default="auto",
+                        help="standard: opset-23 Attention (any provider); contrib: onnxruntime GroupQueryAttention"
+                        " (decoders, in-place cache) or MultiHeadAttention (qa); unfused: MatMul/Softmax (decoders, a"
+                        " benchmark baseline); auto: contrib when the head size allows")
     parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
                         help="GELU form to emit (default: the checkpoint's own)")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none",
@@ -34,8 +35,11 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     except ImportError as exc:
         raise InputError(f"export needs the [export] extra (pip install 'edgeinfer[export]'): {exc}") from exc
     if args.task == "qa":
+        if args.attention == "unfused":
+            raise InputError("--attention unfused is for decoders; a qa reader takes standard or contrib")
         manifest = export_bert_qa_bundle(args.from_hf, args.out, tolerance=args.tolerance,
-                                         quantize=args.quantize)
+                                         quantize=args.quantize,
+                                         attention="contrib" if args.attention == "auto" else args.attention)
         text = (
             f"wrote {args.out}: BERT reader, {manifest['model']['n_layer']} layers, fused ops {manifest['fused_ops']}, "
             f"parity {manifest['parity']['max_abs_diff']:.2e} (tolerance {manifest['parity']['tolerance']:g})"
