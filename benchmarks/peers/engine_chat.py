@@ -7,30 +7,18 @@ Both generate exactly `new_tokens` tokens (no stop at [SEP]) so they do the same
 
 from __future__ import annotations
 
-import sys
 import time
 
+import engine_edgeinfer
 from common import Generate, measure, read_spec
 
 
 def load_edgeinfer(spec: dict) -> Generate:
-    import edgeinfer
+    def options(rows: list[list[int]]) -> dict:
+        return {"segment_ids": spec["segments"][: len(rows)], "reply_segment": spec["reply_segment"],
+                "do_sample": False}
 
-    model = edgeinfer.load(spec["artifact"], device="cpu", threads=spec["threads"])
-    if "torch" in sys.modules:
-        raise RuntimeError("the edgeinfer timing process imported torch")
-
-    def generate(rows: list[list[int]], n: int) -> tuple[list[int], float, float]:
-        ids, first = [], None
-        t0 = time.perf_counter()
-        for event in model.stream(rows, segment_ids=spec["segments"][: len(rows)], reply_segment=spec["reply_segment"],
-                                  max_new_tokens=n, min_new_tokens=n, stop_token_ids=[], do_sample=False):
-            first = first if first is not None else time.perf_counter() - t0
-            if event.row == 0:
-                ids.append(event.token_id)
-        return ids, first, time.perf_counter() - t0
-
-    return generate
+    return engine_edgeinfer.load(spec, options)
 
 
 def load_torch(spec: dict) -> Generate:

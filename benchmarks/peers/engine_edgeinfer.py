@@ -25,7 +25,8 @@ def prepare(spec: dict) -> None:
     print(f"  exported {out.name}: parity {manifest['parity']['max_abs_diff']:.2e}", flush=True)
 
 
-def load(spec: dict) -> Generate:
+def load(spec: dict, options=None) -> Generate:
+    """Greedy streaming through the engine; `options(rows)` adds stream options (the dialogue job's segments)."""
     import edgeinfer
 
     model = edgeinfer.load(spec["artifact"], device="cpu", threads=spec["threads"])
@@ -35,7 +36,8 @@ def load(spec: dict) -> Generate:
     def generate(rows: list[list[int]], n: int) -> tuple[list[int], float, float]:
         ids, first = [], None
         t0 = time.perf_counter()
-        for event in model.stream(rows, max_new_tokens=n, min_new_tokens=n, stop_token_ids=[]):
+        extra = options(rows) if options else {}
+        for event in model.stream(rows, max_new_tokens=n, min_new_tokens=n, stop_token_ids=[], **extra):
             if first is None:
                 first = time.perf_counter() - t0
             if event.row == 0:
