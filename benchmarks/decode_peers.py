@@ -27,9 +27,10 @@ from driver import (
     available,
     copy_bandwidth,
     engine_env,
-    interleaved_runs,
+    gated,
     machine,
     prepare_all,
+    run_all,
     write_spec,
 )
 
@@ -171,16 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     env = engine_env(args.threads, args.omp_wait)
     engines = prepare_all(ENGINES, engines, specs, env, args.timeout, skipped)
 
-    runs: dict[str, list[dict]] = {n: [] for n in engines}
-    for repeat, name, result in interleaved_runs(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped):
-        runs[name].append(result)
-        times = ", ".join(f"B={b} {v['decode_ms_per_token']:.2f} ms/token" for b, v in result["batches"].items())
-        print(f"repeat {repeat + 1}/{args.repeats} {name}: load {result['load_s']:.1f} s, {times}", flush=True)
-
-    summaries = [summarize(n, r) for n, r in runs.items() if r]
-    by_name = {s["engine"]: s for s in summaries}
-    for s in summaries:
-        gate(s, by_name.get(REFERENCE))
+    runs = run_all(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped, lambda result: ", ".join(
+        f"B={b} {v['decode_ms_per_token']:.2f} ms/token" for b, v in result["batches"].items()))
+    summaries = gated([summarize(n, r) for n, r in runs.items() if r], REFERENCE, gate)
     bandwidth = copy_bandwidth()
     weights = weight_bytes(checkpoint)
     floor_ms = weights / bandwidth * 1e3

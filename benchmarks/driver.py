@@ -126,6 +126,24 @@ def interleaved_runs(engines: dict[str, Engine], names: list[str], specs: dict[s
             yield repeat, name, result
 
 
+def run_all(engines: dict[str, Engine], names: list[str], specs: dict[str, Path], env: dict, repeats: int,
+            timeout: float, skipped: dict[str, str], describe) -> dict[str, list[dict]]:
+    """Each engine's results over the interleaved repeats, printing `describe(result)` after every run."""
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for repeat, name, result in interleaved_runs(engines, names, specs, env, repeats, timeout, skipped):
+        runs[name].append(result)
+        print(f"repeat {repeat + 1}/{repeats} {name}: load {result['load_s']:.1f} s, {describe(result)}", flush=True)
+    return runs
+
+
+def gated(summaries: list[dict], reference: str, gate) -> list[dict]:
+    """Apply `gate(summary, reference summary or None)` to every summary; returns them."""
+    by_name = {s["engine"]: s for s in summaries}
+    for s in summaries:
+        gate(s, by_name.get(reference))
+    return summaries
+
+
 def machine() -> dict:
     """What the numbers depend on: processor, cores, load, library versions of this interpreter."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -24,9 +24,10 @@ from driver import (
     Engine,
     available,
     engine_env,
-    interleaved_runs,
+    gated,
     machine,
     prepare_all,
+    run_all,
     write_spec,
 )
 
@@ -149,16 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     env = engine_env(args.threads, args.omp_wait)
     engines = prepare_all(ENGINES, engines, specs, env, args.timeout, skipped)
 
-    runs: dict[str, list[dict]] = {n: [] for n in engines}
-    for repeat, name, result in interleaved_runs(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped):
-        runs[name].append(result)
-        rates = ", ".join(f"B={b} {v['items_per_s']:.2f} seq/s" for b, v in result["batches"].items())
-        print(f"repeat {repeat + 1}/{args.repeats} {name}: load {result['load_s']:.1f} s, {rates}", flush=True)
-
-    summaries = [summarize(n, r) for n, r in runs.items() if r]
-    by_name = {s["engine"]: s for s in summaries}
-    for s in summaries:
-        gate(s, by_name.get(REFERENCE))
+    runs = run_all(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped, lambda result: ", ".join(
+        f"B={b} {v['items_per_s']:.2f} seq/s" for b, v in result["batches"].items()))
+    summaries = gated([summarize(n, r) for n, r in runs.items() if r], REFERENCE, gate)
     table = markdown(summaries, args.batches)
     report = {"shape": {"layers": args.shape[0], "hidden": args.shape[1], "heads": args.shape[2], "vocab": 21128,
                         "sequence": args.window, "batches": args.batches},

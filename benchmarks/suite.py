@@ -28,8 +28,9 @@ from driver import (
     ROOT,
     Engine,
     engine_env,
-    interleaved_runs,
+    gated,
     machine,
+    run_all,
     write_spec,
 )
 from tqdm import tqdm
@@ -49,8 +50,7 @@ HISTORIES = [
 def decode(args) -> dict:
     import decode_peers
 
-    common = ["--repeats", str(args.repeats), "--omp-wait", args.omp_wait] if args.omp_wait else ["--repeats",
-                                                                                                  str(args.repeats)]
+    common = ["--repeats", str(args.repeats), *(["--omp-wait", args.omp_wait] if args.omp_wait else [])]
     if args.quick:
         main = decode_peers.main(["--quick", "--engines", *args.decode_engines, "--name", "bench_decode"])
         sweep_engines, threads, prompts, extra = ["edgeinfer-contrib"], [1, os.cpu_count()], [8, 16], ["--quick"]
@@ -126,14 +126,10 @@ def dialogue(args) -> dict:
         "engine": name, "artifact": str(bundle), "checkpoint": str(args.chat_checkpoint), "prompts": [ids],
         "segments": [segments], "reply_segment": reply_segment_id(segments), "batches": [1],
         "new_tokens": 8 if args.quick else 32, "threads": 2}) for name in engines}
-    runs: dict[str, list[dict]] = {name: [] for name in engines}
-    env = engine_env(2, args.omp_wait)
-    for _, name, result in interleaved_runs(engines, list(engines), specs, env, 1 if args.quick else args.repeats,
-                                            600, skipped):
-        runs[name].append(result)
-    turn = [decode_peers.summarize(name, r) for name, r in runs.items() if r]
-    for summary in turn:
-        decode_peers.gate(summary, turn[0])  # against edgeinfer's greedy reply
+    runs = run_all(engines, list(engines), specs, engine_env(2, args.omp_wait), 1 if args.quick else args.repeats,
+                   600, skipped, lambda result: f"{result['batches']['1']['decode_ms_per_token']:.2f} ms/token")
+    # the gate: the same greedy reply as edgeinfer's
+    turn = gated([decode_peers.summarize(name, r) for name, r in runs.items() if r], "edgeinfer", decode_peers.gate)
     sampled = chat_quality.measure(model, HISTORIES[:2] if args.quick else HISTORIES * 3, seed=0)
     return {"history_tokens": len(ids), "turn": turn, "skipped": skipped, "sampled": sampled}
 

@@ -52,17 +52,12 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
     proto = onnx.load(str(src))
     fold_weight_transposes(proto)
-    folded = dst.with_suffix(".folded.onnx")
-    onnx.save(proto, str(folded))
-    try:
-        quantize_dynamic(
-            folded,
-            dst,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            # our fused contrib ops (GroupQueryAttention...) defeat the quantizer's shape inference: weights are fp32
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    finally:
-        folded.unlink()
+    quantize_dynamic(
+        proto,
+        dst,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        # our fused contrib ops (GroupQueryAttention...) defeat the quantizer's shape inference: weights are fp32
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
