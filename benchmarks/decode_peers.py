@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from driver import (
     BENCH,
-    RESULTS,
     ROOT,
     Engine,
     available,
@@ -31,6 +30,7 @@ from driver import (
     machine,
     prepare_all,
     run_all,
+    write_results,
     write_spec,
 )
 
@@ -191,16 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
         "floor_ms_per_token": floor_ms, "machine_before": load_before, "machine_after": machine(),
         "skipped": skipped, "engines": summaries,
     }
-    RESULTS.mkdir(exist_ok=True)
     stem = args.name or ("decode_peers_quick" if args.quick else "decode_peers")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
     note = (f"weights {weights / 1e6:.0f} MB, copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), "
             f"floor {floor_ms:.2f} ms/token; {args.threads} threads, median of {args.repeats} interleaved repeats, "
             f"OMP_WAIT_POLICY {args.omp_wait or 'default'}")
-    (RESULTS / f"{stem}.md").write_text(f"{table}\n\n{note}\n")
-    print(f"\n{table}\n\n{note}")
-    for name, reason in skipped.items():
-        print(f"not run: {name}: {reason}")
+    write_results(stem, report, table, note)
     return report
 
 

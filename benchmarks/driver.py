@@ -144,6 +144,16 @@ def gated(summaries: list[dict], reference: str, gate) -> list[dict]:
     return summaries
 
 
+def write_results(stem: str, report: dict, table: str, note: str) -> None:
+    """results/<stem>.json (everything) and .md (the table and its note), then the table and what did not run."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (RESULTS / f"{stem}.md").write_text(f"{table}\n\n{note}\n")
+    print(f"\n{table}\n\n{note}")
+    for name, reason in report["skipped"].items():
+        print(f"not run: {name}: {reason}")
+
+
 def machine() -> dict:
     """What the numbers depend on: processor, cores, load, library versions of this interpreter."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

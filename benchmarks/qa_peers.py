@@ -12,14 +12,12 @@ Writes results/qa_peers.json and .md. HF pipeline and Optimum run in build/bench
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 from driver import (
     BENCH,
-    RESULTS,
     ROOT,
     Engine,
     available,
@@ -28,6 +26,7 @@ from driver import (
     machine,
     prepare_all,
     run_all,
+    write_results,
     write_spec,
 )
 
@@ -159,15 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
               "checkpoint": str(checkpoint.relative_to(ROOT)), "threads": args.threads, "repeats": args.repeats,
               "omp_wait_policy": args.omp_wait or "default", "reference": REFERENCE, "machine_before": before,
               "machine_after": machine(), "skipped": skipped, "engines": summaries}
-    RESULTS.mkdir(exist_ok=True)
     stem = args.name or ("qa_peers_quick" if args.quick else "qa_peers")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
     note = (f"sequence {args.window} (one window per question), text in, {args.threads} threads, median of "
             f"{args.repeats} interleaved repeats")
-    (RESULTS / f"{stem}.md").write_text(f"{table}\n\n{note}\n")
-    print(f"\n{table}\n\n{note}")
-    for name, reason in skipped.items():
-        print(f"not run: {name}: {reason}")
+    write_results(stem, report, table, note)
     return report
 
 
