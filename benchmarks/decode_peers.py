@@ -3,8 +3,8 @@
     python benchmarks/decode_peers.py [--quick] [--engines ...] [--batches 1 16] [--new-tokens 64] [--repeats 3]
 
 Makes a random-weight GPT-2-shaped checkpoint (build/bench/hf-gpt2-small/ at the default shape), prepares each
-engine's artifact from it (edgeinfer bundles, an Optimum ONNX export, CTranslate2 conversions), then runs the
-engines interleaved: every repeat starts each engine once, in a fresh process, so all of them see the same machine
+engine's artifact from it (edgeinfer bundles, an Optimum ONNX export, CTranslate2 conversions), runs each engine once
+untimed as the correctness gate (every row's greedy ids against edgeinfer-contrib's), then times the engines interleaved: every repeat starts each engine once, in a fresh process, so all of them see the same machine
 noise and ratios are taken within a run. Writes results/decode_peers.json and results/decode_peers.md.
 Optimum and CTranslate2 run in build/bench/venv-peers (benchmarks/peers/setup_venv.sh): optimum-onnx pins an older
 transformers than the main environment has.
@@ -26,9 +26,10 @@ from driver import (
     available,
     copy_bandwidth,
     engine_env,
-    gated,
+    gate_all,
     machine,
     prepare_all,
+    results_folder,
     run_all,
     write_results,
     write_spec,
@@ -45,6 +46,7 @@ ENGINES = {
     "edgeinfer-standard": Engine("engine_edgeinfer.py", False, "edgeinfer-standard", {"attention": "standard"}),
     "edgeinfer-unfused": Engine("engine_edgeinfer.py", False, "edgeinfer-unfused", {"attention": "unfused"}),
     "hf-torch": Engine("engine_hf_torch.py", False),
+    "hf-torch-compile": Engine("engine_hf_torch.py", False, None, {"compile": True}),
     "optimum": Engine("engine_optimum.py", True, "optimum"),
     "ct2-fp32": Engine("engine_ctranslate2.py", True, "ct2-float32", {"quantization": "float32"}),
     "ct2-int8": Engine("engine_ctranslate2.py", True, "ct2-int8", {"quantization": "int8"}),
@@ -91,44 +93,44 @@ def write_specs(args, checkpoint: Path, engines: list[str]) -> dict[str, Path]:
     return specs
 
 
-def summarize(name: str, runs: list[dict]) -> dict:
-    """Medians over the repeats; peak RSS is the largest seen; row-0 ids from the first run (greedy: all equal)."""
+def summarize(name: str, runs: list[dict], verdict: dict) -> dict:
+    """Medians over the repeats, per-token quantiles over every repeat's token gaps; peak RSS is the largest seen."""
     batches = {}
     for b in runs[0]["batches"]:
         per = [r["batches"][b] for r in runs]
         batches[b] = {k: statistics.median(p[k] for p in per) for k in ("prefill_ms", "decode_ms_per_token",
-                                                                        "tokens_per_s")}
-        batches[b]["row0_ids"] = per[0]["row0_ids"]
-        batches[b]["repeats_agree"] = all(p["row0_ids"] == per[0]["row0_ids"] for p in per)
+                                                                        "tokens_per_s", "warmup_s")}
+        gaps = np.concatenate([p["token_gaps_ms"] for p in per])
+        batches[b]["token_ms"] = {f"p{q}": float(np.percentile(gaps, q)) for q in (50, 90, 99)}
+        batches[b]["token_gaps_ms"] = gaps.round(3).tolist()
         batches[b]["decode_ms_per_token_all"] = [p["decode_ms_per_token"] for p in per]
     return {"engine": name, "repeats": len(runs), "load_s": statistics.median(r["load_s"] for r in runs),
             "process_s": statistics.median(r["wall_s"] for r in runs),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "versions": runs[0].get("versions", {}),
-            "batches": batches}
+            "batches": batches, **verdict}
 
 
-def gate(summary: dict, reference: dict | None) -> None:
-    """Mark each engine `agrees` when its row-0 greedy ids equal edgeinfer's at every batch size; keep it either way."""
-    if reference is None:
-        summary["agrees"] = None
-        return
-    agrees = True
-    for b, entry in summary["batches"].items():
-        ref, ids = reference["batches"][b]["row0_ids"], entry["row0_ids"]
-        same = next((i for i, (x, y) in enumerate(zip(ids, ref)) if x != y), len(ref))
-        entry["tokens_agreeing_before_first_difference"] = same
-        agrees = agrees and ids == ref
-    summary["agrees"] = agrees
+def agree(outputs: dict, reference: dict) -> dict:
+    """`agrees` when every row's greedy ids equal the reference engine's at every batch size; per batch size, the
+    tokens that agree before the first difference in the worst row."""
+    before_difference = {}
+    for b, entry in outputs.items():
+        pairs = zip(entry["ids"], reference[b]["ids"], strict=True)
+        before_difference[b] = min(next((i for i, (x, y) in enumerate(zip(ids, ref)) if x != y), len(ref))
+                                   for ids, ref in pairs)
+    return {"agrees": all(entry["ids"] == reference[b]["ids"] for b, entry in outputs.items()),
+            "tokens_agreeing_before_first_difference": before_difference}
 
 
 def markdown(summaries: list[dict], batches: list[int], floor_ms: float) -> str:
     small, large = str(min(batches)), str(max(batches))
-    head = (f"| engine | B={small} prefill ms | B={small} decode ms/token | floor share | B={large} decode ms/token "
-            f"| B={large} tokens/s | peak RSS MB | agrees |")
-    lines = [head, "|" + " --- |" * 8]
+    head = (f"| engine | B={small} prefill ms | B={small} decode ms/token | B={small} token p50 / p90 / p99 ms "
+            f"| floor share | B={large} decode ms/token | B={large} tokens/s | peak RSS MB | agrees |")
+    lines = [head, "|" + " --- |" * 9]
     for s in summaries:
         lo, hi = s["batches"][small], s["batches"][large]
-        lines.append(f"| {s['engine']} | {lo['prefill_ms']:.1f} | {lo['decode_ms_per_token']:.2f} "
+        quantiles = " / ".join(f"{v:.2f}" for v in lo["token_ms"].values())
+        lines.append(f"| {s['engine']} | {lo['prefill_ms']:.1f} | {lo['decode_ms_per_token']:.2f} | {quantiles} "
                      f"| {floor_ms / lo['decode_ms_per_token']:.2f} | {hi['decode_ms_per_token']:.2f} "
                      f"| {hi['tokens_per_s']:.1f} | {s['peak_rss_mb']:.0f} | {s['agrees']} |")
     return "\n".join(lines)
@@ -151,8 +153,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed to one engine process")
     parser.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], default=None,
                         help="OMP_WAIT_POLICY for every engine (default: OpenMP's own; PASSIVE on a shared machine)")
-    parser.add_argument("--name", default=None, help="results/<name>.json and .md (default decode_peers[_quick])")
+    parser.add_argument("--name", default="decode_peers", help="<results>/<name>.json and .md")
+    parser.add_argument("--results", type=Path, default=None, help="folder of the results (default results/, "
+                        "results/quick with --quick)")
     args = parser.parse_args(argv)
+    args.results = args.results or results_folder(args.quick)
     if args.quick:
         args.layers, args.embd, args.heads, args.vocab = 2, 64, 2, 1000
         args.prompt, args.new_tokens, args.batches, args.repeats = 16, 8, [1, 2], 1
@@ -171,10 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
     specs = write_specs(args, checkpoint, engines)
     env = engine_env(args.threads, args.omp_wait)
     engines = prepare_all(ENGINES, engines, specs, env, args.timeout, skipped)
+    verdicts = gate_all(ENGINES, engines, specs, env, args.timeout, skipped, REFERENCE, agree)
 
     runs = run_all(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped, lambda result: ", ".join(
         f"B={b} {v['decode_ms_per_token']:.2f} ms/token" for b, v in result["batches"].items()))
-    summaries = gated([summarize(n, r) for n, r in runs.items() if r], REFERENCE, gate)
+    summaries = [summarize(n, r, verdicts[n]) for n, r in runs.items() if r]
     bandwidth = copy_bandwidth()
     weights = weight_bytes(checkpoint)
     floor_ms = weights / bandwidth * 1e3
@@ -191,11 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
         "floor_ms_per_token": floor_ms, "machine_before": load_before, "machine_after": machine(),
         "skipped": skipped, "engines": summaries,
     }
-    stem = args.name or ("decode_peers_quick" if args.quick else "decode_peers")
     note = (f"weights {weights / 1e6:.0f} MB, copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), "
             f"floor {floor_ms:.2f} ms/token; {args.threads} threads, median of {args.repeats} interleaved repeats, "
             f"OMP_WAIT_POLICY {args.omp_wait or 'default'}")
-    write_results(stem, report, table, note)
+    write_results(args.results, args.name, report, table, note)
     return report
 
 

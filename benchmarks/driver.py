@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "benchmarks" / "peers"
 BENCH = ROOT / "build" / "bench"
 VENV_PYTHON = BENCH / "venv-peers" / "bin" / "python"
-RESULTS = ROOT / "results"
+RESULTS = ROOT / "results"  # full runs; --quick runs write under results/quick, so they never replace a measurement
 
 
 @dataclass
@@ -136,19 +136,40 @@ def run_all(engines: dict[str, Engine], names: list[str], specs: dict[str, Path]
     return runs
 
 
-def gated(summaries: list[dict], reference: str, gate) -> list[dict]:
-    """Apply `gate(summary, reference summary or None)` to every summary; returns them."""
-    by_name = {s["engine"]: s for s in summaries}
-    for s in summaries:
-        gate(s, by_name.get(reference))
-    return summaries
+def gate_all(engines: dict[str, Engine], names: list[str], specs: dict[str, Path], env: dict, timeout: float,
+             skipped: dict[str, str], reference: str, agree) -> dict[str, dict]:
+    """The correctness gate, run before any timing: each engine once, untimed, on its spec plus `"gate": true`.
+
+    Returns each engine's verdict, `agree(its outputs, the reference's outputs)`: a dict with at least `agrees`
+    (None when the reference did not run). A disagreeing engine is still timed and its row marked; one that fails
+    here is reported in `skipped`.
+    """
+    outputs = {}
+    for name in names:
+        gate_spec = specs[name].with_name(f"{specs[name].stem}-gate.json")
+        gate_spec.write_text(json.dumps({**json.loads(specs[name].read_text()), "gate": True}))
+        result, error = run_engine(engines[name], "run", gate_spec, env, timeout)
+        if result is None:
+            print(f"  {name} failed the gate run, skipped: {error}", flush=True)
+            skipped[name] = f"gate run failed: {error}"
+            continue
+        outputs[name] = result["batches"]
+    verdicts = {}
+    for name, out in outputs.items():
+        verdicts[name] = agree(out, outputs[reference]) if reference in outputs else {"agrees": None}
+        print(f"gate {name}: agrees with {reference}: {verdicts[name]['agrees']}", flush=True)
+    return verdicts
 
 
-def write_results(stem: str, report: dict, table: str, note: str) -> None:
-    """results/<stem>.json (everything) and .md (the table and its note), then the table and what did not run."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    (RESULTS / f"{stem}.md").write_text(f"{table}\n\n{note}\n")
+def results_folder(quick: bool) -> Path:
+    return RESULTS / "quick" if quick else RESULTS
+
+
+def write_results(out: Path, stem: str, report: dict, table: str, note: str) -> None:
+    """<out>/<stem>.json (everything) and .md (the table and its note), then the table and what did not run."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text(f"{table}\n\n{note}\n")
     print(f"\n{table}\n\n{note}")
     for name, reason in report["skipped"].items():
         print(f"not run: {name}: {reason}")

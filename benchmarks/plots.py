@@ -70,28 +70,35 @@ def plot_sweeps(decode: dict, out: Path) -> Path:
 
 
 def plot_cdf(jobs: dict, out: Path) -> Path | None:
-    """Latency CDFs: Xiangqi move selection (tree scorer vs the seed's re-run) and QA calls per engine."""
-    series = {}
+    """Latency CDFs: per call (Xiangqi move selection, QA calls, a sampled dialogue turn's first token), and per
+    decode step at B=1 for every decode engine."""
+    calls, steps = {}, {}
     if "xiangqi" in jobs:
         for method in ("tree_warm_ms", "tree_cold_ms", "seed_rerun_ms"):
-            series[f"xiangqi {method[:-3]}"] = [t for row in jobs["xiangqi"]["latency"].values()
-                                                for t in row["samples_ms"][method]]
+            calls[f"xiangqi {method[:-3]}"] = [t for row in jobs["xiangqi"]["latency"].values()
+                                               for t in row["samples_ms"][method]]
     if "qa" in jobs:
         for name, s in _engines(jobs["qa"]).items():
-            series[f"qa {name}, B=1"] = s["batches"]["1"]["calls_ms"] if "1" in s["batches"] else []
+            calls[f"qa {name}, B=1"] = s["batches"]["1"]["calls_ms"] if "1" in s["batches"] else []
     if "dialogue" in jobs:
-        series["dialogue: first token of a sampled turn"] = jobs["dialogue"]["sampled"]["first_token_ms"]
-    series = {k: v for k, v in series.items() if v}
-    if not series:
+        calls["dialogue: first token of a sampled turn"] = jobs["dialogue"]["sampled"]["first_token_ms"]
+    if "decode" in jobs:
+        for name, s in _engines(jobs["decode"]["main"]).items():
+            steps[name] = s["batches"]["1"].get("token_gaps_ms", []) if "1" in s["batches"] else []
+    panels = [(title, {k: v for k, v in series.items() if v}) for title, series in
+              (("latency per call, ms", calls), ("decode step at B=1 (per token), ms", steps))]
+    panels = [(title, series) for title, series in panels if series]
+    if not panels:
         return None
-    plt, fig, (ax,) = figure()
-    for name, values in series.items():
-        values = np.sort(values)
-        ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency per call, ms")
-    ax.set_ylabel("share of calls at most this slow")
-    ax.legend(fontsize=7)
+    plt, fig, axes = figure(len(panels))
+    for ax, (title, series) in zip(axes, panels, strict=True):
+        for name, values in series.items():
+            values = np.sort(values)
+            ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel(title)
+        ax.set_ylabel("share at most this slow")
+        ax.legend(fontsize=7)
     return save(plt, fig, out / "latency_cdf.png")
 
 

@@ -5,7 +5,8 @@
 Makes a random-weight BertForQuestionAnswering of BERT-base shape with the BERT-Chinese vocabulary (21,128 tokens,
 export/assets/) once under build/bench/, and seeded texts that tokenize to exactly one 384-token window (a 16-character
 question, a 365-character context, 3 special tokens), so every engine does the same work. Each engine answers the
-same questions in batches of B; a row is correct when its best span's character offsets equal edgeinfer fp32's.
+same questions in batches of B. Before any timing, each engine runs once untimed as the correctness gate: a row
+agrees when its best span's character offsets equal edgeinfer fp32's.
 Writes results/qa_peers.json and .md. HF pipeline and Optimum run in build/bench/venv-peers.
 """
 
@@ -22,9 +23,10 @@ from driver import (
     Engine,
     available,
     engine_env,
-    gated,
+    gate_all,
     machine,
     prepare_all,
+    results_folder,
     run_all,
     write_results,
     write_spec,
@@ -67,29 +69,23 @@ def make_texts(n: int, question_len: int, context_len: int, seed: int) -> list[d
     return [{"question": draw(question_len), "context": draw(context_len)} for _ in range(n)]
 
 
-def summarize(name: str, runs: list[dict]) -> dict:
-    """Medians over the repeats (items/s, latency quantiles); spans from the first run."""
+def summarize(name: str, runs: list[dict], verdict: dict) -> dict:
+    """Medians over the repeats (items/s, latency quantiles) and every timed call."""
     batches = {}
     for b in runs[0]["batches"]:
         per = [r["batches"][b] for r in runs]
         batches[b] = {"items_per_s": statistics.median(p["items_per_s"] for p in per),
                       "latency_ms": {q: statistics.median(p["latency_ms"][q] for p in per) for q in per[0]["latency_ms"]},
-                      "calls_ms": [t for p in per for t in p["calls_ms"]], "spans": per[0]["spans"]}
+                      "calls_ms": [t for p in per for t in p["calls_ms"]]}
     return {"engine": name, "repeats": len(runs), "load_s": statistics.median(r["load_s"] for r in runs),
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "versions": runs[0]["versions"], "batches": batches}
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "versions": runs[0]["versions"], "batches": batches,
+            **verdict}
 
 
-def gate(summary: dict, reference: dict | None) -> None:
+def agree(outputs: dict, reference: dict) -> dict:
     """`agrees`: the share of rows whose best span equals edgeinfer fp32's, over every batch size."""
-    if reference is None:
-        summary["agrees"] = None
-        return
-    same = total = 0
-    for b, entry in summary["batches"].items():
-        pairs = list(zip(entry["spans"], reference["batches"][b]["spans"], strict=True))
-        same += sum(list(x) == list(y) for x, y in pairs)
-        total += len(pairs)
-    summary["agrees"] = same / total
+    pairs = [(x, y) for b, entry in outputs.items() for x, y in zip(entry["spans"], reference[b]["spans"], strict=True)]
+    return {"agrees": sum(list(x) == list(y) for x, y in pairs) / len(pairs)}
 
 
 def markdown(summaries: list[dict], batches: list[int]) -> str:
@@ -123,8 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], default=None,
                         help="OMP_WAIT_POLICY for every engine (default: OpenMP's own)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one engine process")
-    parser.add_argument("--name", default=None, help="results/<name>.json and .md (default qa_peers[_quick])")
+    parser.add_argument("--name", default="qa_peers", help="<results>/<name>.json and .md")
+    parser.add_argument("--results", type=Path, default=None, help="folder of the results (default results/, "
+                        "results/quick with --quick)")
     args = parser.parse_args(argv)
+    args.results = args.results or results_folder(args.quick)
     args.shape, args.window, args.question = (12, 768, 12), 384, 16
     if args.quick:
         args.shape, args.window, args.question = (2, 64, 2), 64, 8
@@ -148,20 +147,20 @@ def main(argv: list[str] | None = None) -> dict:
             "stride": 128 if args.window > 128 else args.window // 4, "max_answer_len": 30, **engine.options})
     env = engine_env(args.threads, args.omp_wait)
     engines = prepare_all(ENGINES, engines, specs, env, args.timeout, skipped)
+    verdicts = gate_all(ENGINES, engines, specs, env, args.timeout, skipped, REFERENCE, agree)
 
     runs = run_all(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped, lambda result: ", ".join(
         f"B={b} {v['items_per_s']:.2f} seq/s" for b, v in result["batches"].items()))
-    summaries = gated([summarize(n, r) for n, r in runs.items() if r], REFERENCE, gate)
+    summaries = [summarize(n, r, verdicts[n]) for n, r in runs.items() if r]
     table = markdown(summaries, args.batches)
     report = {"shape": {"layers": args.shape[0], "hidden": args.shape[1], "heads": args.shape[2], "vocab": 21128,
                         "sequence": args.window, "batches": args.batches},
               "checkpoint": str(checkpoint.relative_to(ROOT)), "threads": args.threads, "repeats": args.repeats,
               "omp_wait_policy": args.omp_wait or "default", "reference": REFERENCE, "machine_before": before,
               "machine_after": machine(), "skipped": skipped, "engines": summaries}
-    stem = args.name or ("qa_peers_quick" if args.quick else "qa_peers")
     note = (f"sequence {args.window} (one window per question), text in, {args.threads} threads, median of "
             f"{args.repeats} interleaved repeats")
-    write_results(stem, report, table, note)
+    write_results(args.results, args.name, report, table, note)
     return report
 
 

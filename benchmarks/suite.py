@@ -10,7 +10,8 @@
 - dialogue: a chat turn on the default dialogue bundle (first-token and per-token latency).
 
 Writes results/bench.json, results/bench.md and PNG plots in results/. `--quick` runs tiny models, one repeat and
-small sweeps in well under a minute: a check that the whole pipeline works, never a measurement.
+small sweeps in well under a minute: a check that the whole pipeline works, never a measurement; it writes under
+results/quick/, so it never replaces a full run's results.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from pathlib import Path
 
 from driver import (
     BENCH,
-    RESULTS,
     ROOT,
     Engine,
     engine_env,
-    gated,
+    gate_all,
     machine,
+    results_folder,
     run_all,
     write_spec,
 )
@@ -126,10 +127,12 @@ def dialogue(args) -> dict:
         "engine": name, "artifact": str(bundle), "checkpoint": str(args.chat_checkpoint), "prompts": [ids],
         "segments": [segments], "reply_segment": reply_segment_id(segments), "batches": [1],
         "new_tokens": 8 if args.quick else 32, "threads": 2}) for name in engines}
-    runs = run_all(engines, list(engines), specs, engine_env(2, args.omp_wait), 1 if args.quick else args.repeats,
-                   600, skipped, lambda result: f"{result['batches']['1']['decode_ms_per_token']:.2f} ms/token")
+    env = engine_env(2, args.omp_wait)
     # the gate: the same greedy reply as edgeinfer's
-    turn = gated([decode_peers.summarize(name, r) for name, r in runs.items() if r], "edgeinfer", decode_peers.gate)
+    verdicts = gate_all(engines, list(engines), specs, env, 600, skipped, "edgeinfer", decode_peers.agree)
+    runs = run_all(engines, list(engines), specs, env, 1 if args.quick else args.repeats, 600, skipped,
+                   lambda result: f"{result['batches']['1']['decode_ms_per_token']:.2f} ms/token")
+    turn = [decode_peers.summarize(name, r, verdicts[name]) for name, r in runs.items() if r]
     sampled = chat_quality.measure(model, HISTORIES[:2] if args.quick else HISTORIES * 3, seed=0)
     return {"history_tokens": len(ids), "turn": turn, "skipped": skipped, "sampled": sampled}
 
@@ -165,8 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     command = "edgeinfer bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report: dict = {"command": command, "quick": args.quick, "machine_before": machine(), "jobs": {}}
-    if args.update and (RESULTS / "bench.json").is_file():
-        kept = json.loads((RESULTS / "bench.json").read_text())
+    out = results_folder(args.quick)
+    if args.update and (out / "bench.json").is_file():
+        kept = json.loads((out / "bench.json").read_text())
         report["jobs"] = kept["jobs"]
         report["command"] = f"{kept['command']}, then {command}"
     for job in tqdm(args.jobs, desc="bench", unit="job"):
@@ -174,12 +178,13 @@ def main(argv: list[str] | None = None) -> dict:
         report["jobs"][job] = globals()[job](args)
     report["machine_after"] = machine()
     report["seconds"] = round(time.perf_counter() - started, 1)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    report["plots"] = [str(p.relative_to(ROOT)) for p in write_plots(report, RESULTS)]
-    (RESULTS / "bench.md").write_text(write_tables(report))
-    (RESULTS / "bench.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    print(f"wrote results/bench.json, results/bench.md and {len(report['plots'])} plots in {report['seconds']} s")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    report["plots"] = [str(p.relative_to(ROOT)) for p in write_plots(report, out)]
+    (out / "bench.md").write_text(write_tables(report))
+    (out / "bench.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    folder = out.relative_to(ROOT)
+    print(f"wrote {folder}/bench.json, {folder}/bench.md and {len(report['plots'])} plots in {report['seconds']} s")
     return report
 
 

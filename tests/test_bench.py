@@ -38,5 +38,5 @@ def test_quick_bench_writes_report_tables_and_plots():
     for plot in report["plots"]:
         assert (ROOT / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(report["plots"]) == 3
-    table = (ROOT / "results" / "bench.md").read_text()
+    table = (ROOT / "results" / "quick" / "bench.md").read_text()
     assert "### Decode" in table and "edgeinfer-unfused" in table and "### Xiangqi" in table

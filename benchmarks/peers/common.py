@@ -1,12 +1,17 @@
 """What every engine script shares: reading the run spec, the timing protocol, and the one JSON line it prints.
 
 Engine scripts run under different interpreters (the main environment, or build/bench/venv-peers), so this module
-imports only the standard library. Each engine supplies `load()` and a `generate(rows, n)` that returns
-(row-0 generated ids, seconds to the first token, total seconds); this module does the rest the same way for all.
+imports only the standard library. Each engine supplies `load()` and a `generate(rows, n)` that returns every row's
+generated ids, the seconds from the call's start at which each step's tokens came out, and the call's total seconds;
+this module does the rest the same way for all.
+
+A spec with `"gate": true` asks for outputs only (one untimed call per batch size): the driver's correctness gate,
+run before any timing.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -14,7 +19,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-Generate = Callable[[list[list[int]], int], tuple[list[int], float, float]]
+Generate = Callable[[list[list[int]], int], tuple[list[list[int]], list[float], float]]
 Answer = Callable[[list[str], list[str]], list[tuple[int, int]]]  # questions, contexts -> best span's char offsets
 
 
@@ -41,7 +46,7 @@ def measure(spec: dict, load: Callable[[], Generate], packages: tuple[str, ...])
     """Load, then per batch size warm up and time one greedy run; print one JSON line with every batch's numbers.
 
     Repeats are separate processes started by the driver (interleaved with the other engines), so one timed run
-    per batch here; the driver takes medians.
+    per batch here; the driver takes medians, and quantiles over the pooled per-token gaps.
     """
     t0 = time.perf_counter()
     generate = load()
@@ -49,17 +54,22 @@ def measure(spec: dict, load: Callable[[], Generate], packages: tuple[str, ...])
     n = spec["new_tokens"]
     for batch in spec["batches"]:
         rows = spec["prompts"][:batch]
-        generate(rows, 2)  # warm-up: the same prefill shape and one decode step
-        ids, prefill_s, total_s = generate(rows, n)
-        if len(ids) != n:
-            raise RuntimeError(f"engine produced {len(ids)} tokens for row 0, expected {n}")
-        decode_s = (total_s - prefill_s) / (n - 1)
+        if spec.get("gate"):
+            result["batches"][str(batch)] = {"ids": generate(rows, n)[0]}
+            continue
+        started = time.perf_counter()
+        generate(rows, 2)  # warm-up: the same prefill shape and one decode step (and torch.compile's compilation)
+        warmup_s = time.perf_counter() - started
+        ids, arrivals, total_s = generate(rows, n)
+        if len(ids[0]) != n or len(arrivals) != n:
+            raise RuntimeError(f"engine produced {len(ids[0])} tokens ({len(arrivals)} steps) for row 0, expected {n}")
         result["batches"][str(batch)] = {
-            "prefill_ms": prefill_s * 1e3,
-            "decode_ms_per_token": decode_s * 1e3,
+            "prefill_ms": arrivals[0] * 1e3,
+            "decode_ms_per_token": (total_s - arrivals[0]) / (n - 1) * 1e3,
+            "token_gaps_ms": [(b - a) * 1e3 for a, b in itertools.pairwise(arrivals)],
             "tokens_per_s": batch * n / total_s,
+            "warmup_s": warmup_s,
             "peak_rss_mb": peak_rss_mb(),
-            "row0_ids": ids,
         }
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result), flush=True)
@@ -76,25 +86,26 @@ def quantile(values: list[float], q: float) -> float:
 
 def measure_answers(spec: dict, load: Callable[[], Answer], packages: tuple[str, ...], min_items: int = 16) -> None:
     """Load, then per batch size warm up once and time calls until `min_items` questions were answered; print one
-    JSON line with each batch's items/s (from the median call), call-latency quantiles and the first call's spans."""
+    JSON line with each batch's items/s (from the median call), and call-latency quantiles."""
     t0 = time.perf_counter()
     answer = load()
     result: dict = {"load_s": time.perf_counter() - t0, "versions": {p: version(p) for p in packages}, "batches": {}}
     for batch in spec["batches"]:
         questions = [t["question"] for t in spec["texts"][:batch]]
         contexts = [t["context"] for t in spec["texts"][:batch]]
+        if spec.get("gate"):
+            result["batches"][str(batch)] = {"spans": answer(questions, contexts)}
+            continue
         answer(questions, contexts)  # warm-up
-        times, spans = [], None
+        times = []
         for _ in range(max(1, -(-min_items // batch))):
             started = time.perf_counter()
-            found = answer(questions, contexts)
+            answer(questions, contexts)
             times.append(time.perf_counter() - started)
-            spans = spans or found
         result["batches"][str(batch)] = {
             "items_per_s": batch / quantile(times, 0.5),
             "latency_ms": {f"p{q}": 1e3 * quantile(times, q / 100) for q in (50, 90, 99)},
             "calls_ms": [1e3 * t for t in times],
-            "spans": spans,
         }
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result), flush=True)

@@ -33,24 +33,24 @@ def load_torch(spec: dict) -> Generate:
     cfg = model.cfg
 
     @torch.inference_mode()
-    def generate(rows: list[list[int]], n: int) -> tuple[list[int], float, float]:
+    def generate(rows: list[list[int]], n: int) -> tuple[list[list[int]], list[float], float]:
         t0 = time.perf_counter()
         ids = torch.tensor(rows)
         batch, length = ids.shape
         types = torch.tensor(spec["segments"][:batch])
         past = [torch.zeros(batch, cfg.n_head, 0, cfg.head_dim) for _ in range(2 * cfg.n_layer)]
         positions = torch.arange(length).expand(batch, length)
-        out, first = [], None
+        out, arrivals = [], []
         for _ in range(n):
             mask = torch.ones(batch, positions[0, -1].item() + 1, dtype=torch.long)
             last = torch.full((batch, 1), ids.shape[1] - 1)
             logits, past = model(ids, positions, mask, last, past, types)
             token = logits[:, -1].argmax(-1, keepdim=True)
-            first = first if first is not None else time.perf_counter() - t0
-            out.append(int(token[0, 0]))
+            arrivals.append(time.perf_counter() - t0)
+            out.append(token[:, 0].tolist())
             ids, positions = token, positions[:, -1:] + 1
             types = torch.full((batch, 1), spec["reply_segment"])
-        return out, first, time.perf_counter() - t0
+        return [list(row) for row in zip(*out)], arrivals, time.perf_counter() - t0
 
     return generate
 

@@ -48,12 +48,12 @@ def load(spec: dict) -> Generate:
     generator = ctranslate2.Generator(spec["artifact"], device="cpu", compute_type=spec["quantization"],
                                       inter_threads=1, intra_threads=spec["threads"])
 
-    def generate(rows: list[list[int]], n: int) -> tuple[list[int], float, float]:
-        first: list[float] = []
+    def generate(rows: list[list[int]], n: int) -> tuple[list[list[int]], list[float], float]:
+        arrivals: list[float] = []
 
         def on_token(step) -> bool:
-            if not first:
-                first.append(time.perf_counter() - t0)
+            if step.batch_id == 0:  # called for every row at every step: row 0's marks the step
+                arrivals.append(time.perf_counter() - t0)
             return False
 
         t0 = time.perf_counter()
@@ -61,7 +61,7 @@ def load(spec: dict) -> Generate:
                                            sampling_topk=1, include_prompt_in_result=False, end_token=[],
                                            callback=on_token)
         total = time.perf_counter() - t0
-        return results[0].sequences_ids[0], first[0], total
+        return [r.sequences_ids[0] for r in results], arrivals, total
 
     return generate
 

@@ -33,16 +33,16 @@ def load(spec: dict, options=None) -> Generate:
     if "torch" in sys.modules:
         raise RuntimeError("the edgeinfer timing process imported torch")
 
-    def generate(rows: list[list[int]], n: int) -> tuple[list[int], float, float]:
-        ids, first = [], None
+    def generate(rows: list[list[int]], n: int) -> tuple[list[list[int]], list[float], float]:
+        ids: list[list[int]] = [[] for _ in rows]
+        arrivals = []
         t0 = time.perf_counter()
         extra = options(rows) if options else {}
         for event in model.stream(rows, max_new_tokens=n, min_new_tokens=n, stop_token_ids=[], **extra):
-            if first is None:
-                first = time.perf_counter() - t0
-            if event.row == 0:
-                ids.append(event.token_id)
-        return ids, first, time.perf_counter() - t0
+            if event.row == 0:  # every row gets a token per step: row 0's marks the step
+                arrivals.append(time.perf_counter() - t0)
+            ids[event.row].append(event.token_id)
+        return ids, arrivals, time.perf_counter() - t0
 
     return generate
 

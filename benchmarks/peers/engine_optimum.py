@@ -34,7 +34,7 @@ def load(spec: dict) -> Generate:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     model = ORTModelForCausalLM.from_pretrained(spec["artifact"], session_options=options)
 
-    def generate(rows: list[list[int]], n: int) -> tuple[list[int], float, float]:
+    def generate(rows: list[list[int]], n: int) -> tuple[list[list[int]], list[float], float]:
         with torch.inference_mode():
             return timed_generate(model, rows, n)
 

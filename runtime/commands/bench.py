@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import InputError
 
-HELP = "benchmark every job against peer engines; writes results/bench.{json,md} and plots (source checkout)"
+HELP = ("benchmark every job against peer engines; writes results/bench.{json,md} and plots (results/quick/ with "
+        "--quick; source checkout)")
 SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "suite.py"
 JOBS = ("decode", "qa", "dgcnn", "xiangqi", "dialogue")
 
@@ -45,6 +46,6 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
                           stdout=sys.stderr if args.json else None)
     if done.returncode != 0:
         raise InputError(f"the benchmark suite failed (exit {done.returncode}); its output above says where")
-    results = SUITE.parent.parent / "results"
+    results = SUITE.parent.parent / "results" / ("quick" if args.quick else "")
     report = json.loads((results / "bench.json").read_text())
     return report, (results / "bench.md").read_text()
