@@ -24,13 +24,15 @@ class StepClock(BaseStreamer):
         pass
 
 
-def timed_generate(model, rows: list[list[int]], n: int) -> tuple[list[list[int]], list[float], float]:
-    """Greedy `generate` of exactly n tokens with eos off: (every row's new ids, step times, total seconds)."""
+def timed_generate(model, rows: list[list[int]], n: int, **extra) -> tuple[list[list[int]], list[float], float]:
+    """Greedy `generate` of exactly n tokens with eos off: (every row's new ids, step times, total seconds).
+
+    `extra` goes to `generate` as it is (a static cache, say)."""
     import torch
 
     ids = torch.tensor(rows, dtype=torch.long)
     clock = StepClock()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                         min_new_tokens=n, eos_token_id=None, pad_token_id=0, streamer=clock)
+                         min_new_tokens=n, eos_token_id=None, pad_token_id=0, streamer=clock, **extra)
     total = time.perf_counter() - clock.start
     return out[:, ids.shape[1]:].tolist(), clock.arrivals, total
