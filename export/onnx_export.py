@@ -20,13 +20,14 @@ import torch
 from edgeinfer import __version__
 from edgeinfer.bundle import write_manifest
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.kernels.contrib_fusion import fuse_contrib
 from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translation_table
 
 from .gpt import GPT
 from .quantize import INT8, QUANTIZATIONS, quantize_int8
 
 OPSET = 23
-FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu")
+FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu", "SkipLayerNormalization")
 DECOMPOSED_OP_TYPES = ("Erf", "Tanh", "Softmax")
 
 
@@ -251,6 +252,8 @@ def export_onnx(model: GPT, path: Path, attention: str, mask: str = "key") -> on
     )
     proto = program.model_proto
     _symbolic_io(proto, cfg, attention, mask)
+    if attention == "contrib":
+        proto, _ = fuse_contrib(proto)
     onnx.save(proto, str(path))
     return proto
 

@@ -33,7 +33,7 @@ class FusionReport:
     fused: Counter = field(default_factory=Counter)
 
 
-class _Graph:
+class GraphIndex:
     """Producer/consumer maps and constant lookup over a GraphProto."""
 
     def __init__(self, graph: onnx.GraphProto) -> None:
@@ -82,7 +82,7 @@ class _Graph:
         return value is not None and abs(value - target) <= _TOL * abs(target)
 
 
-def _split_constants(g: _Graph, leaves: list[str]) -> tuple[float, list[str]]:
+def _split_constants(g: GraphIndex, leaves: list[str]) -> tuple[float, list[str]]:
     product, rest = 1.0, []
     for leaf in leaves:
         value = g.scalar(leaf)
@@ -93,7 +93,7 @@ def _split_constants(g: _Graph, leaves: list[str]) -> tuple[float, list[str]]:
     return product, rest
 
 
-def _one_plus(g: _Graph, name: str, op_type: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+def _one_plus(g: GraphIndex, name: str, op_type: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
     """(Add node, inner node) when `name` is 1 + op_type(...)."""
     add = g.op(name, "Add")
     if add is None:
@@ -105,7 +105,7 @@ def _one_plus(g: _Graph, name: str, op_type: str) -> tuple[onnx.NodeProto, onnx.
     return None
 
 
-def _gelu_output(g: _Graph, add_name: str, x: str) -> onnx.NodeProto | None:
+def _gelu_output(g: GraphIndex, add_name: str, x: str) -> onnx.NodeProto | None:
     """The Mul node computing x * 0.5 * add_name, found by walking up single-use products."""
     name = add_name
     while len(g.consumers[name]) == 1 and g.consumers[name][0].op_type == "Mul":
@@ -124,7 +124,7 @@ def _gelu_output(g: _Graph, add_name: str, x: str) -> onnx.NodeProto | None:
     return None
 
 
-def _match_erf_gelu(g: _Graph, erf: onnx.NodeProto):
+def _match_erf_gelu(g: GraphIndex, erf: onnx.NodeProto):
     arg = erf.input[0]
     div = g.op(arg, "Div")
     if div is not None and g.close(g.scalar(div.input[1]), math.sqrt(2.0)):
@@ -142,7 +142,7 @@ def _match_erf_gelu(g: _Graph, erf: onnx.NodeProto):
     return None
 
 
-def _is_cube_term(g: _Graph, name: str, x: str) -> bool:
+def _is_cube_term(g: GraphIndex, name: str, x: str) -> bool:
     scale, rest = _split_constants(g, g.factors(name))
     if rest == [x, x, x] or sorted(rest) == sorted([x, x, x]):
         return g.close(scale, 0.044715)
@@ -154,7 +154,7 @@ def _is_cube_term(g: _Graph, name: str, x: str) -> bool:
     return False
 
 
-def _match_tanh_gelu(g: _Graph, tanh: onnx.NodeProto):
+def _match_tanh_gelu(g: GraphIndex, tanh: onnx.NodeProto):
     scale, rest = _split_constants(g, g.factors(tanh.input[0]))
     if len(rest) != 1 or not g.close(scale, math.sqrt(2.0 / math.pi)):
         return None
@@ -174,7 +174,7 @@ def _match_tanh_gelu(g: _Graph, tanh: onnx.NodeProto):
     return None
 
 
-def _match_sigmoid_gelu(g: _Graph, sigmoid: onnx.NodeProto):
+def _match_sigmoid_gelu(g: GraphIndex, sigmoid: onnx.NodeProto):
     scale, rest = _split_constants(g, g.factors(sigmoid.input[0]))
     if len(rest) != 1 or not g.close(scale, SIGMOID_ALPHA):
         return None
@@ -196,7 +196,7 @@ def _gelu_node(x: str, y: str, form: str, index: int) -> onnx.NodeProto:
     return helper.make_node("Gelu", [x], [y], name=f"fused_gelu_{index}", approximate=approximate)
 
 
-def _match_attention(g: _Graph, softmax: onnx.NodeProto):
+def _match_attention(g: GraphIndex, softmax: onnx.NodeProto):
     """Softmax(MatMul(Q*a, Kt*b) [+ bias]) [NaN guard] -> MatMul(., V): (q, kt, v, bias, scale, out_node)."""
     axis = next((helper.get_attribute_value(a) for a in softmax.attribute if a.name == "axis"), -1)
     if axis not in (-1, 3):
@@ -237,7 +237,7 @@ def _match_attention(g: _Graph, softmax: onnx.NodeProto):
     return operands[0], operands[1], users[0].input[1], bias, scale, users[0]
 
 
-def _dead_code_elimination(graph: onnx.GraphProto) -> None:
+def remove_dead_nodes(graph: onnx.GraphProto) -> None:
     live = {out.name for out in graph.output}
     kept = []
     for node in reversed(graph.node):
@@ -269,7 +269,7 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FusionReport]:
     report = FusionReport(before=census(model))
     model = _ensure_opsets(onnx.ModelProto.FromString(model.SerializeToString()))
     graph = model.graph
-    g = _Graph(graph)
+    g = GraphIndex(graph)
     replacements: dict[int, onnx.NodeProto] = {}  # id of the node a fused node takes the place of
     for node in list(graph.node):
         matcher = _GELU_MATCHERS.get(node.op_type)
@@ -298,7 +298,7 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FusionReport]:
             new_nodes.extend(new if isinstance(new, tuple) else (new,))
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _dead_code_elimination(graph)
+    remove_dead_nodes(graph)
     del graph.value_info[:]
     report.after = census(model)
     return model, report
