@@ -27,7 +27,7 @@ from .gpt import GPT
 from .quantize import INT8, QUANTIZATIONS, quantize_int8
 
 OPSET = 23
-FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu", "SkipLayerNormalization")
+FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu")
 DECOMPOSED_OP_TYPES = ("Erf", "Tanh", "Softmax")
 
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from .errors import BundleError, InputError
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+# onnxruntime load-time fusions that make CPU graphs slower. SkipLayerNormFusion: the fused CPU kernel (1.32) took
+# 1.1x the time of Add + Add + LayerNormalization for one row, 1.5x for 16, 1.8-3.8x for 128 and 4x for 1536 rows
+# (benchmarks/kernel_choices.py): 5% of a BERT-base forward at 384 tokens. CUDA sessions keep it.
+CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,10 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     threads = threads or int(os.environ.get("EDGEINFER_THREADS", "0"))
     if threads:
         options.intra_op_num_threads = threads
+    disabled = CPU_DISABLED_FUSIONS if choice.providers == ["CPUExecutionProvider"] else None
     try:
-        session = ort.InferenceSession(str(model_path), options, providers=choice.providers)
+        session = ort.InferenceSession(str(model_path), options, providers=choice.providers,
+                                       disabled_optimizers=disabled)
     except Exception as exc:  # onnxruntime raises several unrelated types for unreadable models
         raise BundleError(f"onnxruntime cannot load {model_path}: {str(exc).strip().splitlines()[0]}") from exc
     for side, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):

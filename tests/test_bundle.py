@@ -107,7 +107,7 @@ def test_cli_export_and_info(tmp_path, hf_gpt2, capsys):
     hf_gpt2.save_pretrained(tmp_path / "hf")
     assert main(["export", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "b"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["manifest"]["fused_ops"] == {"Gelu": 2, "GroupQueryAttention": 2, "SkipLayerNormalization": 4}  # auto: head size 16
+    assert result["manifest"]["fused_ops"] == {"Gelu": 2, "GroupQueryAttention": 2}  # auto: head size 16
     args = ["export", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "b"), "--attention", "standard"]
     assert main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
