@@ -133,6 +133,13 @@ def markdown(summaries: list[dict], batches: list[int], floor_ms: float) -> str:
         lines.append(f"| {s['engine']} | {lo['prefill_ms']:.1f} | {lo['decode_ms_per_token']:.2f} | {quantiles} "
                      f"| {floor_ms / lo['decode_ms_per_token']:.2f} | {hi['decode_ms_per_token']:.2f} "
                      f"| {hi['tokens_per_s']:.1f} | {s['peak_rss_mb']:.0f} | {s['agrees']} |")
+    ours = [s for s in summaries if s["engine"] in (REFERENCE, "edgeinfer-int8")]
+    peers = [s for s in summaries if not s["engine"].startswith("edgeinfer")]
+    if ours and peers:
+        lines.append("")
+        lines += [f"- {a['engine']} speed ÷ {b['engine']}'s, decode: " + ", ".join(
+            f"B={x} {b['batches'][x]['decode_ms_per_token'] / a['batches'][x]['decode_ms_per_token']:.2f}×"
+            for x in (small, large)) for a in ours for b in peers]
     return "\n".join(lines)
 
 

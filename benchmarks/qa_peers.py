@@ -89,7 +89,6 @@ def agree(outputs: dict, reference: dict) -> dict:
 
 
 def markdown(summaries: list[dict], batches: list[int]) -> str:
-    reference = next((s for s in summaries if s["engine"] == REFERENCE), None)
     head = "| engine | " + " | ".join(f"B={b} seq/s" for b in batches) + f" | B={batches[-1]} p50 / p90 ms"
     head += " | load s | peak RSS MB | spans agree |"
     lines = [head, "|" + " --- |" * (len(batches) + 5)]
@@ -99,13 +98,13 @@ def markdown(summaries: list[dict], batches: list[int]) -> str:
         agrees = "—" if s["agrees"] is None else f"{s['agrees']:.0%}"
         lines.append(f"| {s['engine']} | {rates} | {lat['p50']:.0f} / {lat['p90']:.0f} | {s['load_s']:.1f} "
                      f"| {s['peak_rss_mb']:.0f} | {agrees} |")
-    others = [s for s in summaries if s is not reference]
-    if reference and others:
-        big = str(batches[-1])
+    ours = [s for s in summaries if s["engine"].startswith("edgeinfer")]
+    peers = [s for s in summaries if s not in ours]
+    big = str(batches[-1])
+    if ours and peers:
         lines.append("")
-        lines += [f"- {reference['engine']} ÷ {s['engine']} at B={big}: "
-                  f"{reference['batches'][big]['items_per_s'] / s['batches'][big]['items_per_s']:.2f}×"
-                  for s in others]
+        lines += [f"- {a['engine']} ÷ {b['engine']} at B={big}: "
+                  f"{a['batches'][big]['items_per_s'] / b['batches'][big]['items_per_s']:.2f}×" for a in ours for b in peers]
     return "\n".join(lines)
 
 

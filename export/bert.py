@@ -282,6 +282,7 @@ def export_bert_qa_bundle(
             "max_question_len": min(64, (window - 3) // 2),
             "threshold": 0.0,
             "batch_size": 8,
+            "batch_tokens": 2048,  # most tokens per session call: see Reader.answer
             "span_score": "start_logit + end_logit (reported as exp of the window's log-softmaxes)",
             "vote": "sum(s^2) / (1 + sum(s))",
         },

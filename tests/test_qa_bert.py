@@ -13,6 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 import edgeinfer
 from edgeinfer.cli import main
+from edgeinfer.errors import InputError
 
 WORDS = ["the", "poem", "was", "written", "by", "li", "bai", "who", "wrote", "it", "in", "year", "moon", "light", "before", "bed", ",", ".", "?", "床", "前", "明", "月", "光", "谁", "写"]
 CONFIGS = {
@@ -110,6 +111,27 @@ def test_long_context_windows_map_back_to_characters(exported) -> None:
         assert 1 <= len(found) <= 3
         for a in found:
             assert a.text == context[a.start : a.end] and a.end > a.start
+
+
+def test_token_budget_splits_calls_without_changing_answers(exported) -> None:
+    _, _, bundle = exported
+    reader = edgeinfer.load(bundle, device="cpu", threads=1)
+    assert reader.defaults["batch_tokens"] == 2048
+    context = " ".join([CONTEXT] * 12)
+    calls = []
+    run = reader.session.run
+    reader.session.run = lambda names, feeds: calls.append(feeds["input_ids"].shape) or run(names, feeds)
+    try:
+        one = reader.answer([QUESTION, "谁写"], context=[context, context], top_k=3, batch_tokens=64)
+        singles = list(calls)
+        calls.clear()
+        many = reader.answer([QUESTION, "谁写"], context=[context, context], top_k=3, batch_tokens=10**6, batch_size=64)
+    finally:
+        reader.session.run = run
+    assert all(shape[0] == 1 for shape in singles) and len(calls) < len(singles)
+    assert [[(a.text, a.start, a.end) for a in q] for q in one] == [[(a.text, a.start, a.end) for a in q] for q in many]
+    with pytest.raises(InputError, match="batch_tokens"):
+        reader.answer([QUESTION], context=[context], batch_tokens=0)
 
 
 def test_unsupported_checkpoint_is_refused(tmp_path) -> None:

@@ -82,6 +82,14 @@ def test_buckets_group_similar_lengths() -> None:
     assert buckets(items, lambda n: (n,), 3) == [[5, 6, 7], [88, 90, 91]]
 
 
+def test_buckets_cap_tokens_by_the_longest_member() -> None:
+    items = [90, 5, 7, 88, 6, 91, 200]
+    # 3 x 7 = 21 <= 21 but 4 x 88 = 352 > 300; a 200-unit item over any small budget still gets a batch alone
+    assert buckets(items, lambda n: (n,), 8, max_tokens=21) == [[5, 6, 7], [88], [90], [91], [200]]
+    assert buckets(items, lambda n: (n,), 8, max_tokens=300) == [[5, 6, 7], [88, 90, 91], [200]]
+    assert buckets(items, lambda n: (n,), 2, max_tokens=10**6) == [[5, 6], [7, 88], [90, 91], [200]]
+
+
 def test_clean_keeps_offsets() -> None:
     assert clean("a\x00b\u200bc\td") == "a b c d"
 

@@ -1,6 +1,8 @@
 """Extractive QA, text in and answer offsets out, in one engine chosen by the spec's `engine`:
 
-- `edgeinfer`: `Reader.answer` on a bundle exported from the checkpoint (`quantize` none or int8); no torch imported;
+- `edgeinfer`: `Reader.answer` on a bundle exported from the checkpoint (`quantize` none or int8), asked for batches
+  of B windows like the others; it still caps each session call at its bundle's token budget (2048 tokens: 5
+  windows of 384), as any caller of the reader gets; no torch imported;
 - `hf-pipeline`: transformers `pipeline("question-answering")` on the checkpoint in PyTorch;
 - `optimum`: the same pipeline over optimum-onnx's `ORTModelForQuestionAnswering` export.
 

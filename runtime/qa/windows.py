@@ -23,7 +23,22 @@ def windows(length: int, size: int, stride: int) -> list[tuple[int, int]]:
     return [(s, s + size) for s in starts]
 
 
-def buckets(items: Sequence[T], key: Callable[[T], tuple[int, ...]], batch_size: int) -> list[list[T]]:
-    """Items sorted by `key` (their lengths) and cut into batches, so a batch pads little."""
+def buckets(items: Sequence[T], key: Callable[[T], tuple[int, ...]], batch_size: int,
+            max_tokens: int | None = None) -> list[list[T]]:
+    """Items sorted by `key` (lengths first) and cut into batches, so a batch pads little.
+
+    A batch holds at most `batch_size` items and, when `max_tokens` is given, at most that many units counting each
+    item as its longest member's length (`key(item)[0]`), but always at least one item.
+    """
     ordered = sorted(items, key=key)
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    batches: list[list[T]] = []
+    for item in ordered:
+        batch = batches[-1] if batches else None
+        fits = batch is not None and len(batch) < batch_size
+        if fits and max_tokens is not None:
+            fits = (len(batch) + 1) * key(item)[0] <= max_tokens  # sorted: this item is the batch's longest
+        if fits:
+            batch.append(item)
+        else:
+            batches.append([item])
+    return batches
