@@ -123,8 +123,15 @@ class Batcher:
 
     # ------------------------------------------------------------------ one round
     def step(self) -> list[StreamEvent]:
-        """Admit waiting requests into free slots, then run one decode step for the running ones."""
+        """Admit waiting requests into free slots (their prefill gives their first tokens), or else run one decode
+        step for the running ones.
+
+        A round that admits returns at once, so a stream hands out first tokens without waiting for a decode step;
+        the rows already running wait one round, which changes no token.
+        """
         events = self._admit()
+        if events:
+            return events
         running = [i for i, r in enumerate(self.slots) if r is not None and r.finished is None and r.generated]
         if running:
             last = [[r.generated[-1] if r is not None and r.generated else 0] for r in self.slots]
@@ -132,7 +139,7 @@ class Batcher:
             if self.model.uses_segments:
                 segments = [[r.reply_segment if r is not None else 0] for r in self.slots]
             logits = feed_tokens(self.model, self.cache, last, segments)
-            events += self._choose(running, logits[running])
+            events = self._choose(running, logits[running])
         return events
 
     def _admit(self) -> list[StreamEvent]:

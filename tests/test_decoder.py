@@ -102,6 +102,23 @@ def test_stream_matches_generate_and_stops(model):
     assert len(forced[0].token_ids) >= 3 and first not in forced[0].token_ids[:3]
 
 
+def test_stream_yields_first_tokens_straight_after_prefill(model):
+    """Time to first token is one prefill call: the first events come out before any decode step runs."""
+    calls = []
+    forward = model.forward
+    model.forward = lambda *args: calls.append(args[0].shape) or forward(*args)
+    try:
+        stream = model.stream(PROMPTS[:2], max_new_tokens=4)
+        first = [next(stream), next(stream)]
+        assert len(calls) == 1 and calls[0][1] > 1  # one call, the prompts' prefill
+        assert sorted(e.row for e in first) == [0, 1]
+        rest = list(stream)
+    finally:
+        model.forward = forward
+    assert len(calls) == 4 and all(shape[1] == 1 for shape in calls[1:])  # then one-token decode steps
+    assert len(first) + len(rest) == 2 * 4
+
+
 def test_logits_processor_constrains(model):
     allowed = np.array([3, 30, 60])
 
