@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     from plots import write_plots, write_tables
 
     started = time.perf_counter()
-    command = "edgeinfer bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["edgeinfer bench", *(argv if argv is not None else sys.argv[1:])])
     report: dict = {"command": command, "quick": args.quick, "machine_before": machine(), "jobs": {}}
     out = results_folder(args.quick)
     if args.update and (out / "bench.json").is_file():
