@@ -253,7 +253,7 @@ def export_onnx(model: GPT, path: Path, attention: str, mask: str = "key") -> on
     proto = program.model_proto
     _symbolic_io(proto, cfg, attention, mask)
     if attention == "contrib":
-        proto, _ = fuse_contrib(proto)
+        fuse_contrib(proto)
     onnx.save(proto, str(path))
     return proto
 
