@@ -238,7 +238,7 @@ def export_onnx(model: GPT, path: Path, attention: str, mask: str = "key") -> on
     if cfg.n_segments:
         dynamic["token_type_ids"] = {0: auto, 1: auto}
     program = torch.onnx.export(
-        _Flat(model.eval()),
+        _Flat(model).eval(),
         (),
         kwargs=example,
         dynamo=True,

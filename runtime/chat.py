@@ -73,16 +73,15 @@ class Chat:
         events = self.model.stream([rest[-1:]], prefix=kept, segment_ids=[rest_segments[-1:]],
                                    reply_segment=reply_segment_id(segments), stop_token_ids=[self.sep_id],
                                    seed=seed, **self.options)
-        tokens, shown = [], ""
+        raw, shown = "", ""  # the reply's text as decoded ([SEP] decodes to nothing), and what was yielded
         for event in events:
-            if event.token_id != self.sep_id:
-                tokens.append(event.token_id)
-            text = tidy(self.model.decode(tokens))
+            raw += event.text
+            text = tidy(raw)
             if len(text) > len(shown) and text.startswith(shown):
                 yield text[len(shown) :]
                 shown = text
         self._kept, self.turns = kept, self.turns + 1
-        self.history += [message.strip(), tidy(self.model.decode(tokens))]
+        self.history += [message.strip(), tidy(raw)]
 
     def reply(self, message: str) -> str:
         return "".join(self.stream(message))

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import InputError
 from .kv_cache import KVCache
 from .sampling import SamplingOptions, apply_repetition_penalty, choose_tokens
+from .text_stream import TextStream
 
 LogitsProcessor = Callable[[int, list[int], np.ndarray], None]
 
@@ -68,7 +69,7 @@ class Request:
     rng: np.random.Generator
     history: list[int]  # every token of the sequence so far (prefix + prompt + generated)
     generated: list[int] = field(default_factory=list)
-    text: str = ""
+    text: TextStream | None = None  # the generated text, with a tokenizer
     finished: str | None = None
 
 
@@ -198,16 +199,15 @@ class Batcher:
     def _emit(self, request: Request, token: int) -> StreamEvent:
         request.generated.append(token)
         request.history.append(token)
-        delta = ""
-        if self.model.tokenizer is not None:
-            text = self.model.decode(request.generated)
-            delta, request.text = text[len(request.text) :], text
+        delta = request.text.push(token) if request.text is not None else ""
         if token in self.settings.stop_token_ids:
             request.finished = "stop_token"
-        elif any(s in request.text for s in self.settings.stop_strings):
+        elif delta and any(s in request.text.text for s in self.settings.stop_strings):
             request.finished = "stop_string"
         elif len(request.generated) >= self.settings.max_new_tokens or len(request.history) >= self.capacity:
             request.finished = "length"
+        if request.finished and request.text is not None:
+            delta += request.text.flush()
         return StreamEvent(request.index, token, delta, request.finished)
 
 
@@ -284,9 +284,11 @@ class Decoder:
         replies = [reply_segment] * len(encoded) if isinstance(reply_segment, int) else list(reply_segment)
         seeds = _row_seeds(seed, len(encoded), num_return_sequences)
         base = list(prefix.token_ids) if prefix else []
+        tokenizer = self.model.tokenizer
         return [
             Request(i * num_return_sequences + k, ids, segments[i], replies[i],
-                    np.random.default_rng(seeds[i * num_return_sequences + k]), base + ids)
+                    np.random.default_rng(seeds[i * num_return_sequences + k]), base + ids,
+                    text=TextStream(tokenizer) if tokenizer is not None else None)
             for i, ids in enumerate(encoded)
             for k in range(num_return_sequences)
         ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 torch = pytest.importorskip("torch")
+
+CHINESE = "滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。"
 
 
 def tiny_gpt2(seed: int = 0, **overrides):
@@ -47,3 +50,14 @@ def lively_bundles(lively_gpt2, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lively")
     return {t: _export(export_hf_checkpoint, lively_gpt2, root / t, t) for t in ("standard", "contrib")}
+
+
+def byte_level_tokenizer(vocab_size: int = 300) -> Tokenizer:
+    """A GPT-2-style byte-level BPE with few merges, so most Chinese characters span several tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([CHINESE, "hello world, the quick brown fox jumps"], trainer)
+    return tok

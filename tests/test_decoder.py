@@ -221,3 +221,41 @@ def test_continuous_batching_equals_one_by_one(model):
     got = [[e.token_id for e in events if e.row == i] for i in range(len(prompts))]
     for tokens, full in zip(got, expected):
         assert tokens == full[: len(tokens)] and len(tokens) >= 1
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A tiny GPT-2 checkpoint with a byte-level tokenizer whose Chinese characters span several tokens."""
+    from conftest import byte_level_tokenizer, tiny_gpt2
+
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("text")
+    tokenizer = byte_level_tokenizer()
+    tiny_gpt2(seed=7, initializer_range=0.3, vocab_size=tokenizer.get_vocab_size()).save_pretrained(root / "hf")
+    tokenizer.save(str(root / "hf" / "tokenizer.json"))
+    export_hf_checkpoint(root / "hf", root / "bundle", attention="contrib")
+    return edgeinfer.load(root / "bundle", device="cpu")
+
+
+def test_streamed_text_is_the_decoded_tokens(text_model):
+    prompts = ["滚滚长江", "hello"]
+    events = list(text_model.stream(prompts, max_new_tokens=24, do_sample=True, seed=3))
+    generated = text_model.generate(prompts, max_new_tokens=24, do_sample=True, seed=3)
+    for row, result in enumerate(generated):
+        assert "".join(e.text for e in events if e.row == row) == result.text
+        assert result.text == text_model.decode(result.token_ids) and result.text
+
+
+def test_stop_strings_end_rows_where_the_text_first_holds_them(text_model):
+    free = text_model.generate(["滚滚长江", "hello"], max_new_tokens=24, do_sample=True, seed=3)
+    stop = free[0].text[3:5]
+    stopped = text_model.generate(["滚滚长江", "hello"], max_new_tokens=24, do_sample=True, seed=3,
+                                  stop_strings=[stop])
+    first = stopped[0]
+    assert first.finish_reason == "stop_string" and first.text.endswith(stop[-1]) and stop in first.text
+    assert stop not in text_model.decode(first.token_ids[:-1])
+    assert first.token_ids == free[0].token_ids[: len(first.token_ids)]
+    other = stopped[1]  # its row goes on to its own end, unless the string turns up there too
+    assert other.token_ids == free[1].token_ids[: len(other.token_ids)]
+    assert other.finish_reason == ("stop_string" if stop in other.text else free[1].finish_reason)
