@@ -40,3 +40,14 @@ def test_quick_bench_writes_report_tables_and_plots():
     assert len(report["plots"]) == 3
     table = (ROOT / "results" / "quick" / "bench.md").read_text()
     assert "### Decode" in table and "edgeinfer-unfused" in table and "### Xiangqi" in table
+
+
+def test_decode_profile_streams_the_bundles_weights(gpt2_bundles):
+    """The profile's MatMul-only graph holds every weight matrix the step multiplies by, the tied LM head too."""
+    done = subprocess.run([sys.executable, "benchmarks/decode_profile.py", "--bundle", str(gpt2_bundles["contrib"]),
+                           "--prompt", "8", "--steps", "4", "--repeats", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # tiny GPT-2: 2 layers of 48x144 + 48x48 + 48x192 + 192x48, and the 48x97 LM head, in float32
+    assert f"({4 * (2 * (48 * 144 + 48 * 48 + 48 * 192 + 192 * 48) + 48 * 97) / 1e6:.2f} MB at" in done.stdout
+    assert "MatMul " in done.stdout and "GroupQueryAttention" in done.stdout
