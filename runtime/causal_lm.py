@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
 from .session import open_session
+
+# onnxruntime's CUDA GroupQueryAttention kernel takes float16 / bfloat16 only (contrib_ops/cuda/bert): a float32
+# contrib bundle opened on CUDA runs its attention on the CPU, copying the cache to the host and back each step.
+CONTRIB_ON_CUDA = (
+    "this bundle's attention is GroupQueryAttention in float32, which onnxruntime runs on the CPU even in a CUDA "
+    "session (its CUDA kernel takes float16/bfloat16): expect cache copies every step; for CUDA, export with "
+    "--attention standard (opset-23 Attention has a float32 CUDA kernel)"
+)
 
 
 def _load_tokenizer(folder: Path, manifest: dict):
@@ -50,6 +59,9 @@ class CausalLM:
         self.past_names = [kv[f"past_{part}"].format(layer=i) for i, part in layers]
         self.present_names = [kv[f"present_{part}"].format(layer=i) for i, part in layers]
         self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        cache_dtype = next(o["dtype"] for o in manifest["outputs"] if o["name"] == self.present_names[0])
+        if self.device_type == "cuda" and "GroupQueryAttention" in manifest["fused_ops"] and cache_dtype == "float32":
+            warnings.warn(CONTRIB_ON_CUDA, RuntimeWarning, stacklevel=3)
         self.tokenizer = _load_tokenizer(folder, manifest)
         self._decoder = None
 
