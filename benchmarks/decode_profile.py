@@ -3,7 +3,7 @@
     python benchmarks/decode_profile.py [--bundle DIR] [--batch 1 --prompt 128 --steps 64 --threads 2 --repeats 3]
 
 Three measurements, interleaved `--repeats` times so they share the machine's noise:
-- the engine's own decode steps (`feed_tokens`, as `generate` runs them), wall time per step;
+- the engine's own decode steps (`decode_step.step_times`: the step `generate` runs), wall time per step;
 - the same steps under onnxruntime's profiler: time per operator type, and the Python + binding time around
   each onnxruntime call (wall step minus onnxruntime's `model_run`);
 - a graph of nothing but the bundle's weight MatMuls at one row (random weights of the same shapes), which
@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from decode_step import step_times
 from driver import BENCH, copy_bandwidth
 from onnx import TensorProto, helper, numpy_helper
 
 import edgeinfer
-from edgeinfer.decoder import feed_tokens
-from edgeinfer.kv_cache import KVCache
 from edgeinfer.session import CPU_DISABLED_FUSIONS
 
 DEFAULT_BUNDLE = BENCH / "peers" / "hf-gpt2-small" / "edgeinfer-contrib"
@@ -42,19 +41,6 @@ def cpu_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def decode_steps(model, batch: int, prompt: int, steps: int) -> list[float]:
-    """Seconds per greedy decode step after a random prompt, through the engine's own step function."""
-    rng = np.random.default_rng(0)
-    cache = KVCache(model, batch, prompt + steps + 1)
-    logits = feed_tokens(model, cache, rng.integers(0, model.vocab_size, (batch, prompt)).tolist())
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        logits = feed_tokens(model, cache, logits.argmax(-1)[:, None].tolist())
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def profiled_steps(bundle: Path, args, work: Path) -> tuple[dict[str, float], float, float]:
     """Per decode step under the profiler: microseconds per operator type, and the medians of onnxruntime's whole
     call and of the engine's wall step around it, in microseconds (the prefill left out)."""
@@ -64,7 +50,7 @@ def profiled_steps(bundle: Path, args, work: Path) -> tuple[dict[str, float], fl
     options.profile_file_prefix = str(work / "ort")
     model.session = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"],
                                          disabled_optimizers=CPU_DISABLED_FUSIONS)
-    walls = decode_steps(model, args.batch, args.prompt, args.steps)
+    walls = step_times(model, args.batch, args.prompt, args.steps)
     events = json.loads(Path(model.session.end_profiling()).read_text())
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
     prefill_end = runs[0][1]
@@ -126,7 +112,7 @@ def main() -> None:
         work = Path(tmp)
         weight_bytes = matmul_only_graph(args.bundle, work / "matmuls.onnx")
         for repeat in range(args.repeats):
-            walls += decode_steps(model, args.batch, args.prompt, args.steps)
+            walls += step_times(model, args.batch, args.prompt, args.steps)
             matmuls += matmul_only_times(work / "matmuls.onnx", args.threads, args.steps)
             ops, run, profiled_wall = profiled_steps(args.bundle, args, work)
             runs.append(run)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import edgeinfer
-from edgeinfer.decoder import feed_tokens
+from edgeinfer.decoder import decode_steps, feed_tokens
 from edgeinfer.kv_cache import KVCache
 
 
@@ -48,11 +48,12 @@ def step_times(model, batch: int, prompt: int, steps: int) -> list[float]:
     rng = np.random.default_rng(0)
     cache = KVCache(model, batch, prompt + steps)
     logits = feed_tokens(model, cache, rng.integers(0, model.vocab_size, (batch, prompt)).tolist())
+    step = decode_steps(model, cache)
     times = []
     for _ in range(steps):
         tokens = logits.argmax(-1)
         start = time.perf_counter()
-        logits = feed_tokens(model, cache, [[int(t)] for t in tokens])
+        logits = step(tokens)
         times.append(time.perf_counter() - start)
     return times
 

@@ -102,24 +102,23 @@ class CausalLM:
         return self.decoder.prefill(prompt, segment_ids, prefix)
 
     def forward(self, ids, positions, mask, logits_positions, types, cache):
-        """One onnxruntime call through IO binding: (logits on the host, present cache OrtValues: concat layout only).
+        """One onnxruntime call through IO binding: (logits on the host, present cache OrtValues).
 
         mask: a (batch, total) key mask, or for query-key bundles also a (batch, seq, total) mask used as given.
         """
         if self.query_key_mask and mask.ndim == 2:
             mask = query_key_mask(mask, ids.shape[1])
-        binding = cache.binding(self.session)
+        binding = self.session.io_binding()
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask, "logits_positions": logits_positions}
         if self.uses_segments:
             feeds["token_type_ids"] = types
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=np.int64))
-        logits = np.empty((*logits_positions.shape, self.vocab_size), dtype=np.float32)
-        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        binding.bind_output("logits", "cpu")
+        cache.bind(binding)
         self.session.run_with_iobinding(binding)
-        if cache.shared:
-            return logits, []  # the presents were written into the cache's own buffers
-        return logits, binding.get_outputs()[: len(self.present_names)]  # in binding order: presents, logits
+        outputs = binding.get_outputs()  # in binding order: logits, then the presents
+        return outputs[0].numpy(), outputs[1:]
 
     def _check_ids(self, input_ids, name: str = "input_ids") -> np.ndarray:
         ids = np.asarray(input_ids)

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import InputError
 from .kv_cache import KVCache
 from .sampling import SamplingOptions, apply_repetition_penalty, choose_tokens
+from .step_binding import StepBinding
 from .text_stream import TextStream
 
 LogitsProcessor = Callable[[int, list[int], np.ndarray], None]
@@ -73,6 +74,21 @@ class Request:
     finished: str | None = None
 
 
+def decode_steps(model, cache: KVCache) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+    """The engine's decode step over `cache`: one token (and segment id) per row in, (rows, vocab) logits out.
+
+    Shared-buffer caches bind the step's inputs once (`StepBinding`); concat caches bind fresh presents each step.
+    """
+    if cache.shared:
+        return StepBinding(model, cache)
+
+    def step(tokens: np.ndarray, segments: np.ndarray | None = None) -> np.ndarray:
+        types = None if segments is None else np.asarray(segments)[:, None].tolist()
+        return feed_tokens(model, cache, np.asarray(tokens)[:, None].tolist(), types)
+
+    return step
+
+
 def feed_tokens(model, cache: KVCache, tokens: list[list[int]], segments=None, every_position: bool = False):
     """Feed each cache row its tokens (ragged) in one call.
 
@@ -110,6 +126,7 @@ class Batcher:
         self.model, self.settings, self.prefix = model, settings, prefix
         self.capacity = capacity
         self.cache = KVCache(model, slots, capacity)
+        self._decode = decode_steps(model, self.cache)
         self.slots: list[Request | None] = [None] * slots
         self.waiting: deque[Request] = deque()
         self.fresh = True  # no slot used yet: admit the first requests with one batched prefill
@@ -135,11 +152,11 @@ class Batcher:
             return events
         running = [i for i, r in enumerate(self.slots) if r is not None and r.finished is None and r.generated]
         if running:
-            last = [[r.generated[-1] if r is not None and r.generated else 0] for r in self.slots]
+            last = np.array([r.generated[-1] if r is not None and r.generated else 0 for r in self.slots])
             segments = None
             if self.model.uses_segments:
-                segments = [[r.reply_segment if r is not None else 0] for r in self.slots]
-            logits = feed_tokens(self.model, self.cache, last, segments)
+                segments = np.array([r.reply_segment if r is not None else 0 for r in self.slots])
+            logits = self._decode(last, segments)
             events = self._choose(running, logits[running])
         return events
 

@@ -31,7 +31,6 @@ class KVCache:
     def _set_arrays(self, arrays: list[np.ndarray]) -> None:
         import onnxruntime as ort
 
-        self._binding = None  # bound to the old values
         if self.device == "cpu":
             self._arrays = arrays  # keeps the memory the OrtValues point at alive
             self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
@@ -72,24 +71,14 @@ class KVCache:
         new = (np.arange(width)[None] >= (width - new_tokens)[:, None]).astype(np.int64)
         return np.concatenate([self.mask, new], axis=1)
 
-    def binding(self, session):
-        """An IO binding of `session` with this cache bound: past inputs, and present outputs where they go.
-
-        A shared-buffer cache binds its buffers once and keeps the binding (a step then binds only its own
-        inputs and the logits); a concat cache binds fresh present outputs every step.
-        """
-        if self._binding is not None:
-            return self._binding
-        binding = session.io_binding()
+    def bind(self, binding) -> None:
+        """Bind past inputs, and present outputs where they go (in place, or fresh ORT values)."""
         for past, present, value in zip(self.model.past_names, self.model.present_names, self.values):
             binding.bind_ortvalue_input(past, value)
             if self.shared:
                 binding.bind_ortvalue_output(present, value)
             else:
                 binding.bind_output(present, self.device)
-        if self.shared:
-            self._binding = binding
-        return binding
 
     def advance(self, presents: list, mask: np.ndarray, new_tokens: np.ndarray) -> None:
         """After a step: take the presents as the next past (concat) and count the new tokens."""

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import edgeinfer
+from edgeinfer.decoder import decode_steps, feed_tokens
 from edgeinfer.errors import InputError
+from edgeinfer.kv_cache import KVCache
 from edgeinfer.sampling import top_k_top_p_filter
 
 torch = pytest.importorskip("torch")
@@ -104,19 +106,41 @@ def test_stream_matches_generate_and_stops(model):
 
 def test_stream_yields_first_tokens_straight_after_prefill(model):
     """Time to first token is one prefill call: the first events come out before any decode step runs."""
-    calls = []
-    forward = model.forward
-    model.forward = lambda *args: calls.append(args[0].shape) or forward(*args)
+    runs, prefills = [], []
+    session, forward = model.session, model.forward
+    run = session.run_with_iobinding
+    session.run_with_iobinding = lambda *args: runs.append(1) or run(*args)
+    model.forward = lambda *args: prefills.append(args[0].shape) or forward(*args)
     try:
         stream = model.stream(PROMPTS[:2], max_new_tokens=4)
         first = [next(stream), next(stream)]
-        assert len(calls) == 1 and calls[0][1] > 1  # one call, the prompts' prefill
+        assert len(runs) == 1 and len(prefills) == 1 and prefills[0][1] > 1  # one call, the prompts' prefill
         assert sorted(e.row for e in first) == [0, 1]
         rest = list(stream)
     finally:
+        del session.run_with_iobinding
         model.forward = forward
-    assert len(calls) == 4 and all(shape[1] == 1 for shape in calls[1:])  # then one-token decode steps
+    assert len(runs) == 4 and all(shape[1] == 1 for shape in prefills[1:])  # then three one-token steps
     assert len(first) + len(rest) == 2 * 4
+
+
+def test_decode_step_equals_the_general_feed_and_survives_a_remade_cache(model):
+    """The bound-once step (shared caches) gives the general path's logits, also after the cache gets new memory."""
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    fast, slow = KVCache(model, 2, 16), KVCache(model, 2, 16)
+    feed_tokens(model, fast, prompts)
+    logits = feed_tokens(model, slow, prompts)
+    step = decode_steps(model, fast)
+    for i in range(4):
+        tokens = logits.argmax(-1)
+        if i == 2:  # what a join on CUDA does: the same contents in new buffers
+            fast._set_arrays([a.copy() for a in fast.arrays()])
+        got = step(tokens).copy()
+        logits = feed_tokens(model, slow, tokens[:, None].tolist())
+        np.testing.assert_allclose(got, logits, atol=1e-5)
+    np.testing.assert_array_equal(fast.lengths, slow.lengths)
+    for mine, theirs in zip(fast.arrays(), slow.arrays()):  # the steps wrote into the cache's current memory
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
 
 
 def test_logits_processor_constrains(model):
