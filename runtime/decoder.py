@@ -70,7 +70,7 @@ class Request:
     rng: np.random.Generator
     history: list[int]  # every token of the sequence so far (prefix + prompt + generated)
     generated: list[int] = field(default_factory=list)
-    text: TextStream | None = None  # the generated text, with a tokenizer
+    text_stream: TextStream | None = None  # the generated text (bundles with a tokenizer)
     finished: str | None = None
 
 
@@ -216,15 +216,16 @@ class Batcher:
     def _emit(self, request: Request, token: int) -> StreamEvent:
         request.generated.append(token)
         request.history.append(token)
-        delta = request.text.push(token) if request.text is not None else ""
+        stream = request.text_stream
+        delta = stream.push(token) if stream is not None else ""
         if token in self.settings.stop_token_ids:
             request.finished = "stop_token"
-        elif delta and any(s in request.text.text for s in self.settings.stop_strings):
+        elif delta and any(s in stream.text for s in self.settings.stop_strings):
             request.finished = "stop_string"
         elif len(request.generated) >= self.settings.max_new_tokens or len(request.history) >= self.capacity:
             request.finished = "length"
-        if request.finished and request.text is not None:
-            delta += request.text.flush()
+        if request.finished and stream is not None:
+            delta += stream.flush()
         return StreamEvent(request.index, token, delta, request.finished)
 
 
@@ -305,7 +306,7 @@ class Decoder:
         return [
             Request(i * num_return_sequences + k, ids, segments[i], replies[i],
                     np.random.default_rng(seeds[i * num_return_sequences + k]), base + ids,
-                    text=TextStream(tokenizer) if tokenizer is not None else None)
+                    text_stream=TextStream(tokenizer) if tokenizer is not None else None)
             for i, ids in enumerate(encoded)
             for k in range(num_return_sequences)
         ]
