@@ -3,10 +3,10 @@
     python benchmarks/decode_peers.py [--quick] [--engines ...] [--batches 1 16] [--new-tokens 64] [--repeats 3]
 
 Makes a random-weight GPT-2-shaped checkpoint (build/bench/hf-gpt2-small/ at the default shape), prepares each
-engine's artifact from it (edgeinfer bundles, an Optimum ONNX export, CTranslate2 conversions), runs each engine once
+engine's artifact from it (edgeinfer bundles, Optimum ONNX exports, CTranslate2 conversions), runs each engine once
 untimed as the correctness gate (every row's greedy ids against edgeinfer-contrib's), then times the engines interleaved: every repeat starts each engine once, in a fresh process, so all of them see the same machine
 noise and ratios are taken within a run. Writes results/decode_peers.json and results/decode_peers.md.
-Optimum and CTranslate2 run in build/bench/venv-peers (benchmarks/peers/setup_venv.sh): optimum-onnx pins an older
+Optimum, onnxruntime-genai and CTranslate2 run in build/bench/venv-peers (benchmarks/peers/setup_venv.sh): optimum-onnx pins an older
 transformers than the main environment has.
 """
 
@@ -48,6 +48,7 @@ ENGINES = {
     "hf-torch": Engine("engine_hf_torch.py", False),
     "hf-torch-compile": Engine("engine_hf_torch.py", False, None, {"compile": True}),
     "optimum": Engine("engine_optimum.py", True, "optimum"),
+    "genai": Engine("engine_genai.py", True, "genai"),
     "ct2-fp32": Engine("engine_ctranslate2.py", True, "ct2-float32", {"quantization": "float32"}),
     "ct2-int8": Engine("engine_ctranslate2.py", True, "ct2-int8", {"quantization": "int8"}),
 }

@@ -58,7 +58,7 @@ def decode(args) -> dict:
     else:
         main = decode_peers.main([*common, "--engines", *args.decode_engines, "--batches", "1", "4", "16",
                                   "--new-tokens", "128", "--name", "bench_decode"])
-        sweep = ["edgeinfer-contrib", "edgeinfer-int8", "hf-torch", "optimum", "ct2-fp32"]
+        sweep = ["edgeinfer-contrib", "edgeinfer-int8", "hf-torch", "optimum", "genai", "ct2-fp32"]
         sweep_engines = [e for e in args.decode_engines if e in sweep]
         threads, prompts, extra = range(1, os.cpu_count() + 1), [32, 128, 512], []
     single = ["--batches", "1", "--new-tokens", "8" if args.quick else "32", "--repeats", "1", "--engines",
