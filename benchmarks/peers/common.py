@@ -75,6 +75,16 @@ def measure(spec: dict, load: Callable[[], Generate], packages: tuple[str, ...])
     print(json.dumps(result), flush=True)
 
 
+def engine_main(prepare: Callable[[dict], None] | None, load: Callable[[dict], Generate],
+                packages: tuple[str, ...]) -> None:
+    """A decode engine script's entry point: `prepare SPEC` makes its artifact (when it has one), `run SPEC` times it."""
+    mode, spec = read_spec()
+    if mode == "run":
+        measure(spec, lambda: load(spec), packages)
+    elif prepare is not None:
+        prepare(spec)
+
+
 def quantile(values: list[float], q: float) -> float:
     """Linear-interpolated quantile (numpy's default), without numpy: engines' venvs may lack it."""
     ordered = sorted(values)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from common import Generate, measure, read_spec
+from common import Generate, engine_main
 
 
 def token(i: int) -> str:
@@ -67,8 +67,4 @@ def load(spec: dict) -> Generate:
 
 
 if __name__ == "__main__":
-    mode, spec = read_spec()
-    if mode == "prepare":
-        prepare(spec)
-    else:
-        measure(spec, lambda: load(spec), ("ctranslate2",))
+    engine_main(prepare, load, ("ctranslate2",))

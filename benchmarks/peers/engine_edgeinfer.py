@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import Generate, measure, read_spec
+from common import Generate, engine_main
 
 
 def prepare(spec: dict) -> None:
@@ -48,8 +48,4 @@ def load(spec: dict, options=None) -> Generate:
 
 
 if __name__ == "__main__":
-    mode, spec = read_spec()
-    if mode == "prepare":
-        prepare(spec)
-    else:
-        measure(spec, lambda: load(spec), ("edgeinfer", "onnxruntime"))
+    engine_main(prepare, load, ("edgeinfer", "onnxruntime"))

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from common import Generate, measure, read_spec
+from common import Generate, engine_main
 from engine_optimum import prepare as optimum_export
 
 
@@ -75,8 +75,4 @@ def load(spec: dict) -> Generate:
 
 
 if __name__ == "__main__":
-    mode, spec = read_spec()
-    if mode == "prepare":
-        prepare(spec)
-    else:
-        measure(spec, lambda: load(spec), ("onnxruntime-genai", "onnxruntime"))
+    engine_main(prepare, load, ("onnxruntime-genai", "onnxruntime"))

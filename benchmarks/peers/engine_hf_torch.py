@@ -8,7 +8,7 @@ warm-up call. (Compiling the plain forward with a growing cache recompiles at ev
 
 from __future__ import annotations
 
-from common import Generate, measure, read_spec
+from common import Generate, engine_main
 from hf_streamer import timed_generate
 
 
@@ -33,6 +33,4 @@ def load(spec: dict) -> Generate:
 
 
 if __name__ == "__main__":
-    mode, spec = read_spec()
-    if mode == "run":  # nothing to prepare: it reads the checkpoint itself
-        measure(spec, lambda: load(spec), ("torch", "transformers"))
+    engine_main(None, load, ("torch", "transformers"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import Generate, measure, read_spec
+from common import Generate, engine_main
 from hf_streamer import timed_generate
 
 
@@ -42,8 +42,4 @@ def load(spec: dict) -> Generate:
 
 
 if __name__ == "__main__":
-    mode, spec = read_spec()
-    if mode == "prepare":
-        prepare(spec)
-    else:
-        measure(spec, lambda: load(spec), ("optimum-onnx", "onnxruntime", "transformers", "torch"))
+    engine_main(prepare, load, ("optimum-onnx", "onnxruntime", "transformers", "torch"))
