@@ -48,7 +48,7 @@ ENGINES = {
     "hf-torch": Engine("engine_hf_torch.py", False),
     "hf-torch-compile": Engine("engine_hf_torch.py", False, None, {"compile": True}),
     "optimum": Engine("engine_optimum.py", True, "optimum"),
-    "genai": Engine("engine_genai.py", True, "genai"),
+    "genai": Engine("engine_genai.py", True, "optimum"),  # Optimum's export, plus a genai_config.json
     "ct2-fp32": Engine("engine_ctranslate2.py", True, "ct2-float32", {"quantization": "float32"}),
     "ct2-int8": Engine("engine_ctranslate2.py", True, "ct2-int8", {"quantization": "int8"}),
 }

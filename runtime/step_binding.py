@@ -24,6 +24,7 @@ class StepBinding:
         if model.uses_segments:
             self.inputs["token_type_ids"] = np.zeros((rows, 1), np.int64)
         self.logits = np.empty((rows, 1, model.vocab_size), np.float32)
+        self._one_each = np.ones(rows, dtype=np.int64)  # tokens a step adds to each row
         self._binding = None
         self._bound_values = None  # the cache's OrtValues the binding holds
 
@@ -46,7 +47,8 @@ class StepBinding:
         self.inputs["position_ids"][:, 0] = cache.lengths
         if segments is not None:
             self.inputs["token_type_ids"][:, 0] = segments
-        self._binding.bind_cpu_input("attention_mask", cache.step_mask(np.ones(cache.rows, dtype=np.int64)))
+        mask = cache.step_mask(self._one_each)
+        self._binding.bind_cpu_input("attention_mask", mask)
         self.model.session.run_with_iobinding(self._binding)
-        cache.lengths += 1
+        cache.advance([], mask, self._one_each)
         return self.logits[:, 0]

@@ -15,29 +15,28 @@ REPLACEMENT = "\ufffd"
 class TextStream:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.tokens: list[int] = []
         self.text = ""  # everything handed out so far
-        self._prefix = 0  # window start: context tokens already shown
-        self._read = 0  # tokens before this are shown
+        self._tokens: list[int] = []  # the window: context tokens already shown, then the tokens not shown yet
+        self._shown = 0  # how many of the window's tokens are context
 
     def push(self, token: int) -> str:
         """Add a token; return the text it completes ("" while a character or word piece is still open)."""
-        self.tokens.append(token)
-        shown = self.tokenizer.decode(self.tokens[self._prefix : self._read])
-        window = self.tokenizer.decode(self.tokens[self._prefix :])
-        if len(window) <= len(shown) or window.endswith(REPLACEMENT):
-            return ""
-        return self._advance(window[len(shown) :])
+        self._tokens.append(token)
+        delta = self._unshown_text()
+        return self._advance(delta) if delta and not delta.endswith(REPLACEMENT) else ""
 
     def flush(self) -> str:
         """The text still held back (a half character at the end of a reply comes out as U+FFFD)."""
-        if self._read == len(self.tokens):
-            return ""
-        shown = self.tokenizer.decode(self.tokens[self._prefix : self._read])
-        window = self.tokenizer.decode(self.tokens[self._prefix :])
-        return self._advance(window[len(shown) :])
+        return self._advance(self._unshown_text()) if self._shown < len(self._tokens) else ""
+
+    def _unshown_text(self) -> str:
+        """What the window decodes to beyond its context (decoded with it, so word pieces join correctly)."""
+        context = self.tokenizer.decode(self._tokens[: self._shown])
+        return self.tokenizer.decode(self._tokens)[len(context) :]
 
     def _advance(self, delta: str) -> str:
-        self._prefix, self._read = self._read, len(self.tokens)
+        """Hand out `delta`: the tokens just shown become the next window's context."""
+        self._tokens = self._tokens[self._shown :]
+        self._shown = len(self._tokens)
         self.text += delta
         return delta

@@ -1,8 +1,8 @@
 """onnxruntime-genai: Optimum's ONNX export of the checkpoint, run by genai's own C++ generation loop.
 
-Runs in build/bench/venv-peers. genai's model builder does not take GPT-2, so the model is Optimum's graph (the one
-the `optimum` engine runs) with a hand-written genai_config.json: the same weights and onnxruntime, with genai's
-loop, KV-cache handling and IO binding around it instead of transformers' `generate`.
+Runs in build/bench/venv-peers. genai's model builder does not take GPT-2, so the model is Optimum's graph, in the
+`optimum` engine's own folder, with a hand-written genai_config.json added: the same weights and onnxruntime, with
+genai's loop, KV-cache handling and IO binding around it instead of transformers' `generate`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from engine_optimum import prepare as optimum_export
 
 
 def prepare(spec: dict) -> None:
-    """Optimum's export, then the genai_config.json that tells genai the graph's names and shapes."""
+    """Optimum's export (made here if the optimum engine has not made it), then the genai_config.json that tells
+    genai the graph's names and shapes."""
     out = Path(spec["artifact"])
     if (out / "genai_config.json").exists():
         return
