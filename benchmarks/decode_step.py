@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 import edgeinfer
-from edgeinfer.decoder import decode_steps, feed_tokens
-from edgeinfer.kv_cache import KVCache
+from edgeinfer.lm.cache import KVCache
+from edgeinfer.lm.step import Step
 
 
 def export_bundles(args) -> dict[str, Path]:
@@ -47,13 +47,13 @@ def step_times(model, batch: int, prompt: int, steps: int) -> list[float]:
     """Seconds per decode step (greedy, prefill excluded) through the engine's own step function."""
     rng = np.random.default_rng(0)
     cache = KVCache(model, batch, prompt + steps)
-    logits = feed_tokens(model, cache, rng.integers(0, model.vocab_size, (batch, prompt)).tolist())
-    step = decode_steps(model, cache)
+    step = Step(model, cache)
+    logits = step.feed(rng.integers(0, model.vocab_size, (batch, prompt)).tolist())
     times = []
     for _ in range(steps):
         tokens = logits.argmax(-1)
         start = time.perf_counter()
-        logits = step(tokens)
+        logits = step.decode(tokens)
         times.append(time.perf_counter() - start)
     return times
 

@@ -112,7 +112,7 @@ def dialogue(args) -> dict:
     import decode_peers
 
     import edgeinfer
-    from edgeinfer.chat_format import encode_dialogue, reply_segment_id
+    from edgeinfer.chat.format import encode_dialogue, reply_segment_id
     from edgeinfer.loader import default_bundle
 
     bundle = default_bundle("chat")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from edgeinfer import __version__
-from edgeinfer.bundle import write_manifest
+from edgeinfer.bundle import Manifest
 from edgeinfer.kernels.modules import Gelu, bidirectional_attention
 from edgeinfer.kernels.onnx_emit import encoder_translation_table
 
@@ -266,9 +266,7 @@ def export_bert_qa_bundle(
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
     window = min(max_seq_len, cfg.max_positions)
-    manifest = {
-        "schema_version": 1,
-        "task": "extractive-qa",
+    manifest = Manifest.new("extractive-qa", {
         "reader": "bert",
         "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer else None},
         "inputs": [io_spec(v) for v in proto.graph.input],
@@ -296,6 +294,6 @@ def export_bert_qa_bundle(
         "producer": {"edgeinfer": __version__, "torch": torch.__version__, "onnx_opset": OPSET, "export_seconds": round(export_seconds, 2)},
         "source": {"format": "huggingface", "path": str(source) if isinstance(source, (str, Path)) else None,
                    "config": json.loads(hf_model.config.to_json_string())},
-    }
-    write_manifest(out_dir, manifest)
+    })
+    manifest.write(out_dir)
     return manifest

@@ -1,4 +1,4 @@
-"""Build the multi-turn dialogue training data in the seed layout (``edgeinfer.chat_format``).
+"""Build the multi-turn dialogue training data in the seed layout (``edgeinfer.chat.format``).
 
 Sources, read offline from installed packages (``pip install chitchat-dataset`` and
 ``pip install --no-deps chatterbot-corpus pyyaml``):
@@ -34,7 +34,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from edgeinfer.chat_format import assemble, encode_turns, fit_turns, special_ids
+from edgeinfer.chat.format import assemble, encode_turns, fit_turns, special_ids
 
 from .chat_tokenizer import UNK_TOKEN, build_tokenizer
 

@@ -4,7 +4,7 @@ The vocab (21,128 tokens, the ``bert-base-chinese`` one) is copied from the ``cn
 into ``export/assets`` so the tokenizer is reproducible offline. The pipeline mirrors BERT's
 BasicTokenizer + WordpieceTokenizer (lowercase, strip accents, split CJK characters and
 punctuation). No post-processor is attached: ``[CLS]``/``[SEP]`` are placed by
-``edgeinfer.chat_format``, which knows the dialogue layout.
+``edgeinfer.chat.format``, which knows the dialogue layout.
 
 Run ``python -m edgeinfer.export.chat_tokenizer --out tokenizer.json`` to write the JSON file.
 """

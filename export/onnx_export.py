@@ -18,7 +18,7 @@ import onnx
 import torch
 
 from edgeinfer import __version__
-from edgeinfer.bundle import write_manifest
+from edgeinfer.bundle import Manifest
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.kernels.contrib_fusion import fuse_contrib
 from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translation_table
@@ -311,9 +311,7 @@ def export_gpt_bundle(
 
     census = op_census(proto)
     input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
-    manifest = {
-        "schema_version": 1,
-        "task": task,
+    manifest = Manifest.new(task, {
         "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None},
         "inputs": [io_spec(v) for v in proto.graph.input],
         "outputs": [io_spec(v) for v in proto.graph.output],
@@ -355,10 +353,10 @@ def export_gpt_bundle(
             "export_seconds": round(export_seconds, 2),
         },
         **(extra or {}),
-    }
+    })
     assert [v["name"] for v in manifest["inputs"]] == input_names
     assert [v["name"] for v in manifest["outputs"]] == output_names
-    write_manifest(out_dir, manifest)
+    manifest.write(out_dir)
     return manifest
 
 

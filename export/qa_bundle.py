@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from edgeinfer import __version__
-from edgeinfer.bundle import write_manifest
+from edgeinfer.bundle import Manifest
 
 from .dgcnn import PAD, DGCNNConfig, DGCNNReader
 from .onnx_export import OPSET, ParityError, cpu_session, io_spec, op_census
@@ -100,9 +100,7 @@ def export_qa_bundle(source: str | Path, out_dir: str | Path, tolerance: float =
         shutil.move(str(onnx_path), out_dir / "model.onnx")
     shutil.copyfile(source / "vocab.json", out_dir / "vocab.json")
     metrics = json.loads((source / "metrics.json").read_text())
-    manifest = {
-        "schema_version": 1,
-        "task": "extractive-qa",
+    manifest = Manifest.new("extractive-qa", {
         "reader": "dgcnn",
         "files": {"model": "model.onnx", "vocab": "vocab.json"},
         "inputs": [io_spec(v) for v in proto.graph.input],
@@ -124,8 +122,8 @@ def export_qa_bundle(source: str | Path, out_dir: str | Path, tolerance: float =
         "metrics": {split: metrics[split] for split in ("dev", "test") if split in metrics},
         "parity": {"max_abs_diff": diff, "tolerance": tolerance, "reference": "edgeinfer DGCNNReader (PyTorch eager)"},
         "producer": {"edgeinfer": __version__, "torch": torch.__version__, "onnx_opset": OPSET, "export_seconds": round(export_seconds, 2)},
-    }
-    write_manifest(out_dir, manifest)
+    })
+    manifest.write(out_dir)
     return manifest
 
 

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = export_gpt_bundle(
         model, args.out, task="chat", tokenizer_file=tokenizer,
         special_tokens={"cls": CLS, "sep": SEP, "pad": PAD, "unk": 100, "eos": SEP},
-        generation={"do_sample": True, "top_k": 5, "max_new_tokens": 32, "stop": "[SEP]"},
+        generation={"do_sample": True, "top_k": 5, "max_new_tokens": 32, "stop_token_ids": [SEP]},
         extra={"training": {"teaforn": args.teaforn, "teaforn_weights": weights, "steps": args.steps,
                             "batch_size": args.batch_size, "seconds": log["seconds"],
                             "valid_loss": log["final_valid_loss"], "valid_perplexity": log["valid_perplexity"],

@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         # standard: a query-key mask lets move scoring feed the whole move tree in one call (runtime/xiangqi/mover.py)
         attention_mask="query_key" if args.attention == "standard" else "key",
         special_tokens={"start": START, "pad": START},
-        generation={"score": "sum of the 4 character log-probabilities of each legal move"},
-        extra={"vocab": VOCAB, "training": {
+        extra={"vocab": VOCAB, "move_score": "sum of the 4 character log-probabilities of each legal move",
+               "training": {
             "games": {name: len(games) for name, games in splits.items()},
             "steps": log["config"]["steps"], "batch_size": log["batch_size"], "seconds": log["seconds"],
             "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"],

@@ -1,7 +1,11 @@
 """Model bundles: a folder with `model.onnx`, an optional `tokenizer.json` and `manifest.json`.
 
 The manifest is the only contract between export/ (which writes it) and the runtime (which trusts nothing
-else). `read_manifest` checks it field by field and names the first thing that is wrong.
+else). `Manifest` is its one definition on both sides: `Manifest.new` stamps the schema version, `write` and
+`read` check it field by field and name the first thing that is wrong.
+
+Optional blocks: `generation` holds the default decoding options of a decoder bundle (`GENERATION_FIELDS`);
+`session` holds onnxruntime session settings (`SESSION_FIELDS`) that a caller's arguments override.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 TASKS = ("causal-lm", "chat", "xiangqi", "extractive-qa")
 KV_LAYOUTS = ("concat", "shared_buffer")
+# decoding options a generation block may set (a logits processor is code, so only callers pass one)
+GENERATION_FIELDS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+                     "repetition_penalty", "stop_token_ids", "stop_strings")
+SESSION_FIELDS = {"threads": int, "disabled_optimizers": list, "provider_options": dict}
 
 # field -> expected type(s); nested dicts are checked recursively
 _SCHEMA: dict[str, Any] = {
@@ -82,31 +90,61 @@ def validate_manifest(data: Any) -> dict:
         _check(data, _CAUSAL_LM_SCHEMA, "")
         if data["kv_cache"]["layout"] not in KV_LAYOUTS:
             raise BundleError(f"manifest kv_cache.layout {data['kv_cache']['layout']!r} is not one of {KV_LAYOUTS}")
+        unknown = sorted(set(data["generation"]) - set(GENERATION_FIELDS))
+        if unknown:
+            raise BundleError(f"manifest field 'generation.{unknown[0]}' is not a decoding option "
+                              f"(known: {', '.join(GENERATION_FIELDS)})")
     if data["task"] == "extractive-qa":
         _check(data, _QA_SCHEMA, "")
+    session = data.get("session", {})
+    if not isinstance(session, dict):
+        raise BundleError("manifest field 'session' must be an object")
+    for key, value in session.items():
+        expected = SESSION_FIELDS.get(key)
+        if expected is None:
+            raise BundleError(f"manifest field 'session.{key}' is unknown (known: {', '.join(SESSION_FIELDS)})")
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise BundleError(f"manifest field 'session.{key}' must be {expected.__name__}, got {value!r}")
     return data
 
 
-def read_manifest(folder: str | Path) -> tuple[Path, dict]:
-    """Resolve a bundle folder and return (folder, validated manifest); the files it names must exist."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BundleError(f"bundle {folder} is not a folder")
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise BundleError(f"bundle {folder} has no {MANIFEST_FILE}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
-    manifest = validate_manifest(data)
-    for role, name in manifest["files"].items():
-        if name is not None and not (folder / name).is_file():
-            raise BundleError(f"bundle {folder} is missing its {role} file {name!r}")
-    return folder, manifest
+class Manifest(dict):
+    """A bundle's manifest: a validated JSON object, written by export/ and read by the runtime."""
 
+    @classmethod
+    def new(cls, task: str, fields: dict[str, Any]) -> Manifest:
+        """A manifest of this schema version for `task` with `fields` (checked when written)."""
+        return cls(schema_version=SCHEMA_VERSION, task=task, **fields)
 
-def write_manifest(folder: str | Path, manifest: dict) -> Path:
-    path = Path(folder) / MANIFEST_FILE
-    path.write_text(json.dumps(validate_manifest(manifest), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    @classmethod
+    def read(cls, folder: str | Path) -> tuple[Path, Manifest]:
+        """Resolve a bundle folder and return (folder, manifest); the files it names must exist."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise BundleError(f"bundle {folder} is not a folder")
+        path = folder / MANIFEST_FILE
+        if not path.is_file():
+            raise BundleError(f"bundle {folder} has no {MANIFEST_FILE}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+        manifest = cls(validate_manifest(data))
+        for role, name in manifest["files"].items():
+            if name is not None and not (folder / name).is_file():
+                raise BundleError(f"bundle {folder} is missing its {role} file {name!r}")
+        return folder, manifest
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / MANIFEST_FILE
+        text = json.dumps(validate_manifest(dict(self)), indent=2, ensure_ascii=False)
+        path.write_text(text + "\n", encoding="utf-8")
+        return path
+
+    @property
+    def generation(self) -> dict:
+        return self.get("generation", {})
+
+    @property
+    def session(self) -> dict:
+        return self.get("session", {})

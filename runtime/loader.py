@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import read_manifest
+from .bundle import Manifest
 from .errors import BundleError
 
 BUNDLES = Path(__file__).parent / "bundles"
@@ -26,10 +26,10 @@ def default_bundle(name: str) -> Path:
 
 def load(path: str | Path, device: str = "auto", threads: int | None = None):
     """Validate the bundle at `path` and open it on onnxruntime (CUDA if present and asked for, else CPU)."""
-    folder, manifest = read_manifest(path)
+    folder, manifest = Manifest.read(path)
     task = manifest["task"]
     if task in ("causal-lm", "chat", "xiangqi"):
-        from .causal_lm import CausalLM
+        from .lm import CausalLM
 
         return CausalLM(folder, manifest, device=device, threads=threads)
     if task == "extractive-qa":

@@ -44,19 +44,30 @@ def choose_providers(device: str = "auto") -> ProviderChoice:
 
 
 def open_session(model_path: Path, manifest: dict, device: str = "auto", threads: int | None = None):
-    """An InferenceSession whose inputs and outputs match the manifest, or a BundleError naming the mismatch."""
+    """An InferenceSession whose inputs and outputs match the manifest, or a BundleError naming the mismatch.
+
+    Settings, first found wins: the caller's arguments, the EDGEINFER_THREADS environment variable (threads), the
+    manifest's `session` block (threads, disabled_optimizers, provider_options), this module's CPU defaults.
+    """
     import onnxruntime as ort
 
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0):
+        raise InputError(f"threads must be an integer >= 0 (0: onnxruntime's choice), got {threads!r}")
     choice = choose_providers(device)
+    settings = manifest.get("session", {})
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads = threads or int(os.environ.get("EDGEINFER_THREADS", "0"))
+    from_env = os.environ.get("EDGEINFER_THREADS", "")
+    threads = threads or (int(from_env) if from_env.isascii() and from_env.isdigit() else 0) or settings.get("threads")
     if threads:
         options.intra_op_num_threads = threads
-    disabled = CPU_DISABLED_FUSIONS if choice.providers == ["CPUExecutionProvider"] else None
+    on_cpu = choice.providers == ["CPUExecutionProvider"]
+    disabled = settings.get("disabled_optimizers", CPU_DISABLED_FUSIONS if on_cpu else None)
+    provider_options = settings.get("provider_options", {})
     try:
         session = ort.InferenceSession(str(model_path), options, providers=choice.providers,
+                                       provider_options=[provider_options.get(p, {}) for p in choice.providers],
                                        disabled_optimizers=disabled)
     except Exception as exc:  # onnxruntime raises several unrelated types for unreadable models
         raise BundleError(f"onnxruntime cannot load {model_path}: {str(exc).strip().splitlines()[0]}") from exc

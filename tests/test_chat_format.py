@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from edgeinfer.chat_format import encode_dialogue, reply_segment_id
+from edgeinfer.chat.format import encode_dialogue, reply_segment_id
 from edgeinfer.errors import InputError
 from edgeinfer.export.chat_data import windows
 from edgeinfer.export.chat_tokenizer import (

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import edgeinfer
-from edgeinfer.decoder import decode_steps, feed_tokens
 from edgeinfer.errors import InputError
-from edgeinfer.kv_cache import KVCache
-from edgeinfer.sampling import top_k_top_p_filter
+from edgeinfer.lm.cache import KVCache
+from edgeinfer.lm.sampling import top_k_top_p_filter
+from edgeinfer.lm.step import Step
 
 torch = pytest.importorskip("torch")
 
@@ -95,7 +95,7 @@ def test_stream_matches_generate_and_stops(model):
     events = list(model.stream(PROMPTS[:2], max_new_tokens=6))
     generated = model.generate(PROMPTS[:2], max_new_tokens=6)
     for row in range(2):
-        assert [e.token_id for e in events if e.row == row] == generated[row].token_ids
+        assert [e.token_id for e in events if e.request == row] == generated[row].token_ids
     first = generated[1].token_ids[0]
     stopped = model.generate(PROMPTS[:2], max_new_tokens=6, stop_token_ids=[first])
     assert stopped[1].token_ids == [first] and stopped[1].finish_reason == "stop_token"
@@ -104,39 +104,33 @@ def test_stream_matches_generate_and_stops(model):
     assert len(forced[0].token_ids) >= 3 and first not in forced[0].token_ids[:3]
 
 
-def test_stream_yields_first_tokens_straight_after_prefill(model):
+def test_stream_yields_first_tokens_straight_after_prefill(model, monkeypatch):
     """Time to first token is one prefill call: the first events come out before any decode step runs."""
-    runs, prefills = [], []
-    session, forward = model.session, model.forward
-    run = session.run_with_iobinding
-    session.run_with_iobinding = lambda *args: runs.append(1) or run(*args)
-    model.forward = lambda *args: prefills.append(args[0].shape) or forward(*args)
-    try:
-        stream = model.stream(PROMPTS[:2], max_new_tokens=4)
-        first = [next(stream), next(stream)]
-        assert len(runs) == 1 and len(prefills) == 1 and prefills[0][1] > 1  # one call, the prompts' prefill
-        assert sorted(e.row for e in first) == [0, 1]
-        rest = list(stream)
-    finally:
-        del session.run_with_iobinding
-        model.forward = forward
-    assert len(runs) == 4 and all(shape[1] == 1 for shape in prefills[1:])  # then three one-token steps
+    calls = []
+    run = Step.run
+    monkeypatch.setattr(Step, "run", lambda self, ids, *rest: calls.append(ids.shape) or run(self, ids, *rest))
+    stream = model.stream(PROMPTS[:2], max_new_tokens=4)
+    first = [next(stream), next(stream)]
+    assert len(calls) == 1 and calls[0][1] > 1  # one call, the prompts' prefill
+    assert sorted(e.request for e in first) == [0, 1]
+    rest = list(stream)
+    assert len(calls) == 4 and all(shape[1] == 1 for shape in calls[1:])  # then three one-token steps
     assert len(first) + len(rest) == 2 * 4
 
 
-def test_decode_step_equals_the_general_feed_and_survives_a_remade_cache(model):
-    """The bound-once step (shared caches) gives the general path's logits, also after the cache gets new memory."""
+def test_decode_step_equals_a_fresh_feed_and_survives_a_remade_cache(model):
+    """The bound-once decode step gives a fresh binding's logits, also after the cache gets new memory."""
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
     fast, slow = KVCache(model, 2, 16), KVCache(model, 2, 16)
-    feed_tokens(model, fast, prompts)
-    logits = feed_tokens(model, slow, prompts)
-    step = decode_steps(model, fast)
+    step = Step(model, fast)
+    step.feed(prompts)
+    logits = Step(model, slow).feed(prompts)
     for i in range(4):
         tokens = logits.argmax(-1)
         if i == 2:  # what a join on CUDA does: the same contents in new buffers
             fast._set_arrays([a.copy() for a in fast.arrays()])
-        got = step(tokens).copy()
-        logits = feed_tokens(model, slow, tokens[:, None].tolist())
+        got = step.decode(tokens).copy()
+        logits = Step(model, slow).feed(tokens[:, None].tolist())
         np.testing.assert_allclose(got, logits, atol=1e-5)
     np.testing.assert_array_equal(fast.lengths, slow.lengths)
     for mine, theirs in zip(fast.arrays(), slow.arrays()):  # the steps wrote into the cache's current memory
@@ -242,7 +236,7 @@ def test_continuous_batching_equals_one_by_one(model):
     # rows stop at different lengths through a logits processor: a stop token chosen per request
     events = list(model.stream(prompts, max_new_tokens=9, max_active=3,
                                stop_token_ids=sorted({e[n - 1] for e, n in zip(expected, lengths)})))
-    got = [[e.token_id for e in events if e.row == i] for i in range(len(prompts))]
+    got = [[e.token_id for e in events if e.request == i] for i in range(len(prompts))]
     for tokens, full in zip(got, expected):
         assert tokens == full[: len(tokens)] and len(tokens) >= 1
 
@@ -267,7 +261,7 @@ def test_streamed_text_is_the_decoded_tokens(text_model):
     events = list(text_model.stream(prompts, max_new_tokens=24, do_sample=True, seed=3))
     generated = text_model.generate(prompts, max_new_tokens=24, do_sample=True, seed=3)
     for row, result in enumerate(generated):
-        assert "".join(e.text for e in events if e.row == row) == result.text
+        assert "".join(e.text for e in events if e.request == row) == result.text
         assert result.text == text_model.decode(result.token_ids) and result.text
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import CHINESE, byte_level_tokenizer
 from tokenizers import Tokenizer
 
-from edgeinfer.text_stream import REPLACEMENT, TextStream
+from edgeinfer.lm.text_stream import REPLACEMENT, TextStream
 
 CHAT_TOKENIZER = Path(__file__).parents[1] / "runtime" / "bundles" / "chat" / "tokenizer.json"
 

@@ -1,4 +1,4 @@
-"""The tree move scorer equals the seed's one-rerun-per-move method, keeps its cache, and only plays legal moves."""
+"""The tree move scorer equals scoring every move by a full run without a cache, keeps its cache, plays legal moves."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import edgeinfer
 from edgeinfer.errors import InputError
 from edgeinfer.xiangqi import Board
-from edgeinfer.xiangqi.mover import MoveModel, rerun_scores
-from edgeinfer.xiangqi.tokens import VOCAB
+from edgeinfer.xiangqi.mover import MoveModel
+from edgeinfer.xiangqi.tokens import TOKEN_ID, VOCAB, encode_moves
 
 torch = pytest.importorskip("torch")
 
@@ -41,6 +41,17 @@ def _random_game(plies: int, seed: int) -> Board:
             break
         board.push(moves[rng.integers(len(moves))])
     return board
+
+
+def rerun_scores(model, board: Board) -> dict[str, float]:
+    """The reference: each legal move appended to the whole game, all run at once without a cache."""
+    moves = board.legal_moves()
+    ids = np.array([encode_moves(board.move_stack) + [TOKEN_ID[c] for c in move] for move in moves])
+    logits = model.logits(ids)[:, -5:-1].astype(np.float64)
+    logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    chosen = np.take_along_axis(logprobs, ids[:, -4:, None], axis=-1)[..., 0]
+    return {move: float(chosen[i].sum()) for i, move in enumerate(moves)}
 
 
 @pytest.mark.parametrize("plies, seed", [(0, 0), (1, 1), (7, 2), (20, 3)])

@@ -39,9 +39,9 @@ def load(spec: dict, options=None) -> Generate:
         t0 = time.perf_counter()
         extra = options(rows) if options else {}
         for event in model.stream(rows, max_new_tokens=n, min_new_tokens=n, stop_token_ids=[], **extra):
-            if event.row == 0:  # every row gets a token per step: row 0's marks the step
+            if event.request == 0:  # every row gets a token per step: row 0's marks the step
                 arrivals.append(time.perf_counter() - t0)
-            ids[event.row].append(event.token_id)
+            ids[event.request].append(event.token_id)
         return ids, arrivals, time.perf_counter() - t0
 
     return generate

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..chat import Chat
 from ..errors import InputError
 from ..loader import default_bundle, load
+from .decoding import add_decoding_arguments, decoding_options
 
 HELP = "chat with the dialogue model (interactive; or --once MESSAGE)"
 
@@ -19,11 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", type=Path, default=None,
                         help="earlier turns, oldest first: a JSON list of strings or one utterance per line")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--greedy", action="store_true")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    add_decoding_arguments(parser)
     parser.add_argument("--bundle", default=None, help="chat bundle (default: the shipped one)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
@@ -48,8 +45,7 @@ def read_history(path: Path | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
     model = load(args.bundle or default_bundle("chat"), device=args.device)
-    chat = Chat(model, max_new_tokens=args.max_new_tokens, do_sample=not args.greedy, top_k=args.top_k,
-                top_p=args.top_p, temperature=args.temperature, seed=args.seed, history=read_history(args.history))
+    chat = Chat(model, seed=args.seed, history=read_history(args.history), **decoding_options(args))
     if args.once is not None:
         reply = chat.reply(args.once)
         return {"reply": reply, "history": chat.history}, reply

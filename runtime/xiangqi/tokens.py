@@ -13,7 +13,3 @@ TOKEN_ID = {symbol: i for i, symbol in enumerate(VOCAB)}
 def encode_moves(moves: list[str]) -> list[int]:
     """[START] + one id per character of each ICCS move."""
     return [START, *(TOKEN_ID[c] for move in moves for c in move)]
-
-
-def move_ids(move: str) -> tuple[int, int, int, int]:
-    return tuple(TOKEN_ID[c] for c in move)

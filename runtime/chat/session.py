@@ -1,7 +1,7 @@
 """Multi-turn chat over a DialoGPT-style bundle: history layout, kept KV cache, sampled and streamed replies.
 
 The history is laid out as `[CLS] u1 [SEP] u2 [SEP] …` with segment ids alternating per speaker
-(`edgeinfer.chat_format`); the reply continues the alternation and ends at `[SEP]`. When the history no longer
+(`edgeinfer.chat.format`); the reply continues the alternation and ends at `[SEP]`. When the history no longer
 fits, the oldest turns are dropped whole. Between turns the cache of the laid-out history is kept, so a turn
 runs only the new message (and the previous reply), not the whole conversation; after truncation changes the
 layout the cache is rebuilt once.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from .chat_format import encode_dialogue, reply_segment_id, special_ids
-from .decoder import Prefix
-from .errors import InputError
+from ..errors import InputError
+from ..lm import Prefix, decode_options
+from .format import MIN_MAX_LEN, encode_dialogue, reply_segment_id, special_ids
 
 _CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff00-\uffef])")
 _BEFORE_PUNCT = re.compile(r" (?=[,.!?;:%)\]}])")
@@ -28,18 +28,26 @@ def tidy(text: str) -> str:
 
 
 class Chat:
-    """One conversation with a chat bundle (the seed's defaults: top-k 5 sampling, stop at [SEP])."""
+    """One conversation with a chat bundle; replies stop at [SEP].
 
-    def __init__(self, model, *, max_new_tokens: int = 32, do_sample: bool = True, top_k: int = 5,
-                 top_p: float = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: int | None = None, history: list[str] | None = None) -> None:
+    Decoding options default to the bundle's manifest (its generation block); keyword options override them.
+    """
+
+    def __init__(self, model, *, seed: int | None = None, history: list[str] | None = None, **options) -> None:
         if model.tokenizer is None or not model.uses_segments:
             raise InputError("a chat bundle needs a tokenizer and segment embeddings")
         self.model = model
         self.cls_id, self.sep_id = special_ids(model.tokenizer)
-        self.options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "top_k": top_k, "top_p": top_p,
-                        "temperature": temperature, "repetition_penalty": repetition_penalty}
-        model.decoder.settings(**self.options)  # check the options now, not at the first message
+        self.options = {k: v for k, v in options.items() if v is not None}
+        self.options["stop_token_ids"] = [self.sep_id]
+        self.settings = decode_options(model, **self.options)  # checked now, not at the first message
+        if model.max_positions - self.settings.max_new_tokens - 1 < MIN_MAX_LEN:
+            raise InputError(f"max_new_tokens {self.settings.max_new_tokens} leaves no room for the conversation in "
+                             f"the model's {model.max_positions} positions")
+        if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+            raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+        if history is not None and not (isinstance(history, list) and all(isinstance(t, str) for t in history)):
+            raise InputError("history must be a list of strings")
         self.seed = seed
         self.turns = 0
         self.history: list[str] = list(history or [])
@@ -56,7 +64,7 @@ class Chat:
             raise InputError("empty message")
         if len(message) > MAX_MESSAGE_CHARS:
             raise InputError(f"message of {len(message)} characters is over the {MAX_MESSAGE_CHARS} limit")
-        budget = self.model.max_positions - self.options["max_new_tokens"] - 1
+        budget = self.model.max_positions - self.settings.max_new_tokens - 1
         return encode_dialogue(self.model.tokenizer, [*self.history, message], budget)
 
     def stream(self, message: str) -> Iterator[str]:
@@ -71,8 +79,7 @@ class Chat:
             kept = self.model.prefill(rest[:-1], segment_ids=rest_segments[:-1], prefix=kept)
         seed = None if self.seed is None else [self.seed + self.turns]
         events = self.model.stream([rest[-1:]], prefix=kept, segment_ids=[rest_segments[-1:]],
-                                   reply_segment=reply_segment_id(segments), stop_token_ids=[self.sep_id],
-                                   seed=seed, **self.options)
+                                   reply_segment=reply_segment_id(segments), seed=seed, **self.options)
         raw, shown = "", ""  # the reply's text as decoded ([SEP] decodes to nothing), and what was yielded
         for event in events:
             raw += event.text

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .decoder import Generation, feed_tokens
-from .errors import InputError
-from .kv_cache import KVCache
+from ..errors import InputError
+from .cache import KVCache
+from .generate import make_requests
+from .options import decode_options
+from .step import Step
+from .types import Generation
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -23,7 +26,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def beam_search(
-    decoder,
+    model,
     prompts: Sequence,
     *,
     num_beams: int,
@@ -34,24 +37,26 @@ def beam_search(
     prefix=None,
     **options,
 ) -> list[Generation]:
-    if not isinstance(num_beams, int) or num_beams < 1:
-        raise InputError(f"num_beams must be an integer >= 1, got {num_beams!r}")
     for unsupported in ("do_sample", "num_return_sequences", "seed", "max_active"):
         if options.pop(unsupported, None) not in (None, False, 1):
             raise InputError(f"{unsupported} does not apply to beam search")
-    settings = decoder.settings(**options)
-    requests = decoder.requests(prompts, 0, 1, segment_ids, reply_segment, prefix)
-    return [_search_one(decoder.model, settings, r, num_beams, length_penalty, early_stopping, prefix) for r in requests]
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
+        raise InputError(f"length_penalty must be a number, got {length_penalty!r}")
+    settings = decode_options(model, do_sample=False, **options)
+    requests = make_requests(model, prompts, settings, 0, 1, segment_ids, reply_segment, prefix)
+    return [_search_one(model, settings, i, r, num_beams, length_penalty, early_stopping)
+            for i, r in enumerate(requests)]
 
 
-def _search_one(model, settings, request, width, length_penalty, early_stopping, prefix) -> Generation:
+def _search_one(model, settings, index, request, width, length_penalty, early_stopping) -> Generation:
+    prefix = request.prefix
     start = len(prefix.token_ids) if prefix else 0
     capacity = min(model.max_positions, start + len(request.tokens) + settings.max_new_tokens)
     if start + len(request.tokens) >= model.max_positions:
         raise InputError(f"prompt of {start + len(request.tokens)} tokens leaves no room in the model's positions")
-    cache = prefix.cache.take([0]) if prefix else KVCache(model, 1, capacity)
-    segments = [request.segments] if model.uses_segments else None
-    logprobs = log_softmax(feed_tokens(model, cache, [request.tokens], segments))  # (1, vocab)
+    cache = prefix.cache.take([0], capacity=capacity) if prefix else KVCache(model, 1, capacity)
+    segments = [request.segments or [0] * len(request.tokens)] if model.uses_segments else None
+    logprobs = log_softmax(Step(model, cache).feed([request.tokens], segments))  # (1, vocab)
     stops = np.array(sorted(settings.stop_token_ids), dtype=np.int64)
     steps = min(settings.max_new_tokens, capacity - start - len(request.tokens))
 
@@ -63,7 +68,7 @@ def _search_one(model, settings, request, width, length_penalty, early_stopping,
             logprobs[:, stops] = -np.inf
         if settings.logits_processor is not None:
             for row in range(len(beams)):
-                settings.logits_processor(request.index, beams[row].tolist(), logprobs[row])
+                settings.logits_processor(index, beams[row].tolist(), logprobs[row])
         total = scores[:, None] + logprobs
         k = min(width, total.size)
         flat = np.argpartition(-total, k - 1, axis=None)[:k]
@@ -74,7 +79,7 @@ def _search_one(model, settings, request, width, length_penalty, early_stopping,
         ended = np.isin(token, stops)
         if ended.any():
             if early_stopping and ended[0]:  # the best beam has ended: done
-                return _result(request, beams[0], scores[0], "stop_token", model)
+                return _result(index, beams[0], scores[0], "stop_token", model)
             if not early_stopping:  # bert4keras drops ended beams that are not the best; here they wait
                 length = beams.shape[1]
                 finished += [(scores[i] / length**length_penalty, beams[i].tolist(), scores[i])
@@ -88,16 +93,16 @@ def _search_one(model, settings, request, width, length_penalty, early_stopping,
             break
         cache = cache.take(source)
         types = np.full((len(beams), 1), request.reply_segment) if model.uses_segments else None
-        logprobs = log_softmax(feed_tokens(model, cache, [[int(t)] for t in token], types))
+        logprobs = log_softmax(Step(model, cache).feed([[int(t)] for t in token], types))
     if len(beams):
         length = beams.shape[1]
         finished += [(s / length**length_penalty, b.tolist(), s) for s, b in zip(scores, beams)]
     _, tokens, raw = max(finished, key=lambda item: item[0])
     reason = "stop_token" if tokens[-1] in settings.stop_token_ids else "length"
-    return _result(request, tokens, raw, reason, model)
+    return _result(index, tokens, raw, reason, model)
 
 
-def _result(request, tokens, score, reason, model) -> Generation:
+def _result(index, tokens, score, reason, model) -> Generation:
     tokens = [int(t) for t in tokens]
-    return Generation(prompt_index=request.index, token_ids=tokens, text=model.decode(tokens),
+    return Generation(prompt_index=index, token_ids=tokens, text=model.decode(tokens),
                       finish_reason=reason, score=float(score))

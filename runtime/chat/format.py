@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from tokenizers import Tokenizer
 
-from .errors import InputError
+from ..errors import InputError
 
 CLS_TOKEN = "[CLS]"
 SEP_TOKEN = "[SEP]"

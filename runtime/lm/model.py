@@ -1,14 +1,28 @@
-"""A loaded decoder bundle (GPT): checks and scoring without a cache. Decoding lives in the decode engine."""
+"""A loaded decoder bundle (GPT): the public face of the `edgeinfer.lm` package.
+
+`CausalLM` checks a bundle against its graph and holds its session and tokenizer; its methods are the decode
+API tasks use: `generate`/`stream` (the simple front door), `prefill` (keep a prefix), `score` (candidate
+continuations of a prefix), `engine` (request-level continuous batching for a server) and `logits` (no cache).
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .session import open_session
+from ..errors import InputError
+from ..session import open_session
+from . import generate as front_door
+from .beam import beam_search
+from .cache import KVCache
+from .engine import Engine
+from .options import is_int
+from .score import ContinuationScorer
+from .step import Step, positions_from_mask
+from .types import Generation, Prefix, StreamEvent
 
 # onnxruntime's CUDA GroupQueryAttention kernel takes float16 / bfloat16 only (contrib_ops/cuda/bert): a float32
 # contrib bundle opened on CUDA runs its attention on the CPU, copying the cache to the host and back each step.
@@ -26,18 +40,6 @@ def _load_tokenizer(folder: Path, manifest: dict):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(folder / name))
-
-
-def positions_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Absolute position of each token: count of real tokens before it (left or right padding alike)."""
-    return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
-
-
-def query_key_mask(key_mask: np.ndarray, seq: int) -> np.ndarray:
-    """(batch, total) key mask -> (batch, seq, total): what each of the last `seq` queries sees, causally."""
-    total = key_mask.shape[1]
-    causal = np.arange(total)[None, :] <= np.arange(total - seq, total)[:, None]
-    return (causal[None] & (key_mask[:, None, :] != 0)).astype(np.int64)
 
 
 class CausalLM:
@@ -63,7 +65,7 @@ class CausalLM:
         if self.device_type == "cuda" and "GroupQueryAttention" in manifest["fused_ops"] and cache_dtype == "float32":
             warnings.warn(CONTRIB_ON_CUDA, RuntimeWarning, stacklevel=3)
         self.tokenizer = _load_tokenizer(folder, manifest)
-        self._decoder = None
+        self._scorer: ContinuationScorer | None = None
 
     @property
     def provider(self) -> str:
@@ -81,52 +83,48 @@ class CausalLM:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else ""
 
     # ------------------------------------------------------------------ decoding
-    @property
-    def decoder(self):
-        if self._decoder is None:
-            from .decoder import Decoder
+    def generate(self, prompts, num_beams: int = 1, **options) -> list[Generation]:
+        """Generate for a list of prompts (text or token ids): one `Generation` per prompt and sample.
 
-            self._decoder = Decoder(self)
-        return self._decoder
-
-    def generate(self, prompts, **options):
-        """Generate for a list of prompts (text or token ids); see `Decoder.stream` for the options."""
-        return self.decoder.generate(prompts, **options)
-
-    def stream(self, prompts, **options):
-        """Yield `StreamEvent`s (row, token id, text increment, finish reason) as tokens are chosen."""
-        return self.decoder.stream(prompts, **options)
-
-    def prefill(self, prompt, segment_ids=None, prefix=None):
-        """Run a prompt once and keep its KV cache (`Prefix`) to continue or fork later."""
-        return self.decoder.prefill(prompt, segment_ids, prefix)
-
-    def forward(self, ids, positions, mask, logits_positions, types, cache):
-        """One onnxruntime call through IO binding: (logits on the host, present cache OrtValues).
-
-        mask: a (batch, total) key mask, or for query-key bundles also a (batch, seq, total) mask used as given.
+        Options: max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
+        stop_token_ids, stop_strings, logits_processor (defaults: the manifest's generation block), seed,
+        num_return_sequences, max_active, segment_ids, reply_segment, prefix; num_beams > 1 for beam search
+        (with length_penalty, early_stopping).
         """
-        if self.query_key_mask and mask.ndim == 2:
-            mask = query_key_mask(mask, ids.shape[1])
-        binding = self.session.io_binding()
-        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask, "logits_positions": logits_positions}
-        if self.uses_segments:
-            feeds["token_type_ids"] = types
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=np.int64))
-        binding.bind_output("logits", "cpu")
-        cache.bind(binding)
-        self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()  # in binding order: logits, then the presents
-        return outputs[0].numpy(), outputs[1:]
+        if not is_int(num_beams) or num_beams < 1:
+            raise InputError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+        if num_beams > 1:
+            return beam_search(self, prompts, num_beams=num_beams, **options)
+        return front_door.generate(self, prompts, **options)
+
+    def stream(self, prompts, **options) -> Iterator[StreamEvent]:
+        """Yield `StreamEvent`s (request index, token id, text increment, finish reason) as tokens are chosen."""
+        return front_door.stream(self, prompts, **options)
+
+    def prefill(self, prompt, segment_ids=None, prefix: Prefix | None = None) -> Prefix:
+        """Run a prompt once (after `prefix`) and keep its KV cache to continue or fork later."""
+        return front_door.prefill(self, prompt, segment_ids, prefix)
+
+    def score(self, prefix: Prefix, candidates) -> np.ndarray:
+        """Summed log-probabilities of each candidate continuation (an (n, length) array of ids) after `prefix`."""
+        if self._scorer is None:
+            self._scorer = ContinuationScorer(self)
+        return self._scorer(prefix, self._check_ids(candidates, "candidates"))
+
+    def engine(self, slots: int, capacity: int | None = None, max_queue: int | None = None) -> Engine:
+        """A request-level engine over this model: `submit` from any thread, `start()` its loop (a server's core)."""
+        return Engine(self, slots, capacity, max_queue)
 
     def _check_ids(self, input_ids, name: str = "input_ids") -> np.ndarray:
-        ids = np.asarray(input_ids)
+        try:
+            ids = np.asarray(input_ids)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{name} must be a (batch, seq) array of token ids: {exc}") from exc
         if ids.ndim == 1:
             ids = ids[None]
         if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
             raise InputError(f"{name} must be a non-empty (batch, seq) array of token ids, got shape {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
+        if not np.issubdtype(ids.dtype, np.integer) or ids.dtype == np.bool_:
             raise InputError(f"{name} must hold integers, got dtype {ids.dtype}")
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise InputError(f"{name} holds ids outside [0, {self.vocab_size}): min {ids.min()}, max {ids.max()}")
@@ -144,16 +142,13 @@ class CausalLM:
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
         if mask.shape != ids.shape:
             raise InputError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}")
-        cache_len = seq if self.shared_cache else 0
-        empty = np.zeros((batch, self.n_head, cache_len, self.head_dim), dtype=np.float32)
-        feeds = {
-            "input_ids": ids,
-            "position_ids": positions_from_mask(mask),
-            "attention_mask": query_key_mask(mask, seq) if self.query_key_mask else mask,
-            "logits_positions": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
-            **{name: empty for name in self.past_names},
-        }
-        if self.uses_segments:
-            types = np.zeros_like(ids) if token_type_ids is None else self._check_ids(token_type_ids, "token_type_ids")
-            feeds["token_type_ids"] = types
-        return self.session.run(["logits"], feeds)[0]
+        types = None
+        if self.uses_segments and token_type_ids is not None:
+            types = np.asarray(token_type_ids)
+            n_segments = self.manifest["model"]["n_segments"]
+            if types.shape != ids.shape or not np.issubdtype(types.dtype, np.integer) or types.min() < 0 \
+                    or types.max() >= n_segments:
+                raise InputError(f"token_type_ids must be an integer array shaped like input_ids, in [0, {n_segments})")
+        step = Step(self, KVCache(self, batch, seq))  # a cache for this call only
+        logits_at = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq))
+        return step.run(ids, positions_from_mask(mask), mask, logits_at, types, kept=mask.sum(axis=1)).copy()

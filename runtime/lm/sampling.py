@@ -7,33 +7,20 @@ Semantics follow the seed: top-k first, renormalise, then top-p keeps the smalle
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingOptions:
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0  # 0: off
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    seed: int | None = None
-    extra: dict = field(default_factory=dict)
-
-    def check(self) -> SamplingOptions:
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise InputError(f"temperature must be > 0, got {self.temperature!r}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise InputError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not (isinstance(self.repetition_penalty, (int, float)) and self.repetition_penalty > 0):
-            raise InputError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
-        return self
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: list[np.ndarray], penalty: float) -> None:
@@ -63,16 +50,24 @@ def top_k_top_p_filter(logits: np.ndarray, top_k: int, top_p: float) -> None:
 
 
 def choose_tokens(logits: np.ndarray, options: SamplingOptions, rngs: list[np.random.Generator]) -> np.ndarray:
-    """Next token per row; `logits` (rows, vocab) is modified in place."""
+    """Next token per row; `logits` (rows, vocab) is modified in place.
+
+    A row with no finite logit left (a processor banned every token, or wrote NaN) raises an InputError: there is
+    nothing to choose, and emitting token 0 would pass padding off as text.
+    """
+    usable = np.isfinite(logits).any(axis=-1) & ~np.isnan(logits).any(axis=-1)
+    if not usable.all():
+        raise InputError(f"row {int(np.flatnonzero(~usable)[0])} has no finite logits to choose a token from")
     if not options.do_sample:
         return logits.argmax(axis=-1)
+    # shift before scaling: a tiny temperature then sends every other token to -inf instead of overflowing to nan
+    logits -= logits.max(axis=-1, keepdims=True)
     if options.temperature != 1.0:
         logits /= options.temperature
     top_k_top_p_filter(logits, options.top_k, options.top_p)
-    logits -= logits.max(axis=-1, keepdims=True)
     probs = np.exp(logits, out=logits)
     probs /= probs.sum(axis=-1, keepdims=True)
     # one uniform draw per row from that row's own generator: a row samples the same alone or in a batch
     cumulative = np.cumsum(probs, axis=-1)
     draws = np.array([rng.random() for rng in rngs]) * cumulative[:, -1]
-    return np.minimum((cumulative < draws[:, None]).sum(axis=-1), probs.shape[-1] - 1)
+    return np.minimum((cumulative <= draws[:, None]).sum(axis=-1), probs.shape[-1] - 1)

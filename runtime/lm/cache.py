@@ -1,11 +1,16 @@
 """KV caches bound through onnxruntime IO binding, in the layout the bundle's manifest names.
 
+The cache is the one owner of capacity: `capacity` tokens per row, set when it is made, checked on every
+`advance`. A freed row has length 0 and is never advanced.
+
 - "shared_buffer" (contrib GroupQueryAttention): one (rows, heads, capacity, head_dim) buffer per layer and per
   key/value, bound as both past input and present output. The op writes each row's new keys in place at that
   row's length, so a decode step copies nothing. Row b holds its tokens in slots [0, lengths[b]).
 - "concat" (opset-23 Attention): present = past + new. The present OrtValues of one step are bound as the next
-  step's past, never passing through numpy. All rows share one length; `mask` says which slots are real
-  (rows are left-padded, and a row that joined late or continued a prefix may have holes).
+  step's past, never passing through numpy. All rows share one width; `mask` says which slots are real (rows
+  are left-padded, and a row that joined late, continued a prefix or sat idle has holes). When the width
+  reaches twice the capacity, each row's real slots are packed to the right (attention depends only on the mask
+  and the explicit positions, so this changes no logit), which keeps memory bounded under continuous batching.
 
 Forking (`take`) and joining rows (`insert`) copy; decoding steps never do. On CUDA the caches live in device
 memory; forks and joins go through the host there.
@@ -15,9 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import EdgeInferError
+
+
+class CapacityError(EdgeInferError):
+    """A row was asked to hold more tokens than its cache was sized for."""
+
 
 class KVCache:
     def __init__(self, model, rows: int, capacity: int) -> None:
+        if not 1 <= capacity <= model.max_positions:
+            raise CapacityError(f"cache capacity must be in [1, {model.max_positions}], got {capacity}")
         self.model = model
         self.shared = model.shared_cache
         self.device = model.device_type
@@ -61,14 +74,23 @@ class KVCache:
         """Slots a step attends over: the mask width."""
         return int(self.lengths.max(initial=0)) if self.shared else self.mask.shape[1]
 
+    def room(self, row: int) -> int:
+        """How many more tokens row `row` can take."""
+        return self.capacity - int(self.lengths[row])
+
     # ------------------------------------------------------------------ one step
-    def step_mask(self, new_tokens: np.ndarray) -> np.ndarray:
-        """The attention mask for feeding `new_tokens[b]` more tokens to each row (right-aligned for concat)."""
+    def step_mask(self, fed: np.ndarray, kept: np.ndarray | None = None) -> np.ndarray:
+        """The (rows, total) key mask for feeding `fed[b]` tokens to each row, of which `kept[b]` are real.
+
+        Shared buffers: a row sees its cache and everything fed (the op needs every row's length to grow by what
+        it is fed). Concat: the new slots are right-aligned; fed-but-not-kept slots (idle rows) stay masked.
+        """
+        kept = fed if kept is None else kept
         if self.shared:
-            total = self.lengths + new_tokens
+            total = self.lengths + fed
             return (np.arange(int(total.max()))[None] < total[:, None]).astype(np.int64)
-        width = int(new_tokens.max())
-        new = (np.arange(width)[None] >= (width - new_tokens)[:, None]).astype(np.int64)
+        width = int(fed.max())
+        new = (np.arange(width)[None] >= (width - kept)[:, None]).astype(np.int64)
         return np.concatenate([self.mask, new], axis=1)
 
     def bind(self, binding) -> None:
@@ -80,18 +102,49 @@ class KVCache:
             else:
                 binding.bind_output(present, self.device)
 
-    def advance(self, presents: list, mask: np.ndarray, new_tokens: np.ndarray) -> None:
-        """After a step: take the presents as the next past (concat) and count the new tokens."""
+    def check_room(self, kept: np.ndarray) -> None:
+        """Raise before a step that would put more than `capacity` tokens in a row."""
+        over = np.flatnonzero(self.lengths + kept > self.capacity)
+        if over.size:
+            row = int(over[0])
+            raise CapacityError(f"cache row {row} holds {self.lengths[row]} of {self.capacity} tokens and cannot "
+                                f"take {kept[row]} more")
+
+    def advance(self, presents: list, mask: np.ndarray, kept: np.ndarray) -> None:
+        """After a step: take the presents as the next past (concat) and count the tokens each row kept."""
         if not self.shared:
             self.values = presents
             self._arrays = None
             self.mask = mask
-        self.lengths = self.lengths + new_tokens
+            if self.mask.shape[1] >= 2 * self.capacity:
+                self._pack()
+        self.lengths = self.lengths + kept
+
+    def free(self, row: int) -> None:
+        """Forget row `row`'s tokens: its slot takes the next request."""
+        self.lengths[row] = 0
+        if not self.shared:
+            self.mask[row] = 0
+
+    def _pack(self) -> None:
+        """Concat layout: move each row's real slots to the right end of a buffer as wide as the longest row."""
+        width = int(self.mask.sum(axis=1).max(initial=0))
+        packed = [np.zeros((self.rows, a.shape[1], width, a.shape[3]), dtype=a.dtype) for a in self.arrays()]
+        mask = np.zeros((self.rows, width), dtype=np.int64)
+        for row in range(self.rows):
+            slots = np.flatnonzero(self.mask[row])
+            if slots.size:
+                for dst, src in zip(packed, self.arrays()):
+                    dst[row, :, width - slots.size :] = src[row][:, slots]
+                mask[row, width - slots.size :] = 1
+        self._set_arrays(packed)
+        self.mask = mask
 
     # ------------------------------------------------------------------ forks and joins
     def row_view(self, row: int) -> KVCache:
         """A one-row cache sharing row `row`'s memory (shared layout): prefill writes straight into the batch."""
-        assert self.can_view_rows
+        if not self.can_view_rows:
+            raise CapacityError("only a host shared-buffer cache has row views")
         view = KVCache.__new__(KVCache)
         view.model, view.shared, view.device, view.capacity = self.model, True, "cpu", self.capacity
         view.lengths = self.lengths[row : row + 1].copy()
@@ -99,22 +152,22 @@ class KVCache:
         view.mask = np.zeros((1, 0), dtype=np.int64)
         return view
 
-    def take(self, rows: np.ndarray, capacity: int | None = None, scratch: ForkScratch | None = None) -> KVCache:
-        """A new cache holding copies of `rows` (repeats allowed): forks for beams and candidates.
+    def take(self, rows, capacity: int | None = None, scratch: ForkScratch | None = None) -> KVCache:
+        """A new cache holding copies of `rows` (repeats allowed): forks for beams, candidates and continuations.
 
-        A shared-buffer fork that needs room for only a few more tokens can ask for a smaller `capacity`;
-        only the slots in use are copied. A concat-layout fork can copy into `scratch` memory that a caller
-        reuses for every fork, instead of fresh allocations (which cost page faults on every call).
+        A shared-buffer fork gets `capacity` slots (default: this cache's); only the slots in use are copied.
+        A concat-layout fork can copy into `scratch` memory that a caller reuses for every fork, instead of fresh
+        allocations (which cost page faults on every call).
         """
         rows = np.asarray(rows, dtype=np.int64)
         fork = KVCache.__new__(KVCache)
         fork.model, fork.shared, fork.device = self.model, self.shared, self.device
-        fork.capacity = capacity or self.capacity
+        fork.capacity = min(capacity or self.capacity, self.model.max_positions)
         fork.lengths = self.lengths[rows]
+        used = int(fork.lengths.max(initial=0))
+        if used > fork.capacity:
+            raise CapacityError(f"a fork of capacity {fork.capacity} cannot hold {used} cached tokens")
         if self.shared:
-            used = int(fork.lengths.max(initial=0))
-            if used > fork.capacity:
-                raise ValueError(f"a fork of capacity {fork.capacity} cannot hold {used} cached tokens")
             arrays = []
             for a in self.arrays():
                 copy = np.zeros((len(rows), a.shape[1], fork.capacity, a.shape[3]), dtype=a.dtype)
@@ -131,6 +184,8 @@ class KVCache:
     def insert(self, row: int, single: KVCache) -> None:
         """Put a one-row cache into slot `row`, replacing what was there."""
         length = int(single.lengths[0])
+        if length > self.capacity:
+            raise CapacityError(f"a row of {length} tokens does not fit a cache of capacity {self.capacity}")
         if self.shared:
             arrays = self.arrays()
             for dst, src in zip(arrays, single.arrays()):
@@ -150,7 +205,7 @@ class KVCache:
 
 
 class ForkScratch:
-    """Reusable memory for concat-layout forks of a growing size (the move scorer forks on every move)."""
+    """Reusable memory for concat-layout forks of a growing size (continuation scoring forks on every call)."""
 
     def __init__(self) -> None:
         self._buffers: list[np.ndarray] = []

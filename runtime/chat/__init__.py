@@ -1,0 +1,6 @@
+"""Dialogue with a DialoGPT-style bundle: the input layout (`format`) and multi-turn sessions (`Chat`)."""
+
+from .format import encode_dialogue, reply_segment_id, special_ids
+from .session import Chat, tidy
+
+__all__ = ["Chat", "encode_dialogue", "reply_segment_id", "special_ids", "tidy"]

@@ -1,0 +1,323 @@
+"""The request-level decode engine: continuous batching over a fixed number of cache slots.
+
+An `Engine` owns `slots` rows of KV cache of one capacity. `submit(request)` queues a request from any thread
+and returns its `Handle`; `cancel(handle)` frees its slot at the next round. Each round (`step`) either admits
+waiting requests into free slots (their prefill gives their first tokens, so time to first token is one prefill
+call) or runs one decode step for every running request in one onnxruntime call. A finished or cancelled
+request's slot is freed at once and never advanced again, so an idle row cannot grow past the cache's capacity.
+
+Two ways to drive it: call `step()` yourself (what `generate`/`stream` do), or `start()` a loop thread that
+steps while there is work and hands each event to its request's sink (what a server does).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import EdgeInferError, InputError
+from .cache import KVCache
+from .options import DecodeOptions
+from .sampling import apply_repetition_penalty, choose_tokens
+from .step import Step
+from .text_stream import TextStream
+from .types import Prefix, StreamEvent
+
+
+class QueueFull(EdgeInferError):
+    """The engine's waiting queue is at its bound: try again later."""
+
+
+@dataclass
+class Request:
+    """One sequence to continue: the tokens to feed, after an optional kept prefix, and how to decode them."""
+
+    tokens: list[int]
+    options: DecodeOptions
+    segments: list[int] | None = None  # one per token (bundles with segment embeddings)
+    reply_segment: int = 0  # the segment id of generated tokens
+    prefix: Prefix | None = None
+    seed: object = None  # anything numpy's default_rng takes; None draws fresh entropy
+
+
+class Handle:
+    """A submitted request: its id, its tokens so far, how it ended, and (with the default sink) its events."""
+
+    def __init__(self, engine: Engine, request_id: int, request: Request,
+                 sink: Callable[[StreamEvent], None] | None) -> None:
+        self.engine, self.id, self.request = engine, request_id, request
+        self.generated: list[int] = []
+        self.finish_reason: str | None = None
+        self.error: Exception | None = None
+        self.cancel_requested = False
+        self._queue: queue.SimpleQueue | None = None
+        if sink is None:
+            self._queue = queue.SimpleQueue()
+            sink = self._queue.put
+        self.sink = sink
+        self.done = threading.Event()
+        # decoding state, touched only by the thread that steps the engine
+        self.rng = np.random.default_rng(request.seed)
+        self.history = [*(request.prefix.token_ids if request.prefix else []), *request.tokens]
+        tokenizer = engine.model.tokenizer
+        self.text_stream = TextStream(tokenizer) if tokenizer is not None else None
+
+    def cancel(self) -> None:
+        self.engine.cancel(self)
+
+    def events(self, timeout: float | None = None) -> Iterator[StreamEvent]:
+        """The request's events as the engine's loop thread makes them (default sink only)."""
+        if self._queue is None:
+            raise InputError("this handle's events go to the sink it was submitted with")
+        while True:
+            event = self._queue.get(timeout=timeout)
+            yield event
+            if event.finished:
+                return
+
+
+class Engine:
+    def __init__(self, model, slots: int, capacity: int | None = None, max_queue: int | None = None) -> None:
+        if not (isinstance(slots, int) and slots >= 1):
+            raise InputError(f"slots must be an integer >= 1, got {slots!r}")
+        self.model = model
+        self.capacity = capacity or model.max_positions
+        self.max_queue = max_queue
+        self.cache = KVCache(model, slots, self.capacity)
+        self._step = Step(model, self.cache)
+        self._slots: list[Handle | None] = [None] * slots
+        self._waiting: deque[Handle] = deque()
+        self._ids = itertools.count()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.on_step: Callable[[int], None] | None = None  # called with the rows of each decode step (metrics)
+
+    # ------------------------------------------------------------------ any thread
+    def submit(self, request: Request, sink: Callable[[StreamEvent], None] | None = None) -> Handle:
+        """Queue a request; it joins the batch at the next round with a free slot."""
+        start = len(request.prefix.token_ids) if request.prefix else 0
+        total = start + len(request.tokens)
+        if not request.tokens:
+            raise InputError("a request needs at least one token to feed")
+        if total >= self.capacity:
+            raise InputError(f"prompt of {total} tokens leaves no room in the engine's {self.capacity} positions")
+        with self._lock:
+            if self._stopping:
+                raise QueueFull("the engine is shutting down")
+            if self.max_queue is not None and len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting, the queue's bound")
+            handle = Handle(self, next(self._ids), request, sink)
+            self._waiting.append(handle)
+            self._lock.notify()
+        return handle
+
+    def cancel(self, handle: Handle) -> None:
+        """Stop a request: its slot is freed (or it leaves the queue) at the next round."""
+        with self._lock:
+            handle.cancel_requested = True
+            self._lock.notify()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return sum(h is not None for h in self._slots)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting) or any(h is not None for h in self._slots)
+
+    # ------------------------------------------------------------------ the loop thread
+    def start(self) -> None:
+        """Run rounds on a daemon thread while there is work; events go to each request's sink."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="edgeinfer-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop the loop thread: after the requests in flight are done (drain), or cancelling them."""
+        with self._lock:
+            self._stopping = True
+            if not drain:
+                for handle in [*self._waiting, *filter(None, self._slots)]:
+                    handle.cancel_requested = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self.busy and not self._stopping:
+                    self._lock.wait()
+                if not self.busy:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001  a failed step fails the requests in it; the engine goes on
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for slot, handle in enumerate(self._slots):
+            if handle is not None:
+                self._finish(slot, handle, "error", error=exc)
+
+    # ------------------------------------------------------------------ one round
+    def step(self) -> list[StreamEvent]:
+        """Admit waiting requests into free slots, or else run one decode step for the running ones.
+
+        A round that admits returns at once, so first tokens come out right after the prefill; the rows already
+        running wait one round, which changes no token.
+        """
+        events = self._drop_cancelled()
+        admitted = self._take_waiting()
+        if admitted:
+            return events + self._admit(admitted)
+        running = [slot for slot, h in enumerate(self._slots) if h is not None]
+        if not running:
+            return events
+        last = np.zeros(len(self._slots), dtype=np.int64)
+        active = np.zeros(len(self._slots), dtype=bool)
+        segments = np.zeros(len(self._slots), dtype=np.int64) if self.model.uses_segments else None
+        for slot in running:
+            handle = self._slots[slot]
+            last[slot], active[slot] = handle.generated[-1], True
+            if segments is not None:
+                segments[slot] = handle.request.reply_segment
+        logits = self._step.decode(last, segments, active)
+        if self.on_step is not None:
+            self.on_step(len(running))
+        return events + self._choose(running, logits[running])
+
+    def _drop_cancelled(self) -> list[StreamEvent]:
+        with self._lock:
+            gone = [h for h in self._waiting if h.cancel_requested]
+            for handle in gone:
+                self._waiting.remove(handle)
+        events = [self._finish(None, h, "cancelled") for h in gone]
+        for slot, handle in enumerate(self._slots):
+            if handle is not None and handle.cancel_requested:
+                events.append(self._finish(slot, handle, "cancelled"))
+        return events
+
+    def _take_waiting(self) -> list[int]:
+        admitted = []
+        with self._lock:
+            for slot, handle in enumerate(self._slots):
+                if handle is None and self._waiting:
+                    self._slots[slot] = self._waiting.popleft()
+                    admitted.append(slot)
+        return admitted
+
+    def _admit(self, slots: list[int]) -> list[StreamEvent]:
+        handles = [self._slots[s] for s in slots]
+        try:
+            if len(slots) == len(self._slots) and not any(h.request.prefix for h in handles):
+                self.cache.lengths[:] = 0  # the whole batch starts fresh: one batched prefill
+                logits = self._step.feed([h.request.tokens for h in handles], self._segments(handles))
+            else:
+                logits = np.stack([self._prefill_slot(s) for s in slots])
+        except Exception as exc:  # noqa: BLE001  only the requests admitted fail; their events carry the error
+            return [self._finish(slot, handle, "error", error=exc) for slot, handle in zip(slots, handles)]
+        return self._choose(slots, logits)
+
+    def _prefill_slot(self, slot: int) -> np.ndarray:
+        """Prefill one request into its slot: in place (host shared buffer), or in a one-row cache then copied."""
+        handle = self._slots[slot]
+        request = handle.request
+        segments = self._segments([handle])
+        if self.cache.can_view_rows:
+            if request.prefix is not None:
+                self.cache.insert(slot, request.prefix.cache)
+            else:
+                self.cache.lengths[slot] = 0
+            view = self.cache.row_view(slot)  # writes straight into the batch's buffer
+            logits = Step(self.model, view).feed([request.tokens], segments)
+            self.cache.lengths[slot] = view.lengths[0]
+            return logits[0].copy()
+        if request.prefix is not None:
+            single = request.prefix.cache.take([0], capacity=self.capacity)
+        else:
+            single = KVCache(self.model, 1, self.capacity)
+        logits = Step(self.model, single).feed([request.tokens], segments)
+        self.cache.insert(slot, single)
+        return logits[0].copy()
+
+    def _segments(self, handles: list[Handle]) -> list[list[int]] | None:
+        if not self.model.uses_segments:
+            return None
+        return [h.request.segments or [0] * len(h.request.tokens) for h in handles]
+
+    # ------------------------------------------------------------------ choosing tokens
+    def _choose(self, slots: list[int], logits: np.ndarray) -> list[StreamEvent]:
+        """Apply each request's rules to its row of logits, then pick tokens, rows with equal sampling together."""
+        events, groups = [], {}
+        for row, slot in enumerate(slots):
+            handle = self._slots[slot]
+            try:
+                self._prepare(handle, logits[row])
+            except Exception as exc:  # noqa: BLE001  a request's own hook or logits: only it fails
+                events.append(self._finish(slot, handle, "error", error=exc))
+                continue
+            groups.setdefault(handle.request.options.sampling, []).append((row, slot))
+        for sampling, members in groups.items():
+            rows = [row for row, _ in members]
+            tokens = choose_tokens(logits[rows], sampling, [self._slots[slot].rng for _, slot in members])
+            events += [self._emit(slot, int(token)) for (_, slot), token in zip(members, tokens)]
+        return events
+
+    @staticmethod
+    def _prepare(handle: Handle, logits: np.ndarray) -> None:
+        options = handle.request.options
+        if options.sampling.repetition_penalty != 1.0:
+            apply_repetition_penalty(logits[None], [np.asarray(handle.history, dtype=np.int64)],
+                                     options.sampling.repetition_penalty)
+        if options.stop_token_ids and len(handle.generated) < options.min_new_tokens:
+            logits[list(options.stop_token_ids)] = -np.inf
+        if options.logits_processor is not None:
+            options.logits_processor(handle.id, handle.generated, logits)
+        if np.isnan(logits).any() or not np.isfinite(logits).any():
+            raise InputError(f"request {handle.id}: no finite logits left to choose a token from")
+
+    def _emit(self, slot: int, token: int) -> StreamEvent:
+        handle = self._slots[slot]
+        options = handle.request.options
+        handle.generated.append(token)
+        handle.history.append(token)
+        stream = handle.text_stream
+        delta = stream.push(token) if stream is not None else ""
+        reason = None
+        if token in options.stop_token_ids:
+            reason = "stop_token"
+        elif delta and any(s in stream.text for s in options.stop_strings):
+            reason = "stop_string"
+        elif len(handle.generated) >= options.max_new_tokens or len(handle.history) >= self.capacity:
+            reason = "length"
+        if reason is None:
+            event = StreamEvent(handle.id, token, delta)
+            handle.sink(event)
+            return event
+        return self._finish(slot, handle, reason, token, delta)
+
+    def _finish(self, slot: int | None, handle: Handle, reason: str, token: int | None = None, delta: str = "",
+                error: Exception | None = None) -> StreamEvent:
+        """End a request: free its slot and send its last event."""
+        if slot is not None:
+            self._slots[slot] = None
+            self.cache.free(slot)
+        if handle.text_stream is not None and reason != "error":
+            delta += handle.text_stream.flush()
+        handle.finish_reason, handle.error = reason, error
+        event = StreamEvent(handle.id, token, delta, reason)
+        handle.sink(event)
+        handle.done.set()
+        return event
