@@ -97,6 +97,7 @@ class Engine:
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._cancels = 0  # cancellations not yet handled by a round
         self.on_step: Callable[[int], None] | None = None  # called with the rows of each decode step (metrics)
 
     # ------------------------------------------------------------------ any thread
@@ -122,6 +123,7 @@ class Engine:
         """Stop a request: its slot is freed (or it leaves the queue) at the next round."""
         with self._lock:
             handle.cancel_requested = True
+            self._cancels += 1
             self._lock.notify()
 
     @property
@@ -150,6 +152,7 @@ class Engine:
             if not drain:
                 for handle in [*self._waiting, *filter(None, self._slots)]:
                     handle.cancel_requested = True
+                    self._cancels += 1
             self._lock.notify()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -196,10 +199,13 @@ class Engine:
         logits = self._step.decode(last, segments, active)
         if self.on_step is not None:
             self.on_step(len(running))
-        return events + self._choose(running, logits[running])
+        return events + self._choose(running, logits if len(running) == len(logits) else logits[running])
 
     def _drop_cancelled(self) -> list[StreamEvent]:
+        if not self._cancels:
+            return []
         with self._lock:
+            self._cancels = 0
             gone = [h for h in self._waiting if h.cancel_requested]
             for handle in gone:
                 self._waiting.remove(handle)
@@ -210,6 +216,8 @@ class Engine:
         return events
 
     def _take_waiting(self) -> list[int]:
+        if not self._waiting:
+            return []
         admitted = []
         with self._lock:
             for slot, handle in enumerate(self._slots):
@@ -271,7 +279,8 @@ class Engine:
             groups.setdefault(handle.request.options.sampling, []).append((row, slot))
         for sampling, members in groups.items():
             rows = [row for row, _ in members]
-            tokens = choose_tokens(logits[rows], sampling, [self._slots[slot].rng for _, slot in members])
+            chosen = logits if len(rows) == len(logits) else logits[rows]  # (rows are in order: no copy for one group)
+            tokens = choose_tokens(chosen, sampling, [self._slots[slot].rng for _, slot in members])
             events += [self._emit(slot, int(token)) for (_, slot), token in zip(members, tokens)]
         return events
 
@@ -285,8 +294,8 @@ class Engine:
             logits[list(options.stop_token_ids)] = -np.inf
         if options.logits_processor is not None:
             options.logits_processor(handle.id, handle.generated, logits)
-        if np.isnan(logits).any() or not np.isfinite(logits).any():
-            raise InputError(f"request {handle.id}: no finite logits left to choose a token from")
+            if not np.isfinite(logits.max()):  # nan anywhere, or every token banned
+                raise InputError(f"request {handle.id}: no finite logits left to choose a token from")
 
     def _emit(self, slot: int, token: int) -> StreamEvent:
         handle = self._slots[slot]

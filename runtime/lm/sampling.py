@@ -55,15 +55,17 @@ def choose_tokens(logits: np.ndarray, options: SamplingOptions, rngs: list[np.ra
     A row with no finite logit left (a processor banned every token, or wrote NaN) raises an InputError: there is
     nothing to choose, and emitting token 0 would pass padding off as text.
     """
-    usable = np.isfinite(logits).any(axis=-1) & ~np.isnan(logits).any(axis=-1)
-    if not usable.all():
-        raise InputError(f"row {int(np.flatnonzero(~usable)[0])} has no finite logits to choose a token from")
     if not options.do_sample:
-        return logits.argmax(axis=-1)
+        tokens = logits.argmax(axis=-1)  # argmax finds a nan first; a row that bans every token gives -inf
+        _check_usable(logits[np.arange(len(tokens)), tokens])
+        return tokens
+    best = logits.max(axis=-1, keepdims=True)
+    _check_usable(best[:, 0])
     # shift before scaling: a tiny temperature then sends every other token to -inf instead of overflowing to nan
-    logits -= logits.max(axis=-1, keepdims=True)
+    logits -= best
     if options.temperature != 1.0:
-        logits /= options.temperature
+        with np.errstate(over="ignore"):  # -x / tiny is meant to be -inf
+            logits /= options.temperature
     top_k_top_p_filter(logits, options.top_k, options.top_p)
     probs = np.exp(logits, out=logits)
     probs /= probs.sum(axis=-1, keepdims=True)
@@ -71,3 +73,9 @@ def choose_tokens(logits: np.ndarray, options: SamplingOptions, rngs: list[np.ra
     cumulative = np.cumsum(probs, axis=-1)
     draws = np.array([rng.random() for rng in rngs]) * cumulative[:, -1]
     return np.minimum((cumulative <= draws[:, None]).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def _check_usable(best: np.ndarray) -> None:
+    unusable = ~np.isfinite(best)
+    if unusable.any():
+        raise InputError(f"row {int(np.flatnonzero(unusable)[0])} has no finite logits to choose a token from")

@@ -70,17 +70,13 @@ class Step:
         return self._logits
 
     def _bind_input(self, name: str, value: np.ndarray) -> None:
-        import onnxruntime as ort
-
         bound = self._inputs.get(name)
         if bound is not None and bound.shape == value.shape:
             np.copyto(bound, value, casting="unsafe")  # onnxruntime reads this memory in place
             return
-        bound = np.ascontiguousarray(value, dtype=np.int64)
-        if bound is value:
-            bound = bound.copy()
-        self._inputs[name] = bound
-        self._binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(bound))
+        bound = np.ascontiguousarray(value, dtype=np.int64)  # every run writes its inputs again: no copy needed
+        self._inputs[name] = bound  # keeps the memory the binding points at alive
+        self._binding.bind_cpu_input(name, bound)
 
     def feed(self, tokens: list[list[int]], segments: list[list[int]] | None = None,
              every_position: bool = False) -> np.ndarray:

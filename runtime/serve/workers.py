@@ -1,0 +1,165 @@
+"""One worker per served bundle, bridging the HTTP event loop and the model.
+
+- `DecoderWorker`: an `Engine` whose loop thread batches every request on the bundle (continuous batching
+  across HTTP requests); each request's events come back to the event loop through an asyncio queue.
+- `QaWorker`: micro-batching; requests that arrive within `max_wait_ms` of each other (up to a token budget)
+  are answered in one `Reader.answer` call on a worker thread.
+- `XiangqiWorker`: one move scorer shared by all requests, one request at a time on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..lm import Request, StreamEvent, decode_options
+from ..lm.generate import encode_prompt
+from .metrics import Metrics
+
+
+class RequestTimeout(InputError):
+    """A request ran past the server's per-request timeout (it was cancelled)."""
+
+
+class DecoderWorker:
+    def __init__(self, name: str, model, slots: int, max_queue: int, metrics: Metrics) -> None:
+        self.name, self.model, self.metrics = name, model, metrics
+        self.engine = model.engine(slots=slots, max_queue=max_queue)
+        self.engine.on_step = lambda rows: metrics.batch_size.labels(name).observe(rows)
+        self.engine.start()
+
+    def options(self, **given) -> dict:
+        """Decode options checked now (so a bad one is a 400 before anything runs)."""
+        decode_options(self.model, **given)
+        return given
+
+    def encode(self, prompt) -> list[int]:
+        return encode_prompt(self.model, prompt)
+
+    async def run(self, request: Request, timeout: float) -> AsyncIterator[StreamEvent]:
+        """Submit `request` and yield its events; leaving early (a client gone, a timeout) cancels it."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        handle = self.engine.submit(request, sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        self._observe_queue()
+        deadline = loop.time() + timeout
+        start, last = time.perf_counter(), None
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise RequestTimeout(f"the request ran past the server's {timeout:g} s timeout") from None
+                if event.token_id is not None:
+                    now = time.perf_counter()
+                    if last is None:
+                        self.metrics.ttft.labels(self.name).observe(now - start)
+                    else:
+                        self.metrics.inter_token.labels(self.name).observe(now - last)
+                    last = now
+                    self.metrics.tokens.labels(self.name).inc()
+                if event.finished == "error":
+                    raise handle.error
+                yield event
+                if event.finished:
+                    return
+        finally:
+            if not handle.done.is_set():
+                handle.cancel()
+            self._observe_queue()
+
+    def _observe_queue(self) -> None:
+        self.metrics.queue_depth.labels(self.name).set(self.engine.waiting)
+        self.metrics.active_slots.labels(self.name).set(self.engine.active)
+
+    def close(self) -> None:
+        self.engine.stop(drain=True, timeout=30)
+
+
+@dataclass
+class _QaJob:
+    question: str
+    passages: list[str]
+    top_k: int
+    units: int
+    future: asyncio.Future
+
+
+class QaWorker:
+    def __init__(self, name: str, reader, max_wait_ms: float, batch_units: int) -> None:
+        self.name, self.reader = name, reader
+        self.max_wait, self.batch_units = max_wait_ms / 1e3, batch_units
+        self._jobs: asyncio.Queue[_QaJob] | None = None
+        self._task: asyncio.Task | None = None
+        self._lock = threading.Lock()
+
+    async def answer(self, question: str, passages: list[str], top_k: int) -> list:
+        if self._jobs is None:  # made on first use, inside the server's event loop
+            self._jobs = asyncio.Queue()
+            self._task = asyncio.create_task(self._batches())
+        future = asyncio.get_running_loop().create_future()
+        await self._jobs.put(_QaJob(question, passages, top_k, len(question) + sum(map(len, passages)), future))
+        return await future
+
+    async def _batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._jobs.get()]
+            units, deadline = jobs[0].units, loop.time() + self.max_wait
+            while units < self.batch_units:
+                try:
+                    job = await asyncio.wait_for(self._jobs.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+                jobs.append(job)
+                units += job.units
+            for top_k in {j.top_k for j in jobs}:  # one call per top_k asked for
+                group = [j for j in jobs if j.top_k == top_k]
+                try:
+                    answers = await asyncio.to_thread(self._answer, group, top_k)
+                except InputError:  # one bad item must not fail the others: answer them alone
+                    answers = [await asyncio.to_thread(self._answer_or_error, j, top_k) for j in group]
+                for job, result in zip(group, answers):
+                    if not job.future.done():
+                        (job.future.set_exception if isinstance(result, Exception) else job.future.set_result)(result)
+
+    def _answer(self, jobs: list[_QaJob], top_k: int) -> list:
+        with self._lock:
+            return self.reader.answer([j.question for j in jobs], passages=[j.passages for j in jobs], top_k=top_k)
+
+    def _answer_or_error(self, job: _QaJob, top_k: int):
+        try:
+            return self._answer([job], top_k)[0]
+        except InputError as exc:
+            return exc
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+class XiangqiWorker:
+    def __init__(self, name: str, model) -> None:
+        from ..xiangqi.mover import MoveModel
+
+        self.name, self.mover = name, MoveModel(model)
+        self._lock = threading.Lock()
+
+    async def move(self, moves: list[str], fen: str | None, top: int) -> dict:
+        return await asyncio.to_thread(self._move, moves, fen, top)
+
+    def _move(self, moves: list[str], fen: str | None, top: int) -> dict:
+        from ..xiangqi import Board
+
+        board = Board.from_moves(moves, fen=fen)
+        with self._lock:
+            scored = self.mover.score(board)
+        return {"move": scored[0].move, "fen": board.fen(), "legal_moves": len(scored),
+                "top": [{"move": s.move, "probability": s.probability, "logprob": s.logprob} for s in scored[:top]]}
+
+    def close(self) -> None:
+        pass
