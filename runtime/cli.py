@@ -15,7 +15,7 @@ import sys
 
 from .errors import EdgeInferError
 
-SUBCOMMANDS = ["export", "info", "generate", "chat", "perft", "move", "play", "qa", "bench"]
+SUBCOMMANDS = ["export", "info", "generate", "chat", "perft", "move", "play", "qa", "serve", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

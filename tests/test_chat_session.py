@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import edgeinfer
@@ -96,3 +97,30 @@ def test_cli_once(chat_model, tmp_path, capsys):
     assert out["reply"] == expected and out["history"][:3] == ["hi", "hello", "how are you"]
     assert main([*args, "--history", str(tmp_path / "missing.json")]) == 2
     assert "cannot read history file" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tidied_stream_equals_tidying_the_whole_reply(seed):
+    """Apostrophes, CJK gaps and spaces before punctuation: the streamed pieces add up to tidy(whole text)."""
+    from edgeinfer.chat import TidyStream
+
+    rng = np.random.default_rng(seed)
+    pieces = ["i", " '", " ve", " got", " it", " '", " s", " 好", " 的", " !", " ok", " ,", " what", " ' ", "s", " 吗", "."]
+    chosen = [pieces[i] for i in rng.integers(0, len(pieces), 30)]
+    stream = TidyStream()
+    out = "".join(stream.push(p, i == len(chosen) - 1) for i, p in enumerate(chosen))
+    assert out == tidy("".join(chosen)) == stream.shown
+
+
+def test_replies_with_apostrophes_are_whole():
+    """The shipped bundle's greedy replies hold apostrophes ("i'm ..."); the streamed reply is the whole text."""
+    from edgeinfer.chat import encode_dialogue, reply_segment_id
+    from edgeinfer.loader import default_bundle
+
+    model = edgeinfer.load(default_bundle("chat"), device="cpu")
+    for message in ("what's your favourite movie?", "how are you?"):
+        ids, segments = encode_dialogue(model.tokenizer, ["hi", "hello", message], model.max_positions - 33)
+        whole = model.generate([ids], segment_ids=[segments], reply_segment=reply_segment_id(segments),
+                               do_sample=False, stop_token_ids=[102])[0].text
+        reply = Chat(model, do_sample=False, history=["hi", "hello"]).reply(message)
+        assert reply == tidy(whole) and len(reply) > 3

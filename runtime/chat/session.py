@@ -27,6 +27,31 @@ def tidy(text: str) -> str:
     return _APOSTROPHE.sub("'", _BEFORE_PUNCT.sub("", _CJK_GAP.sub("", text))).strip()
 
 
+class TidyStream:
+    """Streams `tidy(text)` of text that arrives in pieces: only what later pieces can no longer change.
+
+    `tidy` only deletes spaces, and whether a space goes depends on at most the next four characters, so the
+    tidied text of all but the last few characters is final.
+    """
+
+    HOLD = 6
+
+    def __init__(self) -> None:
+        self.raw, self.shown = "", ""
+
+    def push(self, piece: str, last: bool) -> str:
+        self.raw += piece
+        if last:
+            final = tidy(self.raw)
+        else:
+            settled = tidy(self.raw[: max(0, len(self.raw) - self.HOLD)])
+            final = settled[: max(0, len(settled) - self.HOLD)]
+        if len(final) <= len(self.shown) or not final.startswith(self.shown):
+            return ""
+        new, self.shown = final[len(self.shown) :], final
+        return new
+
+
 class Chat:
     """One conversation with a chat bundle; replies stop at [SEP].
 
@@ -80,15 +105,13 @@ class Chat:
         seed = None if self.seed is None else [self.seed + self.turns]
         events = self.model.stream([rest[-1:]], prefix=kept, segment_ids=[rest_segments[-1:]],
                                    reply_segment=reply_segment_id(segments), seed=seed, **self.options)
-        raw, shown = "", ""  # the reply's text as decoded ([SEP] decodes to nothing), and what was yielded
+        shown = TidyStream()  # the reply's text as decoded ([SEP] decodes to nothing), tidied as it settles
         for event in events:
-            raw += event.text
-            text = tidy(raw)
-            if len(text) > len(shown) and text.startswith(shown):
-                yield text[len(shown) :]
-                shown = text
+            piece = shown.push(event.text, bool(event.finished))
+            if piece:
+                yield piece
         self._kept, self.turns = kept, self.turns + 1
-        self.history += [message.strip(), tidy(raw)]
+        self.history += [message.strip(), shown.shown]
 
     def reply(self, message: str) -> str:
         return "".join(self.stream(message))

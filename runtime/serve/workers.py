@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -40,37 +39,11 @@ class DecoderWorker:
     def encode(self, prompt) -> list[int]:
         return encode_prompt(self.model, prompt)
 
-    async def run(self, request: Request, timeout: float) -> AsyncIterator[StreamEvent]:
-        """Submit `request` and yield its events; leaving early (a client gone, a timeout) cancels it."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        handle = self.engine.submit(request, sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    def submit(self, request: Request, timeout: float) -> Run:
+        """Queue `request` now (a full queue raises QueueFull here, before any response is started)."""
+        run = Run(self, request, timeout)
         self._observe_queue()
-        deadline = loop.time() + timeout
-        start, last = time.perf_counter(), None
-        try:
-            while True:
-                try:
-                    event = await asyncio.wait_for(events.get(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    raise RequestTimeout(f"the request ran past the server's {timeout:g} s timeout") from None
-                if event.token_id is not None:
-                    now = time.perf_counter()
-                    if last is None:
-                        self.metrics.ttft.labels(self.name).observe(now - start)
-                    else:
-                        self.metrics.inter_token.labels(self.name).observe(now - last)
-                    last = now
-                    self.metrics.tokens.labels(self.name).inc()
-                if event.finished == "error":
-                    raise handle.error
-                yield event
-                if event.finished:
-                    return
-        finally:
-            if not handle.done.is_set():
-                handle.cancel()
-            self._observe_queue()
+        return run
 
     def _observe_queue(self) -> None:
         self.metrics.queue_depth.labels(self.name).set(self.engine.waiting)
@@ -78,6 +51,45 @@ class DecoderWorker:
 
     def close(self) -> None:
         self.engine.stop(drain=True, timeout=30)
+
+
+class Run:
+    """One submitted request as the event loop sees it: `await next()` gives its events, None after the last."""
+
+    def __init__(self, worker: DecoderWorker, request: Request, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.worker, self._events = worker, asyncio.Queue()
+        self.handle = worker.engine.submit(request, sink=lambda e: loop.call_soon_threadsafe(self._events.put_nowait, e))
+        self._deadline, self._timeout = loop.time() + timeout, timeout
+        self._start, self._last, self._over = time.perf_counter(), None, False
+
+    async def next(self) -> StreamEvent | None:
+        if self._over:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            event = await asyncio.wait_for(self._events.get(), max(0.0, self._deadline - loop.time()))
+        except TimeoutError:
+            self.cancel()
+            raise RequestTimeout(f"the request ran past the server's {self._timeout:g} s timeout") from None
+        metrics, name = self.worker.metrics, self.worker.name
+        if event.token_id is not None:
+            now = time.perf_counter()
+            (metrics.ttft if self._last is None else metrics.inter_token).labels(name).observe(
+                now - (self._start if self._last is None else self._last))
+            self._last = now
+            metrics.tokens.labels(name).inc()
+        if event.finished:
+            self._over = True
+            self.worker._observe_queue()
+            if event.finished == "error":
+                raise self.handle.error
+        return event
+
+    def cancel(self) -> None:
+        """Free the request's slot at the engine's next round (a client gone, a timeout); safe to repeat."""
+        if not self.handle.done.is_set():
+            self.handle.cancel()
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""`edgeinfer serve`: the HTTP server (OpenAI-compatible completions, QA, Xiangqi) on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+from ..loader import default_bundle
+
+HELP = "serve bundles over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions, /v1/qa, /v1/xiangqi/move"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", action="append", default=None, metavar="NAME=BUNDLE",
+                        help="serve BUNDLE as NAME (repeatable; default: the shipped chat, qa and xiangqi bundles)")
+    parser.add_argument("--max-active", type=int, default=16, help="requests decoded together per decoder bundle")
+    parser.add_argument("--max-queue", type=int, default=64, help="waiting requests per bundle before 429")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per bundle")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
+def parse_models(specs: list[str] | None) -> dict[str, str]:
+    if not specs:
+        return {name: str(default_bundle(name)) for name in ("chat", "qa", "xiangqi")}
+    models = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise InputError(f"--model takes NAME=BUNDLE, got {spec!r}")
+        if name in models:
+            raise InputError(f"--model {name!r} is given twice")
+        models[name] = folder
+    return models
+
+
+def run(args: argparse.Namespace) -> tuple[dict, str]:
+    try:
+        import uvicorn
+
+        from ..serve.app import ServeConfig, check_models, create_app
+    except ImportError as exc:
+        raise InputError(f"serving needs its extra: pip install 'edgeinfer[serve]' ({exc.name} is missing)") from exc
+    for name in ("max_active", "max_queue"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be in 1..65535, got {args.port}")
+    models = parse_models(args.model)
+    check_models(models)
+    config = ServeConfig(models, max_active=args.max_active, max_queue=args.max_queue, threads=args.threads,
+                         device=args.device, timeout_s=args.timeout)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=30)
+    return {"stopped": True}, ""
