@@ -234,13 +234,13 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(lively_bundles, gpt)
         body = {"model": "gpt", "prompt": [5, 6, 7], "max_tokens": 40, "temperature": 0, "stream": True,
                 "ignore_eos": True}
         text = ""
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            with client.stream("POST", "/v1/completions", json=body) as response:
-                for line in response.iter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]":
-                        if not text:
-                            os.kill(server.process.pid, signal.SIGTERM)
-                        text += json.loads(line[6:])["choices"][0]["text"]
+        with httpx.Client(base_url=server.url, timeout=30) as client, \
+                client.stream("POST", "/v1/completions", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    if not text:
+                        os.kill(server.process.pid, signal.SIGTERM)
+                    text += json.loads(line[6:])["choices"][0]["text"]
         assert text == gpt.decode(_alone(gpt, [5, 6, 7], 40))
         assert server.process.wait(15) in (0, -signal.SIGTERM)  # uvicorn exits by the signal it drained on
     finally:
