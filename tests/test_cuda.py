@@ -63,7 +63,7 @@ def test_continuous_batching_and_prefix_reuse_match_cpu(pair):
 @pytest.mark.parametrize("target", ["standard", "contrib"])
 def test_float32_group_query_attention_on_cuda_warns(lively_bundles, monkeypatch, target):
     """onnxruntime has no float32 CUDA GroupQueryAttention: a contrib bundle says so when it lands on CUDA."""
-    from edgeinfer import causal_lm
+    from edgeinfer.lm import model as causal_lm
     from edgeinfer.session import ProviderChoice
 
     open_cpu = causal_lm.open_session
