@@ -1,0 +1,49 @@
+"""Decode speed through the public API: `model.stream` greedy, ms per token after the first and time to first token.
+
+`python benchmarks/stream_timing.py BUNDLE [--batch 1 16] [--prompt 128] [--new 64] [--repeats 3]`; run it under two
+checkouts in turn to compare them (the numbers include every layer a user's call goes through).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+import edgeinfer
+
+
+def timing(model, batch: int, prompt_len: int, new: int, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    per_token, first_token = [], []
+    for _ in range(repeats):
+        prompts = rng.integers(200, model.vocab_size - 1, (batch, prompt_len)).tolist()
+        start, times = time.perf_counter(), []
+        for _event in model.stream(prompts, max_new_tokens=new, min_new_tokens=new, stop_token_ids=[],
+                                   do_sample=False):
+            times.append(time.perf_counter())
+        first = times[batch - 1]  # the prefill round hands out one token per row
+        first_token.append(first - start)
+        per_token.append((times[-1] - first) / (new - 1))
+    return {"ms_per_token": round(1e3 * statistics.median(per_token), 3),
+            "ttft_ms": round(1e3 * statistics.median(first_token), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    model = edgeinfer.load(args.bundle, device="cpu", threads=args.threads)
+    print(json.dumps({f"B={b}": timing(model, b, args.prompt, args.new, args.repeats) for b in args.batch}))
+
+
+if __name__ == "__main__":
+    main()
