@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per bundle")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (needs ray[serve])")
+    parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
 
 
 def parse_models(specs: list[str] | None) -> dict[str, str]:
@@ -52,6 +54,40 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     check_models(models)
     config = ServeConfig(models, max_active=args.max_active, max_queue=args.max_queue, threads=args.threads,
                          device=args.device, timeout_s=args.timeout)
+    if args.ray:
+        return serve_on_ray(config, args.host, args.port, args.replicas), ""
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=30)
     return {"stopped": True}, ""
+
+
+def serve_on_ray(config, host: str, port: int, replicas: int) -> dict:
+    """Start a local Ray instance, run the deployment until SIGTERM or Ctrl-C, then shut Ray down."""
+    import signal
+    import threading
+
+    try:
+        import ray
+        from ray import serve
+
+        from ..serve.ray_app import deployment
+    except ImportError as exc:
+        raise InputError(f"--ray needs Ray Serve: pip install 'ray[serve]' ({exc.name} is missing)") from exc
+    if replicas < 1:
+        raise InputError("--replicas must be >= 1")
+    stop = threading.Event()
+    ray.init(num_cpus=max(replicas, 1), object_store_memory=200 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after ray.init, which installs handlers of its own
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(deployment(config, replicas), route_prefix="/")
+        print(f"edgeinfer serve: {replicas} Ray Serve replicas on http://{host}:{port}", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return {"stopped": True, "replicas": replicas}

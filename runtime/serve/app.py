@@ -8,6 +8,7 @@ Errors come back as OpenAI-style bodies `{"error": {"message", "type", "param", 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -120,7 +121,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     # ------------------------------------------------------------------ service
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        return {"status": "ok", "pid": os.getpid()}  # the pid tells replicas apart
 
     @app.get("/ready")
     async def ready():
