@@ -20,10 +20,10 @@ HARNESS = ROOT.parent / "shared" / "serve-bench"
 CACHE = Path(os.environ.get("SERVE_BENCH_CACHE", Path.home() / ".cache" / "serve-bench"))
 
 
-def bundle_of(checkpoint: Path, out: Path) -> Path:
+def bundle_of(checkpoint: Path, out: Path, quantize: str = "none") -> Path:
     if not (out / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "edgeinfer", "export", "--from-hf", str(checkpoint), "--out", str(out)],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "edgeinfer", "export", "--from-hf", str(checkpoint), "--out", str(out),
+                        "--quantize", quantize], check=True)
     return out
 
 
@@ -31,17 +31,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default="naive-hf", help="peers from the harness's servers.py, comma-separated")
     parser.add_argument("--max-active", type=int, default=16)
+    parser.add_argument("--int8", action="store_true", help="also serve the checkpoint exported with int8 weights")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
     args, rest = parser.parse_known_args()
     checkpoint = CACHE / "model" / "hf"
     if not (checkpoint / "config.json").is_file():
         raise SystemExit(f"no harness checkpoint at {checkpoint}: run `bash {HARNESS}/setup.sh prep` then its prepare.py")
-    bundle = bundle_of(checkpoint, ROOT / "build" / "serve-bench" / "gpt2-rand")
-    command = (f"{sys.executable} -m edgeinfer serve --model {{model_name}}={bundle} --host 127.0.0.1 --port {{port}} "
-               f"--threads {{threads}} --device cpu --max-active {args.max_active} --max-queue 256")
+    bundles = {"edgeinfer": bundle_of(checkpoint, ROOT / "build" / "serve-bench" / "gpt2-rand")}
+    if args.int8:
+        bundles["edgeinfer-int8"] = bundle_of(checkpoint, ROOT / "build" / "serve-bench" / "gpt2-rand-int8", "int8")
+    servers = []
+    for name, bundle in bundles.items():
+        command = (f"{sys.executable} -m edgeinfer serve --model {{model_name}}={bundle} --host 127.0.0.1 "
+                   f"--port {{port}} --threads {{threads}} --device cpu --max-active {args.max_active} --max-queue 256")
+        servers += ["--server", f"{name}={command}", "--server-extra", f'{name}={{"ignore_eos": true}}']
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(HARNESS / "bench.py"), "--servers", args.servers,
-                    "--server", f"edgeinfer={command}", "--server-extra", 'edgeinfer={"ignore_eos": true}',
+    subprocess.run([sys.executable, str(HARNESS / "bench.py"), "--servers", args.servers, *servers,
                     "--out", str(args.out), *rest], check=True)
 
 

@@ -174,7 +174,7 @@ def test_a_full_queue_answers_429_then_recovers():
 
         answers = asyncio.run(burst())
         codes = sorted(a.status_code for a in answers)
-        assert set(codes) == {200, 429} and codes.count(200) >= 3
+        assert set(codes) == {200, 429} and codes.count(200) >= 2  # at least the queue's bound
         refused = next(a for a in answers if a.status_code == 429)
         assert refused.headers["retry-after"] == "1" and refused.json()["error"]["type"] == "rate_limit_error"
         assert httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).status_code == 200

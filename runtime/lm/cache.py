@@ -50,6 +50,7 @@ class KVCache:
         else:
             self._arrays = None
             self.values = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
+        self._leading: dict[int, list] = {}  # rows -> OrtValues over the first rows (see `values_of`)
 
     def arrays(self) -> list[np.ndarray]:
         """Host arrays of the caches: the memory itself on CPU, copies on CUDA (write back with `_set_arrays`).
@@ -93,9 +94,23 @@ class KVCache:
         new = (np.arange(width)[None] >= (width - kept)[:, None]).astype(np.int64)
         return np.concatenate([self.mask, new], axis=1)
 
-    def bind(self, binding) -> None:
+    def values_of(self, rows: int) -> list:
+        """The cache OrtValues of the first `rows` rows: views of the same memory (host shared buffer only), so a
+        step over the running rows need not compute the idle ones after them."""
+        if rows == self.rows:
+            return self.values
+        if not self.can_view_rows:
+            raise CapacityError("only a host shared-buffer cache can run a step over some of its rows")
+        if rows not in self._leading:
+            import onnxruntime as ort
+
+            self._leading[rows] = [ort.OrtValue.ortvalue_from_numpy(a[:rows]) for a in self._arrays]
+        return self._leading[rows]
+
+    def bind(self, binding, rows: int | None = None) -> None:
         """Bind past inputs, and present outputs where they go (in place, or fresh ORT values)."""
-        for past, present, value in zip(self.model.past_names, self.model.present_names, self.values):
+        values = self.values if rows is None else self.values_of(rows)
+        for past, present, value in zip(self.model.past_names, self.model.present_names, values):
             binding.bind_ortvalue_input(past, value)
             if self.shared:
                 binding.bind_ortvalue_output(present, value)

@@ -196,7 +196,9 @@ class Engine:
             last[slot], active[slot] = handle.generated[-1], True
             if segments is not None:
                 segments[slot] = handle.request.reply_segment
-        logits = self._step.decode(last, segments, active)
+        # a host shared buffer steps only the rows up to the last running one (slots fill from the lowest)
+        rows = running[-1] + 1 if self.cache.can_view_rows else len(self._slots)
+        logits = self._step.decode(last[:rows], None if segments is None else segments[:rows], active[:rows])
         if self.on_step is not None:
             self.on_step(len(running))
         return events + self._choose(running, logits if len(running) == len(logits) else logits[running])

@@ -47,7 +47,9 @@ class Step:
         model, cache = self.model, self.cache
         if kept is None and cache.shared:
             raise ValueError("a shared-buffer cache keeps what it is fed: score trees on a concat cache")
+        rows = ids.shape[0]  # the first `rows` cache rows (fewer than all: the idle rows after them are skipped)
         if kept is not None:
+            kept = self._all_rows(kept)
             cache.check_room(kept)
         graph_mask = query_key_mask(mask, ids.shape[1]) if model.query_key_mask and mask.ndim == 2 else mask
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": graph_mask,
@@ -56,18 +58,26 @@ class Step:
             feeds["token_type_ids"] = np.zeros_like(ids) if types is None else types
         for name, value in feeds.items():
             self._bind_input(name, value)
-        shape = (cache.rows, logits_at.shape[1], model.vocab_size)
+        shape = (rows, logits_at.shape[1], model.vocab_size)
         if self._logits is None or self._logits.shape != shape:
             self._logits = np.empty(shape, np.float32)
             self._binding.bind_output("logits", "cpu", 0, np.float32, list(shape), self._logits.ctypes.data)
-        if not cache.shared or cache.values is not self._bound_cache:  # concat: fresh presents every call
-            cache.bind(self._binding)
-            self._bound_cache = cache.values
+        bound = (cache.values, rows)
+        if not cache.shared or bound != self._bound_cache:  # concat: fresh presents every call
+            cache.bind(self._binding, rows)
+            self._bound_cache = bound
         model.session.run_with_iobinding(self._binding)
         if kept is not None:
             presents = [] if cache.shared else self._binding.get_outputs()[1:]  # bound order: logits, presents
             cache.advance(presents, mask, kept)
         return self._logits
+
+    def _all_rows(self, kept: np.ndarray) -> np.ndarray:
+        if len(kept) == self.cache.rows:
+            return kept
+        full = np.zeros(self.cache.rows, dtype=np.int64)
+        full[: len(kept)] = kept
+        return full
 
     def _bind_input(self, name: str, value: np.ndarray) -> None:
         bound = self._inputs.get(name)
@@ -110,14 +120,14 @@ class Step:
 
     def decode(self, tokens: np.ndarray, segments: np.ndarray | None = None,
                active: np.ndarray | None = None) -> np.ndarray:
-        """Feed each row one token; rows not `active` are fed to fill the batch and keep nothing.
-
-        Returns (rows, vocab) logits, valid until the next call.
+        """Feed one token to each of the first len(tokens) rows; rows not `active` are fed to fill the batch and
+        keep nothing. Returns (rows, vocab) logits, valid until the next call.
         """
         cache = self.cache
-        kept = self._one_each if active is None else active.astype(np.int64)
-        mask = cache.step_mask(self._one_each, kept)
+        rows = len(tokens)
+        kept = self._one_each[:rows] if active is None else active.astype(np.int64)
+        mask = cache.step_mask(self._one_each, self._all_rows(kept))[:rows]
         ids = np.asarray(tokens, dtype=np.int64)[:, None]
-        positions = cache.lengths[:, None]
+        positions = cache.lengths[:rows, None]
         types = None if segments is None else np.asarray(segments, dtype=np.int64)[:, None]
         return self.run(ids, positions, mask, np.zeros_like(ids), types, kept)[:, 0]
