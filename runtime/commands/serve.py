@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import InputError
+from ..bundle import Manifest
+from ..errors import BundleError, InputError
 from ..loader import default_bundle
 
 HELP = "serve bundles over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions, /v1/qa, /v1/xiangqi/move"
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     try:
         import uvicorn
 
-        from ..serve.app import ServeConfig, check_models, create_app
+        from ..serve.app import ServeConfig, create_app, load_models
     except ImportError as exc:
         raise InputError(f"serving needs its extra: pip install 'edgeinfer[serve]' ({exc.name} is missing)") from exc
     for name in ("max_active", "max_queue"):
@@ -50,13 +51,16 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
-    models = parse_models(args.model)
-    check_models(models)
-    config = ServeConfig(models, max_active=args.max_active, max_queue=args.max_queue, threads=args.threads,
-                         device=args.device, timeout_s=args.timeout)
+    config = ServeConfig(parse_models(args.model), max_active=args.max_active, max_queue=args.max_queue,
+                         threads=args.threads, device=args.device, timeout_s=args.timeout)
     if args.ray:
+        for name, folder in config.models.items():  # each replica opens the bundles: here only their manifests
+            try:
+                Manifest.read(folder)
+            except BundleError as exc:
+                raise BundleError(f"model {name}: {exc}") from exc
         return serve_on_ray(config, args.host, args.port, args.replicas), ""
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning",
+    uvicorn.run(create_app(config, load_models(config)), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=30)
     return {"stopped": True}, ""
 

@@ -53,14 +53,15 @@ def _error(status: int, message: str, param: str | None, kind: str, headers: dic
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(config: ServeConfig) -> FastAPI:
+def create_app(config: ServeConfig, loaded: dict | None = None) -> FastAPI:
+    """The app over `config.models`; bundles already opened (`load_models`) are passed in `loaded` and not re-read."""
     metrics = Metrics()
     workers: dict[str, object] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        for name, folder in config.models.items():
-            model = load(folder, device=config.device, threads=config.threads)
+        models = loaded if loaded is not None else load_models(config)
+        for name, model in models.items():
             task = model.manifest["task"]
             if task == "extractive-qa":
                 workers[name] = QaWorker(name, model, config.qa_max_wait_ms, config.qa_batch_chars)
@@ -316,10 +317,12 @@ def _qa_answer(answer) -> dict:
             "score": answer.score}
 
 
-def check_models(models: dict[str, str]) -> None:
-    """Fail before the server starts when a bundle cannot be opened."""
-    for name, folder in models.items():
+def load_models(config: ServeConfig) -> dict:
+    """Open every served bundle once; a bundle that cannot be opened is a BundleError naming its model."""
+    models = {}
+    for name, folder in config.models.items():
         try:
-            load(folder, device="cpu")
+            models[name] = load(folder, device=config.device, threads=config.threads)
         except BundleError as exc:
             raise BundleError(f"model {name}: {exc}") from exc
+    return models

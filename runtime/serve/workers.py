@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..lm import Request, StreamEvent, decode_options
+from ..lm import Request, StreamEvent
 from ..lm.generate import encode_prompt
 from .metrics import Metrics
 
@@ -30,11 +30,6 @@ class DecoderWorker:
         self.engine = model.engine(slots=slots, max_queue=max_queue)
         self.engine.on_step = lambda rows: metrics.batch_size.labels(name).observe(rows)
         self.engine.start()
-
-    def options(self, **given) -> dict:
-        """Decode options checked now (so a bad one is a 400 before anything runs)."""
-        decode_options(self.model, **given)
-        return given
 
     def encode(self, prompt) -> list[int]:
         return encode_prompt(self.model, prompt)
