@@ -4,19 +4,28 @@ The manifest is the only contract between export/ (which writes it) and the runt
 else). `Manifest` is its one definition on both sides: `Manifest.new` stamps the schema version, `write` and
 `read` check it field by field and name the first thing that is wrong.
 
+A bundle is confined to its folder: every file the manifest names is a relative path that resolves (links
+followed) inside the folder, and its sha256, recorded by `write`, is checked by `read` (`verify=False` or
+`EDGEINFER_VERIFY=0` skips the hashing: about 0.3 s per 500 MB of weights here, 1.5 GB/s).
+
 Optional blocks: `generation` holds the default decoding options of a decoder bundle (`GENERATION_FIELDS`);
 `session` holds onnxruntime session settings (`SESSION_FIELDS`) that a caller's arguments override.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from pathlib import Path
+import os
+import string
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import BundleError
 
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 4 * 2**20  # shipped manifests are ~10 kB; a larger one is not a manifest
+VERIFY_ENV = "EDGEINFER_VERIFY"
 SCHEMA_VERSION = 1
 TASKS = ("causal-lm", "chat", "xiangqi", "extractive-qa")
 KV_LAYOUTS = ("concat", "shared_buffer")
@@ -72,6 +81,47 @@ def _check(data: dict, schema: dict, where: str) -> None:
             raise BundleError(f"manifest field '{path}' must be {expected.__name__}, got {value!r}")
 
 
+def _check_at_least(section: dict, where: str, fields: tuple[str, ...], minimum: int = 1) -> None:
+    for key in fields:
+        if key in section and not (isinstance(section[key], int) and not isinstance(section[key], bool)
+                                   and section[key] >= minimum):
+            raise BundleError(f"manifest field '{where}.{key}' must be an integer >= {minimum}, got {section[key]!r}")
+
+
+def layer_names(pattern: Any, where: str, n_layer: int) -> list[str]:
+    """The per-layer names a KV-cache pattern such as 'past_key_values.{layer}.key' gives for n_layer layers."""
+    try:
+        fields = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(pattern)
+                  if field is not None]
+    except (ValueError, TypeError) as exc:
+        raise BundleError(f"manifest field '{where}' is not a name pattern: {exc}") from exc
+    if fields != [("layer", "", None)]:
+        raise BundleError(f"manifest field '{where}' must hold '{{layer}}' once (no format spec) and no other field, got {pattern!r}")
+    return [pattern.format(layer=i) for i in range(n_layer)]
+
+
+def _check_decoder(data: dict) -> None:
+    """Numbers and names of a decoder manifest that hold without the graph (session checks do the rest)."""
+    model = data["model"]
+    _check_at_least(model, "model", ("n_layer", "n_head", "head_dim", "vocab_size", "max_positions", "n_kv_head"))
+    _check_at_least(model, "model", ("n_segments",), minimum=0)
+    kv = data["kv_cache"]
+    for side, parts in (("inputs", ("past_key", "past_value")), ("outputs", ("present_key", "present_value"))):
+        names = {spec["name"] for spec in data[side]}
+        if 2 * model["n_layer"] > len(names):  # before formatting n_layer names: n_layer may be huge
+            raise BundleError(f"manifest model.n_layer is {model['n_layer']} but the graph has only "
+                              f"{len(names)} {side}")
+        for part in parts:
+            expected = layer_names(kv[part], f"kv_cache.{part}", model["n_layer"] + 1)
+            missing = [name for name in expected[:-1] if name not in names]
+            if missing:
+                raise BundleError(f"manifest model.n_layer is {model['n_layer']} but {side} lack {missing[0]!r} "
+                                  f"(kv_cache.{part})")
+            if expected[-1] in names:
+                raise BundleError(f"manifest model.n_layer is {model['n_layer']} but {side} hold {expected[-1]!r}: "
+                                  "the graph has more layers")
+
+
 def validate_manifest(data: Any) -> dict:
     """Return `data` if it is a valid manifest of this schema version, else raise BundleError."""
     if not isinstance(data, dict):
@@ -88,6 +138,7 @@ def validate_manifest(data: Any) -> dict:
                 raise BundleError(f"manifest field '{side}[{i}]' needs a name and a dtype")
     if data["task"] in ("causal-lm", "chat", "xiangqi"):
         _check(data, _CAUSAL_LM_SCHEMA, "")
+        _check_decoder(data)
         if data["kv_cache"]["layout"] not in KV_LAYOUTS:
             raise BundleError(f"manifest kv_cache.layout {data['kv_cache']['layout']!r} is not one of {KV_LAYOUTS}")
         unknown = sorted(set(data["generation"]) - set(GENERATION_FIELDS))
@@ -96,6 +147,15 @@ def validate_manifest(data: Any) -> dict:
                               f"(known: {', '.join(GENERATION_FIELDS)})")
     if data["task"] == "extractive-qa":
         _check(data, _QA_SCHEMA, "")
+        _check_at_least(data["qa"], "qa", ("window", "max_answer_len", "max_question_len", "batch_size",
+                                           "batch_tokens"))
+        _check_at_least(data["qa"], "qa", ("stride",), minimum=0)
+        if data["qa"]["stride"] >= data["qa"]["window"]:
+            raise BundleError(f"manifest field 'qa.stride' ({data['qa']['stride']}) must be below qa.window "
+                              f"({data['qa']['window']})")
+        threshold = data["qa"].get("threshold")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise BundleError(f"manifest field 'qa.threshold' must be a number, got {threshold!r}")
     session = data.get("session", {})
     if not isinstance(session, dict):
         raise BundleError("manifest field 'session' must be an object")
@@ -117,26 +177,37 @@ class Manifest(dict):
         return cls(schema_version=SCHEMA_VERSION, task=task, **fields)
 
     @classmethod
-    def read(cls, folder: str | Path) -> tuple[Path, Manifest]:
-        """Resolve a bundle folder and return (folder, manifest); the files it names must exist."""
+    def read(cls, folder: str | Path, verify: bool | None = None) -> tuple[Path, Manifest]:
+        """Resolve a bundle folder and return (folder, manifest).
+
+        The files it names must exist inside the folder and, unless `verify` is False (default: True unless the
+        EDGEINFER_VERIFY environment variable is "0"), match the sha256 digests the manifest records.
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise BundleError(f"bundle {folder} is not a folder")
         path = folder / MANIFEST_FILE
         if not path.is_file():
             raise BundleError(f"bundle {folder} has no {MANIFEST_FILE}")
+        path = inside(folder, MANIFEST_FILE, MANIFEST_FILE)
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is {path.stat().st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+            raise BundleError(f"{path} is not valid JSON: {str(exc)[:200]}") from exc
         manifest = cls(validate_manifest(data))
-        for role, name in manifest["files"].items():
-            if name is not None and not (folder / name).is_file():
-                raise BundleError(f"bundle {folder} is missing its {role} file {name!r}")
+        files = {role: inside(folder, role, name) for role, name in manifest["files"].items() if name is not None}
+        if verify if verify is not None else os.environ.get(VERIFY_ENV, "1") != "0":
+            _verify_digests(folder, manifest, files)
         return folder, manifest
 
     def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / MANIFEST_FILE
+        """Write manifest.json into `folder`, recording the sha256 of every file it names (written first)."""
+        folder = Path(folder)
+        digests = {name: sha256_of(inside(folder, role, name)) for role, name in self["files"].items() if name}
+        self["sha256"] = digests
+        path = folder / MANIFEST_FILE
         text = json.dumps(validate_manifest(dict(self)), indent=2, ensure_ascii=False)
         path.write_text(text + "\n", encoding="utf-8")
         return path
@@ -148,3 +219,85 @@ class Manifest(dict):
     @property
     def session(self) -> dict:
         return self.get("session", {})
+
+
+def inside(folder: Path, role: str, name: Any) -> Path:
+    """The file `name` of the bundle at `folder`, refused unless it is a relative path that stays in the folder.
+
+    Links are followed before the check, so a link to a file outside the bundle is refused too.
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise BundleError(f"manifest field 'files.{role}' must be a file name, got {name!r}")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or PureWindowsPath(name).is_absolute() or ".." in pure.parts or "\\" in name:
+        raise BundleError(f"manifest field 'files.{role}' is {name!r}: bundle files are relative paths inside the "
+                          "bundle folder, without '..'")
+    try:
+        root = folder.resolve(strict=True)
+        resolved = (folder / name).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a loop of links
+        raise BundleError(f"bundle {folder} is missing its {role} file {name!r}") from None
+    if not resolved.is_relative_to(root):
+        raise BundleError(f"bundle {folder}: {role} file {name!r} resolves to {resolved}, outside the bundle")
+    if not resolved.is_file():
+        raise BundleError(f"bundle {folder} is missing its {role} file {name!r}")
+    return resolved
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_digests(folder: Path, manifest: dict, files: dict[str, Path]) -> None:
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict):
+        raise BundleError(f"bundle {folder}: the manifest records no 'sha256' digests of its files; re-export it, "
+                          f"or load it with verify=False ({VERIFY_ENV}=0)")
+    for role, path in files.items():
+        name = manifest["files"][role]
+        expected = digests.get(name)
+        if not isinstance(expected, str):
+            raise BundleError(f"bundle {folder}: manifest field 'sha256' has no digest for {name!r}")
+        if sha256_of(path) != expected.lower():
+            raise BundleError(f"bundle {folder}: {role} file {name!r} does not match its sha256 in the manifest "
+                              "(corrupt, or changed after export)")
+
+
+def load_tokenizer(folder: Path, manifest: dict, vocab_size: int | None = None):
+    """The bundle's `tokenizers` tokenizer (None when it names none); every id it makes must be below vocab_size."""
+    name = manifest["files"].get("tokenizer")
+    if not name:
+        return None
+    from tokenizers import Tokenizer
+
+    path = inside(folder, "tokenizer", name)
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for every kind of unreadable file
+        raise BundleError(f"bundle {folder}: tokenizer file {name!r} cannot be read: {first_line(exc)}") from exc
+    largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+    if vocab_size is not None and largest >= vocab_size:
+        raise BundleError(f"bundle {folder}: tokenizer file {name!r} has token id {largest}, beyond the model's "
+                          f"vocabulary (manifest model.vocab_size {vocab_size})")
+    return tokenizer
+
+
+def read_json_file(folder: Path, manifest: dict, role: str) -> Any:
+    """A JSON file the manifest names under files.<role>, or a BundleError naming the file."""
+    name = manifest["files"].get(role)
+    if not name:
+        raise BundleError(f"bundle {folder}: manifest field 'files.{role}' names no file")
+    path = inside(folder, role, name)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"bundle {folder}: {role} file {name!r} is not valid JSON: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

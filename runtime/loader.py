@@ -24,9 +24,12 @@ def default_bundle(name: str) -> Path:
     return path
 
 
-def load(path: str | Path, device: str = "auto", threads: int | None = None):
-    """Validate the bundle at `path` and open it on onnxruntime (CUDA if present and asked for, else CPU)."""
-    folder, manifest = Manifest.read(path)
+def load(path: str | Path, device: str = "auto", threads: int | None = None, verify: bool | None = None):
+    """Validate the bundle at `path` and open it on onnxruntime (CUDA if present and asked for, else CPU).
+
+    verify: check each file's sha256 against the manifest (default: yes, unless EDGEINFER_VERIFY=0).
+    """
+    folder, manifest = Manifest.read(path, verify)
     task = manifest["task"]
     if task in ("causal-lm", "chat", "xiangqi"):
         from .lm import CausalLM
@@ -36,4 +39,4 @@ def load(path: str | Path, device: str = "auto", threads: int | None = None):
         from .qa import Reader
 
         return Reader(folder, manifest, device=device, threads=threads)
-    raise NotImplementedError(f"task {task!r} has no runtime yet")
+    raise BundleError(f"task {task!r} has no runtime")

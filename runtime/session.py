@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bundle import first_line
 from .errors import BundleError, InputError
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
@@ -13,6 +14,9 @@ PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 # 1.1x the time of Add + Add + LayerNormalization for one row, 1.5x for 16, 1.8-3.8x for 128 and 4x for 1536 rows
 # (benchmarks/kernel_choices.py): 5% of a BERT-base forward at 384 tokens. CUDA sessions keep it.
 CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
+# onnxruntime's CUDA provider computes float32 MatMuls in TF32 unless told not to: logits then differ from the CPU's
+# by ~5e-3, beyond the 1e-4 a float32 bundle is exported to. A manifest's session.provider_options may turn it on.
+CUDA_DEFAULTS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,13 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
         options.intra_op_num_threads = threads
     on_cpu = choice.providers == ["CPUExecutionProvider"]
     disabled = settings.get("disabled_optimizers", CPU_DISABLED_FUSIONS if on_cpu else None)
-    provider_options = settings.get("provider_options", {})
+    provider_options = {**CUDA_DEFAULTS, **settings.get("provider_options", {})}
     try:
         session = ort.InferenceSession(str(model_path), options, providers=choice.providers,
                                        provider_options=[provider_options.get(p, {}) for p in choice.providers],
                                        disabled_optimizers=disabled)
     except Exception as exc:  # onnxruntime raises several unrelated types for unreadable models
-        raise BundleError(f"onnxruntime cannot load {model_path}: {str(exc).strip().splitlines()[0]}") from exc
+        raise BundleError(f"onnxruntime cannot load {model_path}: {first_line(exc)}") from exc
     for side, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         expected = [spec["name"] for spec in manifest[side]]
         got = [value.name for value in actual]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+import edgeinfer.export  # noqa: F401  (first: it keeps the checkout's kernels/ from shadowing transformers' kernels)
+
 torch = pytest.importorskip("torch")
 
 CHINESE = "滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。"

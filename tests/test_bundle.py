@@ -43,8 +43,10 @@ def test_missing_manifest(bundle):
 def test_truncated_model(bundle):
     data = (bundle / "model.onnx").read_bytes()
     (bundle / "model.onnx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BundleError, match="onnxruntime cannot load"):
+    with pytest.raises(BundleError, match="model file 'model.onnx' does not match its sha256"):
         edgeinfer.load(bundle)
+    with pytest.raises(BundleError, match="onnxruntime cannot load"):
+        edgeinfer.load(bundle, verify=False)
 
 
 def test_wrong_schema_version(bundle):

@@ -33,7 +33,7 @@ class KVCache:
             raise CapacityError(f"cache capacity must be in [1, {model.max_positions}], got {capacity}")
         self.model = model
         self.shared = model.shared_cache
-        self.device = model.device_type
+        self.device = model.cache_device
         self.capacity = capacity
         self.lengths = np.zeros(rows, dtype=np.int64)  # real tokens per row
         width = capacity if self.shared else 0

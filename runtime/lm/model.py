@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import load_tokenizer
 from ..errors import InputError
 from ..session import open_session
 from . import generate as front_door
 from .beam import beam_search
 from .cache import KVCache
+from .checks import check_decoder_graph
 from .engine import Engine
 from .options import is_int
 from .score import ContinuationScorer
@@ -28,18 +30,10 @@ from .types import Generation, Prefix, StreamEvent
 # contrib bundle opened on CUDA runs its attention on the CPU, copying the cache to the host and back each step.
 CONTRIB_ON_CUDA = (
     "this bundle's attention is GroupQueryAttention in float32, which onnxruntime runs on the CPU even in a CUDA "
-    "session (its CUDA kernel takes float16/bfloat16): expect cache copies every step; for CUDA, export with "
+    "session (its CUDA kernel takes float16/bfloat16): the cache stays in host memory and activations are copied "
+    "to and from the device every layer and step; for CUDA, export with "
     "--attention standard (opset-23 Attention has a float32 CUDA kernel)"
 )
-
-
-def _load_tokenizer(folder: Path, manifest: dict):
-    name = manifest["files"].get("tokenizer")
-    if not name:
-        return None
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(folder / name))
 
 
 class CausalLM:
@@ -61,10 +55,13 @@ class CausalLM:
         self.past_names = [kv[f"past_{part}"].format(layer=i) for i, part in layers]
         self.present_names = [kv[f"present_{part}"].format(layer=i) for i, part in layers]
         self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self.cache_device = self.device_type  # where the KV cache lives: on the device of the attention op
         cache_dtype = next(o["dtype"] for o in manifest["outputs"] if o["name"] == self.present_names[0])
         if self.device_type == "cuda" and "GroupQueryAttention" in manifest["fused_ops"] and cache_dtype == "float32":
             warnings.warn(CONTRIB_ON_CUDA, RuntimeWarning, stacklevel=3)
-        self.tokenizer = _load_tokenizer(folder, manifest)
+            self.cache_device = "cpu"  # the op writes in place into what it is bound: host memory, where it runs
+        check_decoder_graph(self)
+        self.tokenizer = load_tokenizer(folder, manifest, self.vocab_size)
         self._scorer: ContinuationScorer | None = None
 
     @property

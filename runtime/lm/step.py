@@ -67,6 +67,8 @@ class Step:
             cache.bind(self._binding, rows)
             self._bound_cache = bound
         model.session.run_with_iobinding(self._binding)
+        if model.device_type != "cpu":
+            self._binding.synchronize_outputs()
         if kept is not None:
             presents = [] if cache.shared else self._binding.get_outputs()[1:]  # bound order: logits, presents
             cache.advance(presents, mask, kept)
@@ -81,9 +83,10 @@ class Step:
 
     def _bind_input(self, name: str, value: np.ndarray) -> None:
         bound = self._inputs.get(name)
-        if bound is not None and bound.shape == value.shape:
+        if bound is not None and bound.shape == value.shape and self.model.device_type == "cpu":
             np.copyto(bound, value, casting="unsafe")  # onnxruntime reads this memory in place
             return
+        # (a CUDA session copies a host input to the device when it is bound: every call binds it again)
         bound = np.ascontiguousarray(value, dtype=np.int64)  # every run writes its inputs again: no copy needed
         self._inputs[name] = bound  # keeps the memory the binding points at alive
         self._binding.bind_cpu_input(name, bound)

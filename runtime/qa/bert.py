@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import load_tokenizer
 from ..errors import BundleError
 from .units import Encoded, Window, pad_rows
 
@@ -35,13 +36,22 @@ class BertFeatures:
         name = manifest["files"].get("tokenizer")
         if not name:
             raise BundleError(f"BERT reader bundle {folder} has no tokenizer.json: it cannot read text")
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_file(str(folder / name))
+        sizes = manifest.get("model", {})
+        for field in ("vocab_size", "max_positions"):
+            if isinstance(sizes.get(field), bool) or not isinstance(sizes.get(field), int) or sizes[field] < 1:
+                raise BundleError(f"manifest field 'model.{field}' must be an integer >= 1, got {sizes.get(field)!r}")
+        if manifest["qa"]["window"] > sizes["max_positions"]:
+            raise BundleError(f"manifest field 'qa.window' ({manifest['qa']['window']}) exceeds the model's "
+                              f"positions (model.max_positions {sizes['max_positions']})")
+        self.vocab_size, self.max_positions = sizes["vocab_size"], sizes["max_positions"]
+        self.type_vocab_size = sizes.get("type_vocab_size", 2)
+        self.tokenizer = load_tokenizer(folder, manifest, self.vocab_size)
         special = manifest["special_tokens"]
-        missing = [t for t in ("cls", "sep", "pad") if not isinstance(special.get(t), int)]
+        missing = [t for t in ("cls", "sep", "pad") if isinstance(special.get(t), bool)
+                   or not isinstance(special.get(t), int) or not 0 <= special[t] < self.vocab_size]
         if missing:
-            raise BundleError(f"BERT reader bundle {folder} names no {', '.join(missing)} token id")
+            raise BundleError(f"BERT reader bundle {folder} names no {', '.join(missing)} token id in "
+                              f"[0, {self.vocab_size}) (manifest special_tokens)")
         self.cls, self.sep, self.pad = special["cls"], special["sep"], special["pad"]
         self.max_question_len = manifest["qa"]["max_question_len"]
 
@@ -70,6 +80,12 @@ class BertFeatures:
         input_ids = pad_rows(ids, self.pad)
         mask = pad_rows([np.ones(len(r), np.int64) for r in ids])
         return {"input_ids": input_ids, "token_type_ids": pad_rows(types), "attention_mask": mask}
+
+    def probe_feeds(self, window: int) -> dict[str, np.ndarray]:
+        """The largest inputs the manifest promises: `window` tokens of the last id and the last segment."""
+        full = np.full((1, window), self.vocab_size - 1, dtype=np.int64)
+        return {"input_ids": full, "token_type_ids": np.full_like(full, self.type_vocab_size - 1),
+                "attention_mask": np.ones_like(full)}
 
     def scores(self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray], rows: list[Window]):
         """(start, end, valid) over each row's window units: log-softmaxed logits of the passage tokens."""

@@ -6,13 +6,14 @@ probabilities per passage character, so span scores are products. jieba is impor
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..bundle import read_json_file
+from ..errors import BundleError
 from .units import Encoded, Window, pad_rows
 
 PAD, UNK = 0, 1
@@ -23,6 +24,21 @@ def encode(words: Sequence[str], chars_vocab: dict[str, int], words_vocab: dict[
     char_ids = [chars_vocab.get(c, UNK) for w in words for c in w]
     word_ids = [i for w in words for i in [words_vocab.get(w, UNK)] * len(w)]
     return char_ids, word_ids
+
+
+def _table(vocab, key: str, size) -> dict[str, int]:
+    """vocab.json's `key` table (unit -> id), every id inside the model's embedding of `size` rows."""
+    field = f"model.{key[:-1]}_vocab"
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise BundleError(f"manifest field '{field}' must be an integer >= 2 (padding and unknown), got {size!r}")
+    table = vocab.get(key) if isinstance(vocab, dict) else None
+    if not isinstance(table, dict):
+        raise BundleError(f"vocab file has no '{key}' table (an object of unit -> id)")
+    bad = next((u for u, i in table.items() if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size), None)
+    if bad is not None:
+        raise BundleError(f"vocab file's '{key}' gives {bad!r} the id {table[bad]!r}, outside [0, {size}) "
+                          f"({field})")
+    return table
 
 
 def _segmenter():
@@ -39,8 +55,11 @@ class DGCNNFeatures:
     combine = "product"
 
     def __init__(self, folder: Path, manifest: dict) -> None:
-        vocab = json.loads((folder / manifest["files"]["vocab"]).read_text(encoding="utf-8"))
-        self.chars, self.words = vocab["chars"], vocab["words"]
+        vocab = read_json_file(folder, manifest, "vocab")
+        sizes = manifest.get("model", {})
+        self.chars = _table(vocab, "chars", sizes.get("char_vocab"))
+        self.words = _table(vocab, "words", sizes.get("word_vocab"))
+        self.sizes = sizes["char_vocab"], sizes["word_vocab"]
         self.max_question_len = manifest["qa"]["max_question_len"]
         self._lcut = None
 
@@ -73,6 +92,12 @@ class DGCNNFeatures:
             "p_chars": pad_rows([ids[:, 0] for ids in p]),
             "p_words": pad_rows([ids[:, 1] for ids in p]),
         }
+
+    def probe_feeds(self, window: int) -> dict[str, np.ndarray]:
+        """The largest inputs the manifest promises: a full question and window of the last char and word ids."""
+        q = np.tile(np.array(self.sizes, dtype=np.int64) - 1, (self.max_question_len, 1))
+        p = np.tile(np.array(self.sizes, dtype=np.int64) - 1, (window, 1))
+        return {"q_chars": q[None, :, 0], "q_words": q[None, :, 1], "p_chars": p[None, :, 0], "p_words": p[None, :, 1]}
 
     def scores(self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray], rows: list[Window]):
         """(start, end, valid) over each row's window units."""

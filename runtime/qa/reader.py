@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import first_line
 from ..errors import BundleError, InputError
 from ..session import open_session
 from .bert import BertFeatures
@@ -58,6 +59,17 @@ class Reader:
         self.features = BACKENDS[manifest["reader"]](folder, manifest)
         self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._probe()
+
+    def _probe(self) -> None:
+        """Run the largest input the manifest promises once, so wrong model numbers fail at load, named."""
+        window = self.defaults["window"]
+        try:
+            self.session.run(self.output_names, self.features.probe_feeds(window))
+        except Exception as exc:  # onnxruntime raises several unrelated types; all mean the numbers are wrong
+            raise BundleError(f"bundle {self.folder}: the graph fails on a full window (qa.window {window}, "
+                              f"qa.max_question_len, the last vocabulary ids of the manifest's model block): "
+                              f"{first_line(exc)}") from exc
 
     @property
     def provider(self) -> str:
