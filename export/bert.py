@@ -25,6 +25,7 @@ from edgeinfer.bundle import Manifest
 from edgeinfer.kernels.modules import Gelu, bidirectional_attention
 from edgeinfer.kernels.onnx_emit import encoder_translation_table
 
+from .hf_config import read_hf_config
 from .hf_import import _HF_ACTIVATIONS
 from .onnx_export import (
     OPSET,
@@ -104,10 +105,8 @@ def load_hf_qa(source):
     if isinstance(source, (str, Path)):
         from transformers import AutoModelForQuestionAnswering
 
-        folder = Path(source)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a Hugging Face checkpoint folder (no config.json)")
-        source = AutoModelForQuestionAnswering.from_pretrained(folder, local_files_only=True)
+        read_hf_config(source, "qa")
+        source = AutoModelForQuestionAnswering.from_pretrained(Path(source), local_files_only=True)
     return source.eval()
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from .gpt import GPT, GPTConfig
+from .hf_config import read_hf_config
+from .onnx_export import ExportError
 
 # transformers' activation names -> our GELU forms
 _HF_ACTIVATIONS = {
@@ -23,10 +25,8 @@ def load_hf_gpt2(source):
     from transformers import GPT2LMHeadModel
 
     if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a Hugging Face checkpoint folder (no config.json)")
-        source = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True)
+        read_hf_config(source, "causal-lm")
+        source = GPT2LMHeadModel.from_pretrained(Path(source), local_files_only=True)
     return source.eval()
 
 
@@ -39,11 +39,11 @@ def config_from_hf(hf_config, gelu: str | None = None) -> GPTConfig:
     if not getattr(hf_config, "scale_attn_weights", True):
         unsupported.append("scale_attn_weights=False")
     if unsupported:
-        raise ValueError(f"unsupported GPT-2 options: {', '.join(unsupported)}")
+        raise ExportError(f"unsupported GPT-2 options: {', '.join(unsupported)}")
     activation = hf_config.activation_function
     if gelu is None:
         if activation not in _HF_ACTIVATIONS:
-            raise ValueError(f"unsupported activation {activation!r}; known: {sorted(_HF_ACTIVATIONS)}")
+            raise ExportError(f"unsupported activation {activation!r}; known: {sorted(_HF_ACTIVATIONS)}")
         gelu = _HF_ACTIVATIONS[activation]
     return GPTConfig(
         vocab_size=hf_config.vocab_size,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from ..lm import Prefix, decode_options
 from .format import MIN_MAX_LEN, encode_dialogue, reply_segment_id, special_ids
 
@@ -25,6 +25,11 @@ MAX_MESSAGE_CHARS = 10_000
 def tidy(text: str) -> str:
     """WordPiece decoding puts spaces between Chinese characters, before punctuation and around apostrophes."""
     return _APOSTROPHE.sub("'", _BEFORE_PUNCT.sub("", _CJK_GAP.sub("", text))).strip()
+
+
+def longest_reply(model) -> int:
+    """The largest max_new_tokens a chat model takes: its context must still hold the shortest conversation."""
+    return model.max_positions - 1 - MIN_MAX_LEN  # 1: the [SEP] the reply ends with
 
 
 class TidyStream:
@@ -59,16 +64,18 @@ class Chat:
     """
 
     def __init__(self, model, *, seed: int | None = None, history: list[str] | None = None, **options) -> None:
+        if model.manifest["task"] != "chat":
+            raise BundleError(f"Chat needs a bundle for task 'chat'; this one is for task {model.manifest['task']!r}")
         if model.tokenizer is None or not model.uses_segments:
-            raise InputError("a chat bundle needs a tokenizer and segment embeddings")
+            raise BundleError("a chat bundle needs a tokenizer and segment embeddings")
         self.model = model
         self.cls_id, self.sep_id = special_ids(model.tokenizer)
         self.options = {k: v for k, v in options.items() if v is not None}
         self.options["stop_token_ids"] = [self.sep_id]
         self.settings = decode_options(model, **self.options)  # checked now, not at the first message
-        if model.max_positions - self.settings.max_new_tokens - 1 < MIN_MAX_LEN:
-            raise InputError(f"max_new_tokens {self.settings.max_new_tokens} leaves no room for the conversation in "
-                             f"the model's {model.max_positions} positions")
+        if self.settings.max_new_tokens > longest_reply(model):
+            raise InputError(f"max_new_tokens {self.settings.max_new_tokens} leaves no room for the conversation: "
+                             f"this model's context is {model.max_positions} tokens, so at most {longest_reply(model)}")
         if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
             raise InputError(f"seed must be an integer >= 0, got {seed!r}")
         if history is not None and not (isinstance(history, list) and all(isinstance(t, str) for t in history)):

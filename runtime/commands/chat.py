@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 from ..chat import Chat
+from ..chat.session import longest_reply
 from ..errors import InputError
-from ..loader import default_bundle, load
+from ..loader import default_bundle
+from .common import at_least, load_for, read_text
 from .decoding import add_decoding_arguments, decoding_options
 
 HELP = "chat with the dialogue model (interactive; or --once MESSAGE)"
@@ -18,8 +20,9 @@ HELP = "chat with the dialogue model (interactive; or --once MESSAGE)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", metavar="MESSAGE", default=None, help="answer this one message and exit")
     parser.add_argument("--history", type=Path, default=None,
-                        help="earlier turns, oldest first: a JSON list of strings or one utterance per line")
-    parser.add_argument("--seed", type=int, default=None)
+                        help="earlier turns, oldest first: a JSON list of strings or one utterance per line "
+                        "('-': standard input)")
+    parser.add_argument("--seed", type=at_least(0), default=None)
     add_decoding_arguments(parser)
     parser.add_argument("--bundle", default=None, help="chat bundle (default: the shipped one)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -28,14 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_history(path: Path | None) -> list[str]:
     if path is None:
         return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot read history file {path}: {exc.strerror}") from exc
+    text = read_text(path, "history file")
     if text.lstrip().startswith("["):
         try:
             turns = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InputError(f"history file {path} is not valid JSON: {exc}") from exc
         if not all(isinstance(t, str) for t in turns):
             raise InputError(f"history file {path} must hold a list of strings")
@@ -44,7 +44,11 @@ def read_history(path: Path | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
-    model = load(args.bundle or default_bundle("chat"), device=args.device)
+    model = load_for("chat", args.bundle or default_bundle("chat"), ("chat",), args.device)
+    if args.max_new_tokens is not None and args.max_new_tokens > longest_reply(model):
+        raise InputError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation: this model's "
+                         f"context is {model.max_positions} tokens, so --max-new-tokens can be at most "
+                         f"{longest_reply(model)}")
     chat = Chat(model, seed=args.seed, history=read_history(args.history), **decoding_options(args))
     if args.once is not None:
         reply = chat.reply(args.once)
@@ -61,7 +65,8 @@ def interactive(chat: Chat) -> dict:
     while True:
         try:
             line = input("you> ").strip()
-        except EOFError:
+        except EOFError:  # end of input (Ctrl-D, or a closed pipe): leave like /quit
+            print()
             break
         if line == "/quit":
             break

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
+    from edgeinfer.export.hf_config import read_hf_config
+
+    read_hf_config(args.from_hf, args.task)  # a wrong folder is refused now, not after seconds of torch imports
     try:
         from edgeinfer.export.bert import export_bert_qa_bundle
         from edgeinfer.export.hf_bundle import export_hf_checkpoint

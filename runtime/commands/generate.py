@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..loader import load
+from ..errors import InputError
+from .common import DECODER_TASKS, at_least, load_for
 from .decoding import add_decoding_arguments, decoding_options
 
 HELP = "generate text from a prompt with a GPT bundle (greedy or sampled, streamed)"
@@ -16,14 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, help="prompt text (or space-separated ids with --ids)")
     parser.add_argument("--ids", action="store_true", help="the prompt is token ids, not text")
     add_decoding_arguments(parser)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--beams", type=int, default=1, help="beam search width (1: no beam search)")
+    parser.add_argument("--seed", type=at_least(0), default=None)
+    parser.add_argument("--beams", type=at_least(1), default=1, help="beam search width (1: no beam search)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
+def token_ids(text: str) -> list[int]:
+    """The --ids prompt: space-separated integers (their range is the model's to check)."""
+    bad = next((t for t in text.split() if not (t.isascii() and t.isdigit())), None)
+    if bad is not None:
+        raise InputError(f"--ids takes space-separated token ids (integers >= 0); {bad!r} is not one")
+    return [int(t) for t in text.split()]
+
+
 def run(args: argparse.Namespace) -> tuple[dict, str]:
-    model = load(args.bundle, device=args.device)
-    prompt = [int(t) for t in args.prompt.split()] if args.ids else args.prompt
+    prompt = token_ids(args.prompt) if args.ids else args.prompt
+    model = load_for("generate", args.bundle, DECODER_TASKS, args.device)
     options = decoding_options(args)
     if args.seed is not None and not args.greedy:
         options.setdefault("do_sample", True)  # a seed asks for sampling

@@ -6,9 +6,10 @@ import argparse
 
 import numpy as np
 
-from ..loader import default_bundle, load
+from ..loader import default_bundle
 from ..xiangqi import Board
 from ..xiangqi.mover import MoveModel
+from .common import at_least, load_for
 
 HELP = "choose the next Xiangqi move after the given moves (exact scores over all legal moves)"
 
@@ -18,13 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fen", default=None, help="start position (default: the standard opening position)")
     parser.add_argument("--top", type=int, default=1, metavar="N", help="list the N best moves with probabilities")
     parser.add_argument("--temperature", type=float, default=None, help="sample a move instead of the best one")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=at_least(0), default=None)
     parser.add_argument("--bundle", default=None, help="Xiangqi bundle (default: the shipped one)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
 def mover_for(args: argparse.Namespace) -> MoveModel:
-    return MoveModel(load(args.bundle or default_bundle("xiangqi"), device=args.device))
+    """The --bundle (default: the shipped one) as a move chooser, for `move` and `play`."""
+    return MoveModel(load_for(args.command, args.bundle or default_bundle("xiangqi"), ("xiangqi",), args.device))
 
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:

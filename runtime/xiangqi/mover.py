@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from ..lm import Prefix
 from .board import Board
 from .tokens import START, TOKEN_ID, encode_moves
@@ -30,7 +30,7 @@ class MoveModel:
 
     def __init__(self, model) -> None:
         if model.manifest["task"] != "xiangqi":
-            raise InputError(f"bundle task is {model.manifest['task']!r}, not 'xiangqi'")
+            raise BundleError(f"moves need a bundle for task 'xiangqi'; this one is for task {model.manifest['task']!r}")
         self.model = model
         self._prefix: Prefix | None = None
 

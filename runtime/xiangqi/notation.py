@@ -35,8 +35,10 @@ LETTER_TO_KIND = {"k": KING, "a": ADVISOR, "b": ELEPHANT, "e": ELEPHANT, "n": HO
                   "r": ROOK, "c": CANNON, "p": PAWN}
 KIND_TO_LETTER = {KING: "k", ADVISOR: "a", ELEPHANT: "b", HORSE: "n", ROOK: "r", CANNON: "c", PAWN: "p"}
 FILE_LETTERS = "abcdefghi"
+DIGITS = "0123456789"
 
-_MOVE_RE = re.compile(r"^([a-z])(\d+)-?([a-z])(\d+)$")
+# [0-9], not \d (which also matches other scripts' digits); two at most, so a long run cannot reach int()'s limit
+_MOVE_RE = re.compile(r"^([a-z])([0-9]{1,2})-?([a-z])([0-9]{1,2})$")
 _UCI_RE = re.compile(r"^([a-i])(10|[1-9])([a-i])(10|[1-9])$")
 _ICCS_RE = re.compile(r"^([a-i])([0-9])([a-i])([0-9])$")
 
@@ -110,16 +112,12 @@ def parse_fen(fen: str) -> ParsedFen:
     for i, row in enumerate(rows):
         rank = RANKS - 1 - i
         file = 0
-        digits = ""
-        for ch in row + "/":
-            if ch.isdigit():
-                digits += ch
+        for j, ch in enumerate(row):
+            if ch in DIGITS:  # not str.isdigit(): that holds for '²', which int() refuses
+                if j and row[j - 1] in DIGITS:
+                    raise InputError(f"bad FEN: {row[j - 1:j + 1]!r} on rank {rank}: empty files are counted by one digit")
+                file += int(ch)
                 continue
-            if digits:
-                file += int(digits)
-                digits = ""
-            if ch == "/":
-                break
             kind = LETTER_TO_KIND.get(ch.lower())
             if kind is None:
                 raise InputError(f"bad FEN: unknown piece letter {ch!r} on rank {rank}")
