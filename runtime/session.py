@@ -19,6 +19,16 @@ CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 CUDA_DEFAULTS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
 
 
+def onnxruntime():
+    """The onnxruntime module; it comes from the [cpu] or the [gpu] extra (one of them: both write one folder)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise InputError("onnxruntime is not installed: pip install 'edgeinfer[cpu]', or 'edgeinfer[gpu]' for CUDA "
+                         f"({exc})") from exc
+    return ort
+
+
 @dataclass(frozen=True)
 class ProviderChoice:
     providers: list[str]
@@ -31,7 +41,7 @@ class ProviderChoice:
 
 def choose_providers(device: str = "auto") -> ProviderChoice:
     """Pick execution providers for `device` ("auto", "cpu" or "cuda") and say why."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     if device not in PROVIDER_CHOICES:
         raise InputError(f"device must be one of {', '.join(PROVIDER_CHOICES)}, got {device!r}")
@@ -53,7 +63,7 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     Settings, first found wins: the caller's arguments, the EDGEINFER_THREADS environment variable (threads), the
     manifest's `session` block (threads, disabled_optimizers, provider_options), this module's CPU defaults.
     """
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0):
         raise InputError(f"threads must be an integer >= 0 (0: onnxruntime's choice), got {threads!r}")

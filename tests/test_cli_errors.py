@@ -208,3 +208,20 @@ def test_bench_without_its_extra_fails_at_once_naming_it():
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           check=False)
     assert_refused(done, "edgeinfer[bench]", "matplotlib is missing", "pip install -e '.[bench]'")
+
+
+def test_without_onnxruntime_loading_names_the_extras():
+    probe = ("import sys\nsys.modules['onnxruntime'] = None\nimport edgeinfer\n"
+             "from edgeinfer.cli import main\nsys.exit(main(['info', sys.argv[1]]))\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(QA)], capture_output=True, text=True, timeout=60, check=False)
+    assert_refused(done, "edgeinfer[cpu]", "edgeinfer[gpu]")
+
+
+def test_qa_question_limit_from_the_command_line(tmp_path):
+    two = tmp_path / "two.jsonl"
+    line = json.dumps({"question": "谁", "context": "刘备是蜀国的皇帝。"}, ensure_ascii=False)
+    two.write_text(f"{line}\n{line}\n", encoding="utf-8")
+    assert_refused(edgeinfer_cli("qa", "--jsonl", two, "--max-questions", "1"), "over the limit of 1")
+    done = edgeinfer_cli("qa", "--jsonl", two, "--max-questions", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [r["answers"][0]["text"] for r in json.loads(done.stdout)["results"]] == ["刘备是蜀国的皇帝"] * 2

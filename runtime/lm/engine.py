@@ -276,6 +276,9 @@ class Engine:
             try:
                 self._prepare(handle, logits[row])
             except Exception as exc:  # noqa: BLE001  a request's own hook or logits: only it fails
+                if not isinstance(exc, EdgeInferError):  # the caller's hook raised: say so in the project's terms
+                    error = InputError(f"request {handle.id}: logits_processor raised {type(exc).__name__}: {exc}")
+                    error.__cause__, exc = exc, error
                 events.append(self._finish(slot, handle, "error", error=exc))
                 continue
             groups.setdefault(handle.request.options.sampling, []).append((row, slot))

@@ -102,8 +102,9 @@ def stream(model, prompts: Sequence, *, seed=None, num_return_sequences: int = 1
            **options) -> Iterator[StreamEvent]:
     """Yield one event per generated token, as soon as it is chosen.
 
-    More requests than `max_active` (default: all, at most MAX_BATCH) run by continuous batching: a finished
-    request's slot goes to the next waiting one.
+    Every prompt and option is checked when this is called, before the first event is asked for. More requests
+    than `max_active` (default: all, at most MAX_BATCH) run by continuous batching: a finished request's slot goes
+    to the next waiting one.
     """
     checked = decode_options(model, **options)
     requests = make_requests(model, prompts, checked, seed, num_return_sequences, segment_ids, reply_segment, prefix)
@@ -117,7 +118,10 @@ def stream(model, prompts: Sequence, *, seed=None, num_return_sequences: int = 1
     if longest >= model.max_positions:
         raise InputError(f"prompt of {longest} tokens leaves no room in the model's {model.max_positions} positions")
     engine = Engine(model, slots, min(model.max_positions, longest + checked.max_new_tokens))
-    handles = [engine.submit(r, sink=_discard) for r in requests]
+    return _events(engine, [engine.submit(r, sink=_discard) for r in requests])
+
+
+def _events(engine: Engine, handles: list) -> Iterator[StreamEvent]:
     while engine.busy:
         for event in engine.step():
             if event.finished == "error":
@@ -131,7 +135,7 @@ def _discard(event: StreamEvent) -> None:
 
 def generate(model, prompts: Sequence, **options) -> list[Generation]:
     """Run `stream` to the end; one `Generation` per prompt and sample."""
-    events = stream(model, prompts, **options)  # checks the options before anything is allocated
+    events = stream(model, prompts, **options)  # checks every option before the results are allocated
     n = options.get("num_return_sequences", 1)
     results = [Generation(prompt_index=i // n) for i in range(len(prompts) * n)]
     for event in events:

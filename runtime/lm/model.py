@@ -88,8 +88,8 @@ class CausalLM:
         num_return_sequences, max_active, segment_ids, reply_segment, prefix; num_beams > 1 for beam search
         (with length_penalty, early_stopping).
         """
-        if not is_int(num_beams) or num_beams < 1:
-            raise InputError(f"num_beams must be an integer >= 1, got {num_beams!r}")
+        if not is_int(num_beams) or not 1 <= num_beams <= front_door.MAX_BATCH:
+            raise InputError(f"num_beams must be an integer in [1, {front_door.MAX_BATCH}], got {num_beams!r}")
         if num_beams > 1:
             return beam_search(self, prompts, num_beams=num_beams, **options)
         return front_door.generate(self, prompts, **options)

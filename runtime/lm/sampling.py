@@ -46,6 +46,7 @@ def top_k_top_p_filter(logits: np.ndarray, top_k: int, top_p: float) -> None:
         probs /= probs.sum(axis=-1, keepdims=True)
         before = np.cumsum(probs, axis=-1) - probs  # mass strictly before each token
         drop = before >= top_p  # keeps the token that crosses p
+        drop[:, 0] = False  # and always the most likely one (a top_p below float32's range rounds to 0)
         np.put_along_axis(logits, order, np.where(drop, -np.inf, sorted_logits), axis=-1)
 
 

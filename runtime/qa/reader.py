@@ -20,7 +20,7 @@ from ..errors import BundleError, InputError
 from ..session import open_session
 from .bert import BertFeatures
 from .dgcnn import DGCNNFeatures
-from .inputs import check_positive, check_texts, clean
+from .inputs import MAX_CONTEXT_CHARS, MAX_QUESTIONS, check_positive, check_texts, clean
 from .spans import top_spans, vote_totals
 from .units import Encoded, Window
 from .windows import buckets, windows
@@ -88,6 +88,8 @@ class Reader:
         batch_tokens: int | None = None,
         window: int | None = None,
         stride: int | None = None,
+        max_context_chars: int = MAX_CONTEXT_CHARS,
+        max_questions: int = MAX_QUESTIONS,
     ) -> list[list[Answer]]:
         """Up to top_k answers per question, best first (an empty list when no span reaches `threshold`).
 
@@ -97,8 +99,11 @@ class Reader:
         the manifest's. A session call takes at most `batch_size` windows and, when the manifest or the caller sets
         `batch_tokens`, at most that many units: on CPU a BERT-base forward over 32 windows of 384 tokens ran 12%
         slower per window than over 1-4 (activations outgrow the caches), so BERT bundles cap calls at 2048 tokens.
+        A call is refused past `max_context_chars` characters in one context or passage, or `max_questions`
+        questions: work grows with the text (a 10 MB context took 390 s).
         """
-        questions, groups = check_texts(questions, passages, context)
+        questions, groups = check_texts(questions, passages, context, max_context_chars=max_context_chars,
+                                        max_questions=max_questions)
         top_k = check_positive(top_k, "top_k")
         opts = {"max_answer_len": max_answer_len, "batch_size": batch_size, "window": window, "stride": stride,
                 "batch_tokens": batch_tokens}
