@@ -58,6 +58,33 @@ def test_more_prompts_than_slots_equal_each_alone(model, max_active, sampled):
     assert [g.token_ids for g in got] == expected
 
 
+def test_requests_admitted_together_are_prefilled_in_groups_and_equal_each_alone(model, monkeypatch):
+    """A long request runs while six others arrive: they are prefilled in groups of similar length (one call each)
+    into the free slots, and every request's tokens equal its tokens alone."""
+    from edgeinfer.lm import engine as engine_module
+
+    prompts = _prompts(model)
+    options = {"max_new_tokens": 10, "stop_token_ids": []}
+    expected = _alone(model, prompts, **options)
+    settings = decode_options(model, **options)
+    engine = model.engine(slots=7, capacity=32)
+    groups = []
+    real_group = engine._prefill_group
+    monkeypatch.setattr(engine, "_prefill_group", lambda slots: groups.append(len(slots)) or real_group(slots))
+    first = engine.submit(Request(prompts[0], settings))
+    events = engine.step() + engine.step()  # admitted alone, then one decode step
+    handles = [first] + [engine.submit(Request(p, settings)) for p in prompts[1:]]
+    while engine.busy:
+        events += engine.step()
+    tokens = {h.id: [] for h in handles}
+    for event in events:
+        tokens[event.request].append(event.token_id)
+    assert [tokens[h.id] for h in handles] == expected
+    # lengths 7,1,4,2,5,1 by the padding bound: 1+1 | 2 | 4+5 | 7, after the first request alone
+    assert sorted(groups) == [1, 1, 1, 2, 2]
+    assert engine_module.prefill_groups([128] * 16) == [list(range(16))]
+
+
 def test_rows_that_reach_the_cache_capacity_end_there_and_free_their_slot(model):
     """Rows of different lengths run into the positions limit at different steps (the old crash)."""
     prompts = _prompts(model)[:5]

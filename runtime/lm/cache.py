@@ -196,24 +196,24 @@ class KVCache:
         fork.mask = self.mask[rows]
         return fork
 
-    def insert(self, row: int, single: KVCache) -> None:
-        """Put a one-row cache into slot `row`, replacing what was there."""
-        length = int(single.lengths[0])
+    def insert(self, row: int, source: KVCache, source_row: int = 0) -> None:
+        """Put row `source_row` of another cache into slot `row`, replacing what was there."""
+        length = int(source.lengths[source_row])
         if length > self.capacity:
             raise CapacityError(f"a row of {length} tokens does not fit a cache of capacity {self.capacity}")
         if self.shared:
             arrays = self.arrays()
-            for dst, src in zip(arrays, single.arrays()):
-                dst[row, :, :length] = src[0, :, :length]
+            for dst, src in zip(arrays, source.arrays()):
+                dst[row, :, :length] = src[source_row, :, :length]
             if self.device != "cpu":
                 self._set_arrays(arrays)
         else:
-            width = max(self.width, single.width)
+            width = max(self.width, source.width)
             arrays = [_left_pad(a, width) for a in self.arrays()]
-            for dst, src in zip(arrays, single.arrays()):
-                dst[row] = _left_pad(src, width)[0]
+            for dst, src in zip(arrays, source.arrays()):
+                dst[row] = _left_pad(src[source_row : source_row + 1], width)[0]
             mask = _left_pad(self.mask, width)
-            mask[row] = _left_pad(single.mask, width)[0]
+            mask[row] = _left_pad(source.mask[source_row : source_row + 1], width)[0]
             self._set_arrays(arrays)
             self.mask = mask
         self.lengths[row] = length

@@ -29,6 +29,26 @@ from .step import Step
 from .text_stream import TextStream
 from .types import Prefix, StreamEvent
 
+PREFILL_TOKENS = 2048  # most padded prompt tokens in one group prefill call (activations grow with them)
+PREFILL_PADDING = 1.25  # a group's padded tokens may exceed its real tokens by at most this factor
+
+
+def prefill_groups(lengths: list[int | None]) -> list[list[int]]:
+    """Indices of requests to prefill together: similar prompt lengths (little padding), bounded tokens per call.
+
+    A None length (a request continuing a kept prefix) is prefilled alone.
+    """
+    groups = [[i] for i, n in enumerate(lengths) if n is None]
+    group: list[int] = []
+    for i in sorted((i for i, n in enumerate(lengths) if n is not None), key=lambda i: lengths[i]):
+        members = [*group, i]
+        padded = len(members) * lengths[i]  # sorted: this one is the longest so far
+        if group and (padded > PREFILL_TOKENS or padded > PREFILL_PADDING * sum(lengths[j] for j in members)):
+            groups.append(group)
+            members = [i]
+        group = members
+    return groups + ([group] if group else [])
+
 
 class QueueFull(EdgeInferError):
     """The engine's waiting queue is at its bound: try again later."""
@@ -235,10 +255,29 @@ class Engine:
                 self.cache.lengths[:] = 0  # the whole batch starts fresh: one batched prefill
                 logits = self._step.feed([h.request.tokens for h in handles], self._segments(handles))
             else:
-                logits = np.stack([self._prefill_slot(s) for s in slots])
+                logits = np.empty((len(slots), self.model.vocab_size), dtype=np.float32)
+                for group in prefill_groups([len(h.request.tokens) if h.request.prefix is None else None
+                                             for h in handles]):
+                    logits[group] = self._prefill_group([slots[i] for i in group])
         except Exception as exc:  # noqa: BLE001  only the requests admitted fail; their events carry the error
             return [self._finish(slot, handle, "error", error=exc) for slot, handle in zip(slots, handles)]
         return self._choose(slots, logits)
+
+    def _prefill_group(self, slots: list[int]) -> np.ndarray:
+        """Prefill requests without a prefix in one call on a cache of their own, then copy each row to its slot.
+
+        One call for k prompts reads the weights once instead of k times: the lever when requests arrive while
+        others run, as under a server's load.
+        """
+        if len(slots) == 1:
+            return self._prefill_slot(slots[0])[None]
+        handles = [self._slots[s] for s in slots]
+        tokens = [h.request.tokens for h in handles]
+        group = KVCache(self.model, len(slots), max(len(t) for t in tokens))
+        logits = Step(self.model, group).feed(tokens, self._segments(handles))
+        for row, slot in enumerate(slots):
+            self.cache.insert(slot, group, source_row=row)
+        return logits
 
     def _prefill_slot(self, slot: int) -> np.ndarray:
         """Prefill one request into its slot: in place (host shared buffer), or in a one-row cache then copied."""
