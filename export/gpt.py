@@ -34,6 +34,11 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def n_kv_head(self) -> int:
+        """Heads in the KV cache: every query head has its own."""
+        return self.n_head
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -106,6 +111,25 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def manifest_fields(self) -> dict:
+        """What the bundle manifest says about this architecture."""
+        cfg = self.cfg
+        return {
+            "model": {
+                "architecture": "gpt",
+                "n_layer": cfg.n_layer,
+                "n_head": cfg.n_head,
+                "head_dim": cfg.head_dim,
+                "n_embd": cfg.n_embd,
+                "vocab_size": cfg.vocab_size,
+                "max_positions": cfg.n_positions,
+                "n_segments": cfg.n_segments,
+                "pre_ln": cfg.pre_ln,
+                "tied_lm_head": cfg.tied_lm_head,
+            },
+            "gelu": cfg.gelu,
+        }
 
     def empty_cache(self, batch: int) -> list[torch.Tensor]:
         """Past key/value tensors of length 0, interleaved [k0, v0, k1, v1, ...]."""

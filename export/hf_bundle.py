@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .hf_import import gpt_from_hf, load_hf_gpt2, special_tokens_from_hf
+from .hf_import import import_causal_lm, special_tokens_from_hf
 from .onnx_export import export_gpt_bundle
 
 
@@ -16,9 +16,9 @@ def export_hf_checkpoint(
     tolerance: float | None = None,
     quantize: str = "none",
 ) -> dict:
-    """Export a GPT2LMHeadModel (folder or in-memory model) to `out_dir`; returns the manifest."""
-    hf_model = load_hf_gpt2(source)
-    model = gpt_from_hf(hf_model, gelu=gelu)
+    """Export a causal LM (folder or in-memory transformers model; `hf_config.ARCHITECTURES`) to `out_dir`;
+    returns the manifest. Parity is measured against the transformers model, never our import of it."""
+    model, hf_model = import_causal_lm(source, gelu=gelu)
     tokenizer = Path(source) / "tokenizer.json" if isinstance(source, (str, Path)) else None
 
     def reference(ids, types):
@@ -35,5 +35,6 @@ def export_hf_checkpoint(
         generation={"max_new_tokens": 32, "do_sample": False},
         tolerance=tolerance,
         quantize=quantize,
-        extra={"source": {"format": "huggingface", "path": str(source) if tokenizer else None}},
+        extra={"source": {"format": "huggingface", "architecture": type(hf_model).__name__,
+                          "path": str(source) if tokenizer else None}},
     )

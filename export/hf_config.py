@@ -11,14 +11,38 @@ from pathlib import Path
 
 from edgeinfer.errors import InputError
 
-# --task of `edgeinfer export` -> the model_type its importer reads
-MODEL_TYPES = {"causal-lm": "gpt2", "qa": "bert"}
+# --task of `edgeinfer export` -> the architectures (config.json "architectures") it imports, one importer each
+ARCHITECTURES = {
+    "causal-lm": ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM"),
+    "qa": ("BertForQuestionAnswering",),
+}
+# a config saved without "architectures" names its model by model_type
+_BY_MODEL_TYPE = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                  "bert": "BertForQuestionAnswering"}
+
+
+def supported() -> str:
+    """The tasks and architectures export takes, in words (for refusals and --help)."""
+    return "; ".join(f"{task}: {', '.join(names)}" for task, names in ARCHITECTURES.items())
+
+
+def architecture(config: dict, task: str) -> str:
+    """The architecture a checkpoint config names, refused with an InputError unless `task` exports it."""
+    names = config.get("architectures")
+    model_type = config.get("model_type")
+    name = names[0] if isinstance(names, list) and names else _BY_MODEL_TYPE.get(model_type, model_type)
+    if name not in ARCHITECTURES[task]:
+        others = [other for other, archs in ARCHITECTURES.items() if name in archs]
+        hint = f" (export it with --task {others[0]})" if others else ""
+        raise InputError(f"a {name!r} checkpoint (model_type {model_type!r}) is not exported as {task}{hint}; "
+                         f"export takes {supported()}")
+    return name
 
 
 def read_hf_config(folder: str | Path, task: str | None = None) -> dict:
     """The checkpoint's config as a dict; an InputError naming the problem for a folder that cannot be one.
 
-    With `task`, a config whose model_type is another model's is refused too.
+    With `task`, a config naming an architecture that task does not export is refused too.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -34,8 +58,6 @@ def read_hf_config(folder: str | Path, task: str | None = None) -> dict:
         raise InputError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise InputError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    expected = MODEL_TYPES.get(task)
-    if expected is not None and config.get("model_type", expected) != expected:
-        raise InputError(f"{path} describes a {config['model_type']!r} model; a {task} export takes model_type "
-                         f"{expected!r}")
+    if task is not None:
+        architecture(config, task)
     return config

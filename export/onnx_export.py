@@ -1,4 +1,7 @@
-"""Export a GPT to a bundle: dynamo ONNX export with fused ops, parity check against PyTorch, manifest.
+"""Export a decoder to a bundle: dynamo ONNX export with fused ops, parity check against PyTorch, manifest.
+
+A decoder is any module with `export.gpt.GPT`'s forward signature, `cfg` (n_layer, n_kv_head, head_dim,
+vocab_size, n_positions, n_segments), `training_logits` and `manifest_fields`: the GPT and the Llama family.
 
 Export refuses to write a bundle whose parity error (max |logit difference| against the reference
 PyTorch model, prefill and a cached decode step) exceeds the tolerance.
@@ -24,11 +27,15 @@ from edgeinfer.kernels.contrib_fusion import fuse_contrib
 from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translation_table
 
 from .gpt import GPT
+from .llama import Llama
 from .quantize import INT8, QUANTIZATIONS, quantize_int8
 
 OPSET = 23
 FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu")
 DECOMPOSED_OP_TYPES = ("Erf", "Tanh", "Softmax")
+
+
+Decoder = GPT | Llama
 
 
 class ExportError(EdgeInferError):
@@ -40,9 +47,9 @@ class ParityError(ExportError):
 
 
 class _Flat(torch.nn.Module):
-    """The GPT with flat, named graph inputs and outputs."""
+    """The decoder with flat, named graph inputs and outputs."""
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: Decoder) -> None:
         super().__init__()
         self.model = model
 
@@ -65,7 +72,7 @@ def query_key_mask(key_mask: torch.Tensor, seq: int) -> torch.Tensor:
     return (causal[None] & (key_mask[:, None, :] != 0)).long()
 
 
-def _example_inputs(model: GPT, batch: int, seq: int, past_len: int, seed: int = 0, mask: str = "key") -> dict:
+def _example_inputs(model: Decoder, batch: int, seq: int, past_len: int, seed: int = 0, mask: str = "key") -> dict:
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
     total = past_len + seq
@@ -74,7 +81,8 @@ def _example_inputs(model: GPT, batch: int, seq: int, past_len: int, seed: int =
         "position_ids": torch.arange(past_len, total).expand(batch, seq).contiguous(),
         "attention_mask": torch.ones(batch, total, dtype=torch.int64),
         "logits_positions": torch.arange(seq).expand(batch, seq).contiguous(),
-        "past": [torch.randn(batch, cfg.n_head, past_len, cfg.head_dim, generator=g) for _ in range(2 * cfg.n_layer)],
+        "past": [torch.randn(batch, cfg.n_kv_head, past_len, cfg.head_dim, generator=g)
+                 for _ in range(2 * cfg.n_layer)],
     }
     if cfg.n_segments:
         inputs["token_type_ids"] = torch.randint(0, cfg.n_segments, (batch, seq), generator=g)
@@ -97,9 +105,9 @@ def _symbolic_io(proto: onnx.ModelProto, cfg, attention: str, mask: str) -> None
     }
     for value in [*proto.graph.input, *proto.graph.output]:
         if value.name.startswith("past_key_values."):
-            names = ["batch", cfg.n_head, cache_len, cfg.head_dim]
+            names = ["batch", cfg.n_kv_head, cache_len, cfg.head_dim]
         elif value.name.startswith("present."):
-            names = ["batch", cfg.n_head, present_len, cfg.head_dim]
+            names = ["batch", cfg.n_kv_head, present_len, cfg.head_dim]
         else:
             names = dims[value.name]
         shape = value.type.tensor_type.shape
@@ -137,7 +145,7 @@ def _feeds(inputs: dict, names: list[str]) -> dict[str, np.ndarray]:
 
 def measure_parity(
     onnx_path: Path,
-    model: GPT,
+    model: Decoder,
     reference: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
     attention: str,
     seed: int = 0,
@@ -152,7 +160,7 @@ def measure_parity(
     # contrib graphs decode into a preallocated buffer; standard ones take a past of exactly past_len
     if attention == "contrib":
         cache = prompt_len + 1
-        prompt["past"] = [torch.zeros(batch, cfg.n_head, cache, cfg.head_dim) for _ in prompt["past"]]
+        prompt["past"] = [torch.zeros(batch, cfg.n_kv_head, cache, cfg.head_dim) for _ in prompt["past"]]
     out = session.run(None, _feeds(prompt, names))
     with torch.no_grad():
         ref_prompt = reference(prompt["input_ids"], prompt.get("token_type_ids")).numpy()
@@ -209,7 +217,7 @@ def quantized(onnx_path: Path, quantize: str) -> Path:
     return out
 
 
-def export_onnx(model: GPT, path: Path, attention: str, mask: str = "key") -> onnx.ModelProto:
+def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -> onnx.ModelProto:
     """Dynamo-export `model` to `path` (dynamic batch, sequence and past axes) with fused ops.
 
     mask "query_key" makes attention_mask (batch, seq, total), given whole by the runtime (standard target only).
@@ -223,8 +231,11 @@ def export_onnx(model: GPT, path: Path, attention: str, mask: str = "key") -> on
     if attention == "contrib" and cfg.head_dim % 8:
         raise ExportError(
             f"the contrib target (GroupQueryAttention) needs a head size that is a multiple of 8; this model's is "
-            f"{cfg.head_dim} ({cfg.n_embd}/{cfg.n_head}): export with attention 'standard'"
+            f"{cfg.head_dim}: export with attention 'standard'"
         )
+    if attention == "unfused" and cfg.n_kv_head != cfg.n_head:
+        raise ExportError(f"the unfused target writes multi-head attention only; this model has {cfg.n_kv_head} "
+                          f"key/value heads for {cfg.n_head} query heads: export with 'standard' or 'contrib'")
     example = _example_inputs(model, batch=2, seq=3, past_len=4, mask=mask)
     input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
     auto = torch.export.Dim.AUTO
@@ -259,13 +270,13 @@ def export_onnx(model: GPT, path: Path, attention: str, mask: str = "key") -> on
 
 
 def export_gpt_bundle(
-    model: GPT,
+    model: Decoder,
     out_dir: str | Path,
     *,
     attention: str = "auto",
     task: str = "causal-lm",
     reference: Callable | None = None,
-    reference_name: str = "edgeinfer GPT (PyTorch eager)",
+    reference_name: str | None = None,
     tokenizer_file: str | Path | None = None,
     special_tokens: dict[str, int] | None = None,
     generation: dict | None = None,
@@ -291,6 +302,7 @@ def export_gpt_bundle(
         attention = "standard" if cfg.head_dim % 8 else "contrib"
     out_dir = Path(out_dir)
     if reference is None:
+        reference_name = f"edgeinfer {type(model).__name__} (PyTorch eager)"
 
         def reference(ids, types):
             return model.training_logits(ids, types)
@@ -310,27 +322,16 @@ def export_gpt_bundle(
         shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
 
     census = op_census(proto)
+    fields = model.manifest_fields()
     input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
     manifest = Manifest.new(task, {
         "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None},
         "inputs": [io_spec(v) for v in proto.graph.input],
         "outputs": [io_spec(v) for v in proto.graph.output],
-        "model": {
-            "architecture": "gpt",
-            "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head,
-            "head_dim": cfg.head_dim,
-            "n_embd": cfg.n_embd,
-            "vocab_size": cfg.vocab_size,
-            "max_positions": cfg.n_positions,
-            "n_segments": cfg.n_segments,
-            "pre_ln": cfg.pre_ln,
-            "tied_lm_head": cfg.tied_lm_head,
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-        },
+        **fields,
+        "model": {**fields["model"], "n_parameters": sum(p.numel() for p in model.parameters())},
         "attention": attention,
         "attention_mask": attention_mask,
-        "gelu": cfg.gelu,
         "kv_cache": {
             "layout": "shared_buffer" if attention == "contrib" else "concat",
             "padding_side": "right" if attention == "contrib" else "left",

@@ -51,18 +51,20 @@ def _attention_eager(
     past_v: torch.Tensor,
     attention_mask: torch.Tensor,
     num_heads: int,
+    kv_num_heads: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, q_len, hidden = q.shape
     head_dim = hidden // num_heads
+    gqa = kv_num_heads != num_heads
 
     def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.view(batch, -1, num_heads, head_dim).transpose(1, 2)
+        return t.view(batch, q_len, -1, head_dim).transpose(1, 2)
 
     if attention_mask.dim() == 2 and past_k.shape[2] == 0 and not torch.compiler.is_exporting() and bool(
         attention_mask.all()
     ):
         # training and full prompts: nothing masked but the future, so the fused causal kernel applies
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True, enable_gqa=gqa)
         return out.transpose(1, 2).reshape(batch, q_len, hidden), heads(k), heads(v)
     keys = torch.cat([past_k, heads(k)], dim=2)
     values = torch.cat([past_v, heads(v)], dim=2)
@@ -75,7 +77,7 @@ def _attention_eager(
         visible = (key_pos[None, :] <= query_pos[:, None])[None, None] & (attention_mask[:, None, None, :] != 0)
     bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device)
     bias = bias.masked_fill(~visible, torch.finfo(q.dtype).min)
-    out = F.scaled_dot_product_attention(heads(q), keys, values, attn_mask=bias)
+    out = F.scaled_dot_product_attention(heads(q), keys, values, attn_mask=bias, enable_gqa=gqa)
     return out.transpose(1, 2).reshape(batch, q_len, hidden), keys, values
 
 
@@ -88,12 +90,13 @@ def attention_op(
     past_v: torch.Tensor,
     attention_mask: torch.Tensor,
     num_heads: int,
+    kv_num_heads: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(t.clone() for t in _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads))
+    return tuple(t.clone() for t in _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads, kv_num_heads))
 
 
 @attention_op.register_fake
-def _attention_fake(q, k, v, past_k, past_v, attention_mask, num_heads):
+def _attention_fake(q, k, v, past_k, past_v, attention_mask, num_heads, kv_num_heads):
     _, heads, past, head_dim = past_k.shape
     cache_shape = (q.shape[0], heads, past + q.shape[1], head_dim)
     return torch.empty_like(q), past_k.new_empty(cache_shape), past_v.new_empty(cache_shape)
@@ -107,17 +110,20 @@ def causal_attention(
     past_v: torch.Tensor,
     attention_mask: torch.Tensor,
     num_heads: int,
+    kv_num_heads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Causal attention over [past, new] keys with a (batch, past+new) 0/1 key mask, or with a
     (batch, seq, past+new) query-key mask that says exactly which keys each query sees (no causal rule added).
 
-    q, k, v: (batch, seq, heads*head_dim); past_k/v: (batch, heads, past, head_dim). Returns the attention
-    output and the present caches (batch, heads, past+seq, head_dim). Same function as
-    `kernels.attention.attention_reference`.
+    q: (batch, seq, heads*head_dim); k, v: (batch, seq, kv_heads*head_dim); past_k/v: (batch, kv_heads, past,
+    head_dim). Grouped-query attention when kv_num_heads (default num_heads) is smaller: each key/value head
+    serves num_heads / kv_num_heads query heads. Returns the attention output and the present caches
+    (batch, kv_heads, past+seq, head_dim). Same function as `kernels.attention.attention_reference`.
     """
+    kv_num_heads = num_heads if kv_num_heads is None else kv_num_heads
     if torch.compiler.is_exporting():
-        return attention_op(q, k, v, past_k, past_v, attention_mask, num_heads)
-    return _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads)
+        return attention_op(q, k, v, past_k, past_v, attention_mask, num_heads, kv_num_heads)
+    return _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads, kv_num_heads)
 
 
 # ---------------------------------------------------------------- bidirectional (encoder) attention

@@ -83,26 +83,28 @@ def _causal_bias(q, attention_mask):
     return op.Where(visible, op.Constant(value_float=0.0), op.Constant(value_float=MASK_VALUE))
 
 
-def attention_standard(q, k, v, past_k, past_v, attention_mask, num_heads: int):
+def attention_standard(q, k, v, past_k, past_v, attention_mask, num_heads: int, kv_num_heads: int):
     bias = _causal_bias(q, attention_mask)
     y, present_k, present_v, _ = op.Attention(
-        q, k, v, bias, past_k, past_v, q_num_heads=num_heads, kv_num_heads=num_heads
+        q, k, v, bias, past_k, past_v, q_num_heads=num_heads, kv_num_heads=kv_num_heads
     )
     return y, present_k, present_v
 
 
-def attention_query_key(q, k, v, past_k, past_v, attention_mask, num_heads: int):
+def attention_query_key(q, k, v, past_k, past_v, attention_mask, num_heads: int, kv_num_heads: int):
     """The standard target with a (batch, seq, total) 0/1 mask given whole: any query-key pattern (a tree)."""
     visible = op.Unsqueeze(op.Cast(attention_mask, to=9), [1])  # (batch, 1, seq, total), 9 = BOOL
     bias = op.Where(visible, op.Constant(value_float=0.0), op.Constant(value_float=MASK_VALUE))
     y, present_k, present_v, _ = op.Attention(
-        q, k, v, bias, past_k, past_v, q_num_heads=num_heads, kv_num_heads=num_heads
+        q, k, v, bias, past_k, past_v, q_num_heads=num_heads, kv_num_heads=kv_num_heads
     )
     return y, present_k, present_v
 
 
-def attention_unfused(q, k, v, past_k, past_v, attention_mask, num_heads: int):
-    """softmax(q·kᵀ/√d + mask)·v in primitive ops; caches concatenate like the standard target's."""
+def attention_unfused(q, k, v, past_k, past_v, attention_mask, num_heads: int, kv_num_heads: int):
+    """softmax(q·kᵀ/√d + mask)·v in primitive ops; caches concatenate like the standard target's.
+
+    Multi-head only (export refuses grouped-query models on this target)."""
     split = op.Concat(op.Constant(value_ints=[0, 0, num_heads, -1]), axis=0)
 
     def heads(x):  # (batch, seq, heads·dim) -> (batch, heads, seq, dim)
@@ -132,11 +134,11 @@ def quick_gelu_unfused(x, alpha: float = SIGMOID_ALPHA):
     return op.Mul(x, op.Sigmoid(op.Mul(op.Constant(value_float=alpha), x)))
 
 
-def attention_contrib(q, k, v, past_k, past_v, attention_mask, num_heads: int):
+def attention_contrib(q, k, v, past_k, past_v, attention_mask, num_heads: int, kv_num_heads: int):
     seqlens_k = op.Cast(op.Sub(op.ReduceSum(attention_mask, [1], keepdims=0), op.Constant(value_int=1)), to=6)
     total = op.Cast(op.Squeeze(op.Shape(attention_mask, start=1, end=2)), to=6)  # 6 = INT32
     return GroupQueryAttention(
-        q, k, v, past_k, past_v, seqlens_k, total, num_heads=num_heads, kv_num_heads=num_heads
+        q, k, v, past_k, past_v, seqlens_k, total, num_heads=num_heads, kv_num_heads=kv_num_heads
     )
 
 

@@ -116,8 +116,8 @@ def test_export_refuses_a_folder_that_is_no_checkpoint_before_importing_torch(tm
     (tmp_path / "config.json").write_text("{not json")
     assert_refused(edgeinfer_cli("export", "--from-hf", tmp_path, "--out", tmp_path / "b"), "config.json is not valid JSON")
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    assert_refused(edgeinfer_cli("export", "--from-hf", tmp_path, "--out", tmp_path / "b"), "'bert' model",
-                   "model_type 'gpt2'")
+    assert_refused(edgeinfer_cli("export", "--from-hf", tmp_path, "--out", tmp_path / "b"), "(model_type 'bert')",
+                   "(export it with --task qa)", "causal-lm: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM")
     probe = ("import sys\nfrom edgeinfer.cli import main\n"
              f"assert main(['export', '--from-hf', {str(tmp_path)!r}, '--out', 'b']) == 2\n"
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")

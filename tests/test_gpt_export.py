@@ -173,11 +173,10 @@ def test_unfused_target_has_no_fused_op_and_same_tokens(tmp_path, activation):
 
 
 def test_query_key_mask_bundle_decodes_like_key_mask_bundle(tmp_path, hf_gpt2, gpt2_bundles):
-    from edgeinfer.export.hf_bundle import load_hf_gpt2
-    from edgeinfer.export.hf_import import gpt_from_hf
+    from edgeinfer.export.hf_import import import_gpt2
     from edgeinfer.export.onnx_export import ExportError, export_gpt_bundle
 
-    model = gpt_from_hf(load_hf_gpt2(hf_gpt2))
+    model = import_gpt2(hf_gpt2.state_dict(), hf_gpt2.config)
     manifest = export_gpt_bundle(model, tmp_path / "b", attention="standard", attention_mask="query_key")
     assert manifest["attention_mask"] == "query_key" and manifest["inputs"][2]["shape"] == ["batch", "seq", "total_len"]
     tree, keyed = edgeinfer.load(tmp_path / "b", device="cpu"), edgeinfer.load(gpt2_bundles["standard"], device="cpu")

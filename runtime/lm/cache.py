@@ -3,7 +3,7 @@
 The cache is the one owner of capacity: `capacity` tokens per row, set when it is made, checked on every
 `advance`. A freed row has length 0 and is never advanced.
 
-- "shared_buffer" (contrib GroupQueryAttention): one (rows, heads, capacity, head_dim) buffer per layer and per
+- "shared_buffer" (contrib GroupQueryAttention): one (rows, kv_heads, capacity, head_dim) buffer per layer and per
   key/value, bound as both past input and present output. The op writes each row's new keys in place at that
   row's length, so a decode step copies nothing. Row b holds its tokens in slots [0, lengths[b]).
 - "concat" (opset-23 Attention): present = past + new. The present OrtValues of one step are bound as the next
@@ -37,7 +37,7 @@ class KVCache:
         self.capacity = capacity
         self.lengths = np.zeros(rows, dtype=np.int64)  # real tokens per row
         width = capacity if self.shared else 0
-        self._set_arrays([np.zeros((rows, model.n_head, width, model.head_dim), np.float32) for _ in model.past_names])
+        self._set_arrays([np.zeros((rows, model.n_kv_head, width, model.head_dim), np.float32) for _ in model.past_names])
         self.mask = np.zeros((rows, 0), dtype=np.int64)  # concat layout only
 
     # ------------------------------------------------------------------ storage

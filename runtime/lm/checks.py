@@ -1,6 +1,6 @@
 """A decoder bundle's manifest numbers checked against its graph at load.
 
-A wrong `n_head`, `head_dim`, `vocab_size`, `max_positions` or `n_segments` would otherwise load and then fail
+A wrong `n_head` (`n_kv_head`), `head_dim`, `vocab_size`, `max_positions` or `n_segments` would otherwise load and then fail
 inside onnxruntime at the first step (or, for a position table smaller than `max_positions`, only once a long
 sequence reaches it). The static shapes the graph declares are compared first, so the error names the field;
 then one probe step at the last position, with the last token and segment ids, proves the tables are as large
@@ -35,7 +35,8 @@ def check_decoder_graph(model) -> None:
     for name in model.past_names:
         if len(inputs[name]) != 4:
             raise BundleError(f"cache input {name!r} has shape {inputs[name]}; kv_cache.dims are 4 axes")
-        _expect(inputs[name], 1, model.n_head, "n_head", name)
+        _expect(inputs[name], 1, model.n_kv_head, "n_kv_head" if "n_kv_head" in model.manifest["model"] else "n_head",
+                name)
         _expect(inputs[name], 3, model.head_dim, "head_dim", name)
     _probe(model)
 

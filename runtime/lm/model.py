@@ -45,6 +45,7 @@ class CausalLM:
         self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads)
         cfg = manifest["model"]
         self.n_layer, self.n_head, self.head_dim = cfg["n_layer"], cfg["n_head"], cfg["head_dim"]
+        self.n_kv_head = cfg.get("n_kv_head", self.n_head)  # heads in the KV cache (fewer: grouped-query attention)
         self.vocab_size, self.max_positions = cfg["vocab_size"], cfg["max_positions"]
         self.uses_segments = bool(cfg.get("n_segments"))
         kv = manifest["kv_cache"]
