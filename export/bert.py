@@ -25,8 +25,7 @@ from edgeinfer.bundle import Manifest
 from edgeinfer.kernels.modules import Gelu, bidirectional_attention
 from edgeinfer.kernels.onnx_emit import encoder_translation_table
 
-from .hf_config import read_hf_config
-from .hf_import import _HF_ACTIVATIONS
+from .hf_config import HF_ACTIVATIONS
 from .onnx_export import (
     OPSET,
     ExportError,
@@ -100,16 +99,6 @@ class BertQA(nn.Module):
 
 
 # ---------------------------------------------------------------- Hugging Face import
-def load_hf_qa(source):
-    """A BERT question-answering model from a local folder (offline) or the model itself, in eval mode."""
-    if isinstance(source, (str, Path)):
-        from transformers import AutoModelForQuestionAnswering
-
-        read_hf_config(source, "qa")
-        source = AutoModelForQuestionAnswering.from_pretrained(Path(source), local_files_only=True)
-    return source.eval()
-
-
 def config_from_hf(hf_config) -> BertConfig:
     """Our config for a BERT-layout encoder; other layouts (RoBERTa's offset positions...) are refused."""
     problems = []
@@ -119,7 +108,7 @@ def config_from_hf(hf_config) -> BertConfig:
         problems.append(f"position_embedding_type {hf_config.position_embedding_type!r}")
     if getattr(hf_config, "is_decoder", False):
         problems.append("is_decoder")
-    if hf_config.hidden_act not in _HF_ACTIVATIONS:
+    if hf_config.hidden_act not in HF_ACTIVATIONS:
         problems.append(f"activation {hf_config.hidden_act!r}")
     if problems:
         raise ExportError(f"unsupported encoder QA checkpoint: {', '.join(problems)}")
@@ -132,27 +121,8 @@ def config_from_hf(hf_config) -> BertConfig:
         max_positions=hf_config.max_position_embeddings,
         type_vocab_size=hf_config.type_vocab_size,
         layer_norm_eps=hf_config.layer_norm_eps,
-        gelu=_HF_ACTIVATIONS[hf_config.hidden_act],
+        gelu=HF_ACTIVATIONS[hf_config.hidden_act],
     )
-
-
-@torch.no_grad()
-def bert_from_hf(hf_model) -> BertQA:
-    """Our BertQA with the weights of a `BertForQuestionAnswering`."""
-    model = BertQA(config_from_hf(hf_model.config)).eval()
-    base = hf_model.base_model
-    emb = base.embeddings
-    pairs = [(model.word, emb.word_embeddings), (model.position, emb.position_embeddings),
-             (model.token_type, emb.token_type_embeddings), (model.emb_norm, emb.LayerNorm), (model.qa, hf_model.qa_outputs)]
-    for ours, theirs in zip(model.layers, base.encoder.layer, strict=True):
-        attn = theirs.attention
-        pairs += [(ours.query, attn.self.query), (ours.key, attn.self.key), (ours.value, attn.self.value),
-                  (ours.attn_out, attn.output.dense), (ours.attn_norm, attn.output.LayerNorm),
-                  (ours.ffn_in, theirs.intermediate.dense), (ours.ffn_out, theirs.output.dense),
-                  (ours.ffn_norm, theirs.output.LayerNorm)]
-    for ours, theirs in pairs:
-        ours.load_state_dict(theirs.state_dict())
-    return model
 
 
 # ---------------------------------------------------------------- export
@@ -244,8 +214,9 @@ def export_bert_qa_bundle(
     check_quantization(quantize)
     if attention not in ATTENTION_OP:
         raise ExportError(f"unknown encoder attention {attention!r}; expected one of {sorted(ATTENTION_OP)}")
-    hf_model = load_hf_qa(source)
-    model = bert_from_hf(hf_model)
+    from .hf_import import import_checkpoint  # it imports this module's BertQA
+
+    model, hf_model = import_checkpoint(source, "qa")
     cfg = model.cfg
     out_dir = Path(out_dir)
     started = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .hf_import import import_causal_lm, special_tokens_from_hf
+from .hf_import import import_checkpoint, special_tokens_from_hf
 from .onnx_export import export_gpt_bundle
 
 
@@ -18,7 +18,7 @@ def export_hf_checkpoint(
 ) -> dict:
     """Export a causal LM (folder or in-memory transformers model; `hf_config.ARCHITECTURES`) to `out_dir`;
     returns the manifest. Parity is measured against the transformers model, never our import of it."""
-    model, hf_model = import_causal_lm(source, gelu=gelu)
+    model, hf_model = import_checkpoint(source, "causal-lm", gelu=gelu)
     tokenizer = Path(source) / "tokenizer.json" if isinstance(source, (str, Path)) else None
 
     def reference(ids, types):

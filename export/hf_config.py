@@ -11,6 +11,14 @@ from pathlib import Path
 
 from edgeinfer.errors import InputError
 
+# transformers' activation names -> our GELU forms
+HF_ACTIVATIONS = {
+    "gelu": "exact",
+    "gelu_new": "tanh",
+    "gelu_pytorch_tanh": "tanh",
+    "gelu_fast": "tanh",
+    "quick_gelu": "sigmoid",
+}
 # --task of `edgeinfer export` -> the architectures (config.json "architectures") it imports, one importer each
 ARCHITECTURES = {
     "causal-lm": ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM"),

@@ -16,19 +16,12 @@ import torch
 
 from edgeinfer.errors import InputError
 
+from .bert import BertQA, config_from_hf
 from .gpt import GPT, GPTConfig
-from .hf_config import architecture, read_hf_config
+from .hf_config import HF_ACTIVATIONS, architecture, read_hf_config
 from .llama import Llama, LlamaConfig
 from .onnx_export import ExportError
 
-# transformers' activation names -> our GELU forms
-_HF_ACTIVATIONS = {
-    "gelu": "exact",
-    "gelu_new": "tanh",
-    "gelu_pytorch_tanh": "tanh",
-    "gelu_fast": "tanh",
-    "quick_gelu": "sigmoid",
-}
 # rope types whose frequencies are fixed (transformers' "dynamic" and "longrope" change them with the length)
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -67,11 +60,24 @@ def check_keys(state: State, expected: set[str], optional: set[str] = frozenset(
         raise ExportError(f"the checkpoint's tensors are not its architecture's: {'; '.join(parts)}; no bundle written")
 
 
-def _copy(ours: torch.Tensor, theirs: torch.Tensor, name: str) -> None:
-    if ours.shape != theirs.shape:
-        raise ExportError(f"checkpoint tensor {name} has shape {tuple(theirs.shape)}; its config makes it "
-                          f"{tuple(ours.shape)}")
-    ours.copy_(theirs)
+@torch.no_grad()
+def load_checked(model: torch.nn.Module, state: State, modules: dict[str, tuple[str, ...]],
+                 optional: set[str] = frozenset()) -> None:
+    """Copy a checkpoint into `model`, our module by our module: `modules` maps each of ours to the checkpoint
+    modules whose weights (and biases) it holds, concatenated along the output axis when several (packed
+    projections). The checkpoint must hold exactly those tensors, plus any of `optional`."""
+    params = dict(model.named_parameters())  # a tied head shares the embedding's tensor and is listed once
+    names = {}
+    for ours in params:
+        module, _, part = ours.rpartition(".")
+        names[ours] = [f"{theirs}.{part}" for theirs in modules[module]]
+    check_keys(state, {name for theirs in names.values() for name in theirs}, optional)
+    for ours, theirs in names.items():
+        tensor = torch.cat([state[name] for name in theirs])
+        if params[ours].shape != tensor.shape:
+            raise ExportError(f"checkpoint tensor {' + '.join(theirs)} has shape {tuple(tensor.shape)}; its config "
+                              f"makes it {tuple(params[ours].shape)}")
+        params[ours].copy_(tensor)
 
 
 # ---------------------------------------------------------------- GPT-2
@@ -87,9 +93,9 @@ def gpt2_config(hf_config, gelu: str | None = None) -> GPTConfig:
         raise ExportError(f"unsupported GPT-2 options: {', '.join(unsupported)}")
     activation = hf_config.activation_function
     if gelu is None:
-        if activation not in _HF_ACTIVATIONS:
-            raise ExportError(f"unsupported activation {activation!r}; known: {sorted(_HF_ACTIVATIONS)}")
-        gelu = _HF_ACTIVATIONS[activation]
+        if activation not in HF_ACTIVATIONS:
+            raise ExportError(f"unsupported activation {activation!r}; known: {sorted(HF_ACTIVATIONS)}")
+        gelu = HF_ACTIVATIONS[activation]
     return GPTConfig(
         vocab_size=hf_config.vocab_size,
         n_positions=hf_config.n_positions,
@@ -103,28 +109,20 @@ def gpt2_config(hf_config, gelu: str | None = None) -> GPTConfig:
     )
 
 
-@torch.no_grad()
 def import_gpt2(state: State, hf_config, gelu: str | None = None) -> GPT:
     """Our GPT from a `GPT2LMHeadModel` state dict (GPT-2's Conv1D stores weights as (in, out))."""
     model = GPT(gpt2_config(hf_config, gelu)).eval()
     # the original OpenAI checkpoints lack the "transformer." prefix and keep the causal mask as a tensor
-    prefix = "transformer." if any(key.startswith("transformer.") for key in state) else ""
-    names = {"wte.weight": "wte.weight", "wpe.weight": "wpe.weight", "ln_f.weight": "ln_f.weight",
-             "ln_f.bias": "ln_f.bias"}
+    p = "transformer." if any(key.startswith("transformer.") for key in state) else ""
+    modules = {"wte": (f"{p}wte",), "wpe": (f"{p}wpe",), "ln_f": (f"{p}ln_f",), "lm_head": ("lm_head",)}
     for i in range(model.cfg.n_layer):
-        for ours, theirs in (("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
-            for part in ("weight", "bias"):
-                names[f"blocks.{i}.{ours}.{part}"] = f"h.{i}.{theirs}.{part}"
-    names = {ours: prefix + theirs for ours, theirs in names.items()}
-    if not model.cfg.tied_lm_head:
-        names["lm_head.weight"] = "lm_head.weight"
-    buffers = {prefix + f"h.{i}.attn.{b}" for i in range(model.cfg.n_layer) for b in ("bias", "masked_bias")}
-    check_keys(state, set(names.values()), {"lm_head.weight", *buffers})
-    params = dict(model.named_parameters())
-    conv1d = (".attn.qkv.weight", ".attn.proj.weight", ".mlp.fc.weight", ".mlp.proj.weight")
-    for ours, theirs in names.items():
-        _copy(params[ours], state[theirs].t() if ours.endswith(conv1d) else state[theirs], theirs)
+        for ours, theirs in (("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"),
+                             ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+            modules[f"blocks.{i}.{ours}"] = (f"{p}h.{i}.{theirs}",)
+    conv1d = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+    state = {name: tensor.t() if name.endswith(conv1d) else tensor for name, tensor in state.items()}
+    masks = {f"{p}h.{i}.attn.{b}" for i in range(model.cfg.n_layer) for b in ("bias", "masked_bias")}
+    load_checked(model, state, modules, {"lm_head.weight", *masks})
     return model
 
 
@@ -168,31 +166,22 @@ def llama_config(hf_config, *, qkv_bias: bool, o_bias: bool, mlp_bias: bool) -> 
     )
 
 
-@torch.no_grad()
 def _import_llama_family(state: State, cfg: LlamaConfig, hf_config) -> Llama:
     """Llama-layout tensors into our Llama: q, k, v and gate, up concatenated into packed projections."""
-    inv_freq, rope_scale = rope_frequencies(hf_config)
-    model = Llama(cfg, inv_freq, rope_scale).eval()
-    params = dict(model.named_parameters())
-    packed = {"self_attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-              "mlp.gate_up": ("mlp.gate_proj", "mlp.up_proj")}
-    names: dict[str, list[str]] = {}  # our parameter -> the checkpoint tensors it concatenates (a tied head: none)
-    for ours in params:
-        layer, _, rest = ours.partition(".")  # "layers.3", "self_attn.qkv.weight"
-        if layer == "lm_head":
-            names[ours] = ["lm_head.weight"]
-            continue
-        if layer == "layers":
-            index, _, rest = rest.partition(".")
-            layer = f"layers.{index}"
-        else:
-            layer, rest = "", ours
-        module, _, part = rest.rpartition(".")
-        names[ours] = [f"model.{layer}.{theirs}.{part}".replace("..", ".") for theirs in packed.get(module, (module,))]
+    model = Llama(cfg, *rope_frequencies(hf_config)).eval()
+    modules = {"embed_tokens": ("model.embed_tokens",), "norm": ("model.norm",), "lm_head": ("lm_head",)}
+    for i in range(cfg.n_layer):
+        ours, theirs = f"layers.{i}", f"model.layers.{i}"
+        modules |= {
+            f"{ours}.input_layernorm": (f"{theirs}.input_layernorm",),
+            f"{ours}.self_attn.qkv": tuple(f"{theirs}.self_attn.{x}_proj" for x in "qkv"),
+            f"{ours}.self_attn.o_proj": (f"{theirs}.self_attn.o_proj",),
+            f"{ours}.post_attention_layernorm": (f"{theirs}.post_attention_layernorm",),
+            f"{ours}.mlp.gate_up": (f"{theirs}.mlp.gate_proj", f"{theirs}.mlp.up_proj"),
+            f"{ours}.mlp.down_proj": (f"{theirs}.mlp.down_proj",),
+        }
     stale = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(cfg.n_layer)}  # older transformers
-    check_keys(state, {n for theirs in names.values() for n in theirs}, {"lm_head.weight", *stale})
-    for ours, theirs in names.items():
-        _copy(params[ours], torch.cat([state[name] for name in theirs]), " + ".join(theirs))
+    load_checked(model, state, modules, {"lm_head.weight", *stale})
     return model
 
 
@@ -208,34 +197,56 @@ def import_qwen2(state: State, hf_config) -> Llama:
     return _import_llama_family(state, llama_config(hf_config, qkv_bias=True, o_bias=False, mlp_bias=False), hf_config)
 
 
+# ---------------------------------------------------------------- BERT
+def import_bert_qa(state: State, hf_config) -> BertQA:
+    """Our BertQA from a `BertForQuestionAnswering` state dict."""
+    model = BertQA(config_from_hf(hf_config)).eval()
+    emb = "bert.embeddings"
+    modules = {"word": (f"{emb}.word_embeddings",), "position": (f"{emb}.position_embeddings",),
+               "token_type": (f"{emb}.token_type_embeddings",), "emb_norm": (f"{emb}.LayerNorm",), "qa": ("qa_outputs",)}
+    for i in range(model.cfg.n_layer):
+        for ours, theirs in (("query", "attention.self.query"), ("key", "attention.self.key"),
+                             ("value", "attention.self.value"), ("attn_out", "attention.output.dense"),
+                             ("attn_norm", "attention.output.LayerNorm"), ("ffn_in", "intermediate.dense"),
+                             ("ffn_out", "output.dense"), ("ffn_norm", "output.LayerNorm")):
+            modules[f"layers.{i}.{ours}"] = (f"bert.encoder.layer.{i}.{theirs}",)
+    # a pooler is unused by the QA head (transformers drops it too); position_ids is a buffer older versions saved
+    optional = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", f"{emb}.position_ids", f"{emb}.token_type_ids"}
+    load_checked(model, state, modules, optional)
+    return model
+
+
 # architecture -> importer; `hf_config.ARCHITECTURES` says which task exports which
-IMPORTERS: dict[str, Callable[..., GPT | Llama]] = {
+IMPORTERS: dict[str, Callable[..., torch.nn.Module]] = {
     "GPT2LMHeadModel": import_gpt2,
     "LlamaForCausalLM": import_llama,
     "Qwen2ForCausalLM": import_qwen2,
+    "BertForQuestionAnswering": import_bert_qa,
 }
+# task -> the transformers class that loads the reference model (which resolves to the architecture's own class)
+AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "qa": "AutoModelForQuestionAnswering"}
 
 
-def import_causal_lm(source, gelu: str | None = None) -> tuple[GPT | Llama, torch.nn.Module]:
-    """(our decoder, the transformers model to measure it against) from a checkpoint folder or a transformers model.
+def import_checkpoint(source, task: str, gelu: str | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(our model, the transformers model to measure it against) from a checkpoint folder or a transformers model.
 
-    A folder's tensors are checked before transformers loads it (`AutoModelForCausalLM`: its own class for the
+    A folder's tensors are checked before transformers loads it (by `AUTO_CLASSES[task]`, its own class for the
     architecture), so a refused checkpoint costs no model load. `gelu` overrides a GPT-2's GELU form.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import transformers
 
     if isinstance(source, (str, Path)):
-        name = architecture(read_hf_config(source, "causal-lm"), "causal-lm")
-        hf_config = AutoConfig.from_pretrained(Path(source), local_files_only=True)
+        name = architecture(read_hf_config(source, task), task)
+        hf_config = transformers.AutoConfig.from_pretrained(Path(source), local_files_only=True)
         state = read_checkpoint(source)
     else:
-        name = architecture({"architectures": [type(source).__name__]}, "causal-lm")
+        name = architecture({"architectures": [type(source).__name__]}, task)
         hf_config, state = source.config, source.state_dict()
     if gelu is not None and name != "GPT2LMHeadModel":
-        raise ExportError(f"--gelu applies to GPT-2 checkpoints; a {name}'s MLP is SwiGLU")
+        raise ExportError(f"--gelu applies to GPT-2 checkpoints, not to a {name}")
     model = IMPORTERS[name](state, hf_config, gelu) if gelu else IMPORTERS[name](state, hf_config)
     if isinstance(source, (str, Path)):
-        source = AutoModelForCausalLM.from_pretrained(Path(source), local_files_only=True)
+        source = getattr(transformers, AUTO_CLASSES[task]).from_pretrained(Path(source), local_files_only=True)
     return model, source.eval()
 
 

@@ -138,16 +138,10 @@ class Llama(nn.Module):
             "rope_type": cfg.rope_type,
         }}
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        logits_positions: torch.Tensor,
-        past: list[torch.Tensor],
-        token_type_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits at `logits_positions` and the present caches; the arguments are `GPT.forward`'s."""
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                logits_positions: torch.Tensor, past: list[torch.Tensor], token_type_ids: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`GPT.forward`'s contract: logits at `logits_positions` and the present caches (token_type_ids unused)."""
         x = self.embed_tokens(input_ids)
         cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
         presents = []

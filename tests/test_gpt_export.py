@@ -189,3 +189,57 @@ def test_query_key_mask_bundle_decodes_like_key_mask_bundle(tmp_path, hf_gpt2, g
         g.token_ids for g in keyed.generate(prompts, max_new_tokens=5, do_sample=False)]
     with pytest.raises(ExportError, match="query_key with the standard target only"):
         export_gpt_bundle(model, tmp_path / "c", attention="contrib", attention_mask="query_key")
+
+
+@pytest.mark.parametrize(("architecture", "model_type", "task", "phrases"), [
+    ("GPTNeoXForCausalLM", "gpt_neox", "causal-lm", []),
+    ("BertForMaskedLM", "bert", "qa", []),
+    ("DistilBertForMaskedLM", "distilbert", "causal-lm", []),
+    ("BertForQuestionAnswering", "bert", "causal-lm", ["(export it with --task qa)"]),
+])
+def test_export_refuses_unsupported_architecture_before_loading(tmp_path, architecture, model_type, task, phrases):
+    """Refused from config.json alone (no weights here), naming what export takes."""
+    import json
+
+    from test_cli_errors import assert_refused, edgeinfer_cli
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": [architecture], "model_type": model_type}))
+    done = edgeinfer_cli("export", "--from-hf", tmp_path, "--task", task, "--out", tmp_path / "b")
+    assert_refused(done, f"a {architecture!r} checkpoint (model_type {model_type!r}) is not exported as {task}",
+                   "export takes causal-lm: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM; qa: "
+                   "BertForQuestionAnswering", *phrases)
+
+
+def test_export_help_lists_supported_architectures():
+    from test_cli_errors import edgeinfer_cli
+
+    text = " ".join(edgeinfer_cli("export", "--help").stdout.split())
+    assert "causal-lm: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM; qa: BertForQuestionAnswering" in text
+
+
+def test_in_memory_model_of_another_architecture_is_refused(tmp_path):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from edgeinfer.errors import InputError
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                            intermediate_size=64))
+    with pytest.raises(InputError, match="'GPTNeoXForCausalLM' checkpoint .* is not exported as causal-lm"):
+        export_hf_checkpoint(neox, tmp_path / "b")
+
+
+def test_gpt2_checkpoint_missing_a_tensor_is_refused(tmp_path, hf_gpt2):
+    """transformers would load it with random numbers in place of the missing tensor, and only warn."""
+    from safetensors.torch import load_file, save_file
+
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+    from edgeinfer.export.onnx_export import ExportError
+
+    hf_gpt2.save_pretrained(tmp_path / "hf")
+    tensors = load_file(tmp_path / "hf" / "model.safetensors")
+    del tensors["transformer.h.1.mlp.c_proj.bias"]
+    save_file(tensors, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ExportError, match=r"1 missing \(transformer.h.1.mlp.c_proj.bias\); no bundle written"):
+        export_hf_checkpoint(tmp_path / "hf", tmp_path / "b")
+    assert not (tmp_path / "b").exists()

@@ -10,17 +10,19 @@ HELP = "export a Hugging Face checkpoint folder to a bundle (needs edgeinfer[exp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgeinfer.export.hf_config import ARCHITECTURES, supported  # torch-free
+
     parser.add_argument("--from-hf", required=True, metavar="DIR",
-                        help="local checkpoint folder: GPT2LMHeadModel, or BertForQuestionAnswering with --task qa")
-    parser.add_argument("--task", choices=["causal-lm", "qa"], default="causal-lm",
-                        help="causal-lm: a GPT-2 decoder; qa: a BERT extractive reader")
+                        help=f"local checkpoint folder whose config.json names a supported architecture ({supported()})")
+    parser.add_argument("--task", choices=list(ARCHITECTURES), default="causal-lm",
+                        help="causal-lm: a decoder (GPT-2, Llama, Qwen2); qa: a BERT extractive reader")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     parser.add_argument("--attention", choices=["auto", "standard", "contrib", "unfused"], default="auto",
                         help="standard: opset-23 Attention (any provider); contrib: onnxruntime GroupQueryAttention"
                         " (decoders, in-place cache) or MultiHeadAttention (qa); unfused: MatMul/Softmax (decoders, a"
                         " benchmark baseline); auto: contrib when the head size allows")
     parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
-                        help="GELU form to emit (default: the checkpoint's own)")
+                        help="GELU form to emit (GPT-2 only; default: the checkpoint's own)")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none",
                         help="int8: int8 weights through DynamicQuantizeMatMul (CPU; about 4x fewer weight bytes)")
     parser.add_argument("--tolerance", type=float, default=None,
@@ -52,8 +54,8 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
                                     tolerance=args.tolerance, quantize=args.quantize)
     parity = manifest["parity"]
     text = (
-        f"wrote {args.out}: {manifest['model']['n_layer']} layers, attention={manifest['attention']}, "
-        f"gelu={manifest['gelu']}, fused ops {manifest['fused_ops']}, "
+        f"wrote {args.out}: {manifest['source']['architecture']}, {manifest['model']['n_layer']} layers, "
+        f"attention={manifest['attention']}, fused ops {manifest['fused_ops']}, "
         f"parity {parity['max_abs_diff']:.2e} (tolerance {parity['tolerance']:g}), "
         f"export {manifest['producer']['export_seconds']} s"
     )
