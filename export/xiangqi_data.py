@@ -4,9 +4,11 @@
 
 Each game opens with 2-6 random legal plies (so games differ), then fairy-stockfish
 plays both sides at a fixed node budget. Every move is replayed through
-`edgeinfer.xiangqi`, which also decides when the game ends (its rules: mate and
-stalemate lose, third repetition and the ply limit draw). Game i always uses the
-same seed, so an interrupted run resumes by appending only the missing games.
+`edgeinfer.xiangqi`, whose `Board.outcome` also decides when and how the game ends,
+by fairy-stockfish's rules (mate, stalemate, perpetual check and perpetual chase
+lose; other third repetitions and 100 plies without a capture draw) and the
+--max-plies cap (a draw). Game i always uses the same seed, so an interrupted run
+resumes by appending only the missing games.
 Outputs under --out: games.jsonl (one JSON per game, unique move sequences),
 train/valid/test.txt (one game per line, ICCS moves; split by a hash of the
 moves) and config.json (the settings, checked on resume).

@@ -1,10 +1,13 @@
 """Rules engine checks: published perft numbers, agreement with fairy-stockfish (pyffish) on positions
-from real self-play games, notation round trips, and informative errors for bad input."""
+from real self-play games and on how games end, notation round trips, and informative errors for bad input."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,10 @@ from edgeinfer.commands import perft as perft_command
 from edgeinfer.errors import InputError
 from edgeinfer.export.xiangqi_data import load_games, split_of
 from edgeinfer.xiangqi import (
+    NO_CAPTURE_PLIES,
     START_FEN,
     Board,
+    Outcome,
     divide,
     iccs_to_uci,
     perft,
@@ -23,12 +28,26 @@ from edgeinfer.xiangqi import (
 )
 
 FIXTURE = Path(__file__).parent / "data" / "xiangqi_positions.txt"
+ENGINE_GAMES = Path(__file__).parent / "data" / "xiangqi_engine_games.txt"
+CYCLES = Path(__file__).parent / "data" / "xiangqi_cycles.txt"
 SMOTHERED_MATE = "rnbakabnr/4c4/5N3/p1p3pCp/9/P8/2P3P1P/8R/9/R1BAKABN1 b - - 5 10"
 STALEMATE = "3k5/4R4/9/9/3P5/9/9/4B4/3K5/9 b - - 4 83"
+# Hand-made endings as (FEN, ICCS moves); each is also checked against pyffish below.
+PERPETUAL_CHECK = ("3k5/8R/9/9/9/9/9/9/9/4K4 w - - 0 1", "i8i9 d9d8 i9i8 d8d9 i8i9 d9d8 i9i8 d8d9")
+PERPETUAL_CHASE = ("5k3/9/3c5/9/9/9/9/9/9/2R1K4 w - - 0 1", "c0d0 d7c7 d0c0 c7d7 c0d0 d7c7 d0c0 c7d7")
+NO_CAPTURE = ("3k5/9/9/9/9/9/9/9/R8/4K4 w - - 98 60", "a1a2 d9d8")
+CHECKS_EXTEND = ("4k4/9/9/9/9/9/9/9/9/RR1K5 w - - 76 80",
+                 ("a0a9 e9e8 a9a8 e8e9 a8a9 e9e8 a9e9 e8f8 e9f9 f8e8 f9f8 e8e9 f8f9 e9e8 b0b8 e8e7 b8b7 e7e8 f9f8 "
+                  "e8e9 f8e8 e9f9 e8e9 f9f8 e9e8 f8f9 e8e3 f9f8 b7b1 f8f9"))
+HAND_MADE = (PERPETUAL_CHECK, PERPETUAL_CHASE, NO_CAPTURE, CHECKS_EXTEND)
+
+
+def data_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
 
 
 def fixture_fens() -> list[str]:
-    return [line for line in FIXTURE.read_text().splitlines() if line and not line.startswith("#")]
+    return data_lines(FIXTURE)
 
 
 def sf_moves(sf, fen: str) -> list[str]:
@@ -211,7 +230,7 @@ def test_mate_and_stalemate_lose_for_side_to_move() -> None:
     assert (stale.outcome().winner, stale.outcome().reason) == ("red", "stalemate")
 
 
-def test_third_repetition_draws() -> None:
+def test_third_repetition_without_check_or_chase_draws() -> None:
     board = Board()
     shuffle = ["b0c2", "b9c7", "c2b0", "c7b9"]
     for move in shuffle:
@@ -220,13 +239,195 @@ def test_third_repetition_draws() -> None:
     for move in shuffle:
         board.push(move)
     assert board.repetitions() == 3
-    assert board.outcome().reason == "repetition" and board.outcome().result == "1/2-1/2"
+    assert board.outcome() == Outcome(None, "repetition") and board.outcome().result == "1/2-1/2"
 
 
-def test_move_limit_draws() -> None:
+def play_all_but_last(ending: tuple[str, str]) -> tuple[Board, str]:
+    """The board one ply before `ending` ends, and that last move."""
+    fen, moves = ending
+    *before, last = moves.split()
+    return Board.from_moves(before, fen=fen), last
+
+
+def test_perpetual_check_loses_for_the_checker() -> None:
+    board, last = play_all_but_last(PERPETUAL_CHECK)
+    assert board.outcome() is None
+    board.push(last)  # the start position for the 3rd time; red checked on every move
+    assert board.repetitions() == 3
+    assert board.outcome() == Outcome("black", "perpetual_check")
+
+
+def test_perpetual_chase_loses_for_the_chaser() -> None:
+    board, last = play_all_but_last(PERPETUAL_CHASE)
+    assert board.outcome() is None
+    board.push(last)  # the rook attacked the lone cannon on every move
+    assert board.outcome() == Outcome("black", "perpetual_chase")
+
+
+def test_no_capture_limit_ends_exactly_at_the_boundary_ply() -> None:
+    board, last = play_all_but_last(NO_CAPTURE)
+    assert board.halfmove == NO_CAPTURE_PLIES - 1 and board.outcome() is None
+    board.push(last)
+    assert board.halfmove == NO_CAPTURE_PLIES
+    assert board.outcome() == Outcome(None, "no_capture")
+
+
+def test_capture_resets_the_no_capture_count() -> None:
+    board = Board.from_moves("a1a2 d9d8", fen=NO_CAPTURE[0].replace("9/R8", "p8/R8"))  # a1a2 now takes a pawn
+    assert board.halfmove == 1 and board.outcome() is None
+    board.pop()
+    board.pop()
+    assert board.halfmove == NO_CAPTURE_PLIES - 2  # unmake restores the count
+
+
+def test_checks_extend_the_no_capture_limit() -> None:
+    fen, moves = CHECKS_EXTEND
+    board = Board.from_moves(moves.split()[:24], fen=fen)
+    assert board.halfmove == NO_CAPTURE_PLIES and board.outcome() is None  # red checked 12 times: 4 more plies
+    board, last = play_all_but_last(CHECKS_EXTEND)
+    assert board.outcome() is None  # 13 checks, all within the last 100 plies: 6 more
+    board.push(last)
+    assert board.halfmove == NO_CAPTURE_PLIES + 6 and board.outcome() == Outcome(None, "no_capture")
+
+
+def test_move_limit_draws_and_is_not_the_no_capture_rule() -> None:
     board = Board.from_moves("b0c2 b9c7 c2b0 h9g7", max_plies=4)
-    assert board.outcome().reason == "move_limit" and board.outcome().winner is None
+    assert board.outcome() == Outcome(None, "move_limit")
     assert Board.from_moves("b0c2 b9c7 c2b0 h9g7", max_plies=None).outcome() is None
+    assert Board.from_moves(NO_CAPTURE[1], fen=NO_CAPTURE[0], max_plies=None).outcome().reason == "no_capture"
+
+
+# ---- game end against fairy-stockfish ---------------------------------------------
+
+def other(side: str) -> str:
+    return "black" if side == "red" else "red"
+
+
+def verdict(board: Board) -> str | None:
+    """None while the game goes on, else 'red', 'black' or 'draw'."""
+    outcome = board.outcome()
+    return None if outcome is None else outcome.winner or "draw"
+
+
+def sf_verdict(sf, fen: str, moves: list[str], turn: str) -> str | None:
+    """pyffish's verdict after `moves` from `fen` (`turn` moves next): with no legal move, game_result; else
+    its "optional" game ends, which are where it keeps the repetition and no-capture rules (Xiangqi has no
+    "immediate" ones). Values are from the side to move's point of view."""
+    uci = [iccs_to_uci(m) for m in moves]
+    if sf.legal_moves("xiangqi", fen, uci):
+        over, value = sf.is_optional_game_end("xiangqi", fen, uci)
+        if not over:
+            return None
+    else:
+        value = sf.game_result("xiangqi", fen, uci)
+    return "draw" if value == 0 else turn if value > 0 else other(turn)
+
+
+def compare_game(sf, choose: Callable[[Board], str]) -> tuple[int, Outcome]:
+    """Play `choose`'s moves from the start until the game ends, requiring Board's verdict to equal pyffish's
+    after every ply; returns the plies compared and the outcome. pyffish gets the game from just before its
+    last capture: its rules look back no further, and replaying all of it at every ply would be quadratic."""
+    board = Board(max_plies=None)
+    root, since = board.fen(), []
+    plies = 0
+    while True:
+        expected = sf_verdict(sf, root, since, board.turn)
+        assert verdict(board) == expected, f"after {' '.join(board.move_stack)}: pyffish says {expected}"
+        plies += 1
+        if expected is not None:
+            return plies, board.outcome()
+        before = board.fen()
+        move = choose(board)
+        board.push(move)
+        if board.halfmove == 0:
+            root, since = before, []
+        since.append(move)
+
+
+def gives_check(board: Board, move: str) -> bool:
+    board.push(move)
+    check = board.is_check()
+    board.pop()
+    return check
+
+
+def random_mover(seed: int, check_bias: float = 0.0, back_bias: float = 0.0) -> Callable[[Board], str]:
+    """A seeded random player that prefers a checking move with probability `check_bias` and takes back its
+    own last move with probability `back_bias` (repetitions, and so perpetual checks, become likely)."""
+    rng = random.Random(seed)
+
+    def choose(board: Board) -> str:
+        legal = board.legal_moves()
+        played = board.move_stack
+        if len(played) >= 2 and rng.random() < back_bias:
+            back = played[-2][2:] + played[-2][:2]
+            if back in legal:
+                return back
+        if rng.random() < check_bias:
+            checks = [m for m in legal if gives_check(board, m)]
+            if checks:
+                return rng.choice(checks)
+        return rng.choice(legal)
+
+    return choose
+
+
+def replay(moves: list[str]) -> Callable[[Board], str]:
+    return lambda board: moves[len(board.move_stack)]
+
+
+def compare_games(players: list[Callable[[Board], str]]) -> Counter:
+    """`compare_game` for each player (both sides); how many games ended for each reason."""
+    sf = pytest.importorskip("pyffish")
+    return Counter(compare_game(sf, choose)[1].reason for choose in players)
+
+
+@pytest.mark.parametrize(("seeds", "bias", "must_see"), [
+    (range(7, 11), {}, {"checkmate", "stalemate", "repetition", "no_capture"}),
+    (range(19, 24), {"check_bias": 0.9}, {"checkmate", "perpetual_check"}),
+    (range(12), {"check_bias": 0.3, "back_bias": 0.5}, {"repetition"}),
+], ids=["random", "checking", "repeating"])
+def test_game_end_matches_pyffish_on_every_ply_of_random_games(seeds: range, bias: dict, must_see: set[str]) -> None:
+    reasons = compare_games([random_mover(seed, **bias) for seed in seeds])
+    assert must_see <= reasons.keys(), reasons  # the seeds are picked to reach these endings
+
+
+def test_game_end_matches_pyffish_on_every_ply_of_engine_games() -> None:
+    reasons = compare_games([replay(line.split()) for line in data_lines(ENGINE_GAMES)])
+    assert {"checkmate", "stalemate", "repetition", "no_capture"} <= reasons.keys(), reasons
+
+
+def cycles() -> list[tuple[str, str, str]]:
+    """(FEN, moves, pyffish's recorded verdict) of the repetition cycles fixture."""
+    return [tuple(line.split(";")) for line in data_lines(CYCLES)]
+
+
+def test_repetition_cycles_end_as_pyffish_recorded() -> None:
+    """Short cycles in which pieces keep attacking fleeing ones, so that chases decide many of them."""
+    reasons = Counter()
+    for fen, moves, recorded in cycles():
+        board = Board.from_moves(moves, fen=fen)
+        assert verdict(board) == recorded, (fen, moves)
+        reasons[board.outcome().reason, recorded] += 1
+    assert reasons[("perpetual_chase", "red")] >= 50 and reasons[("perpetual_chase", "black")] >= 50, reasons
+    assert reasons[("perpetual_check", "red")] >= 10 and reasons[("repetition", "draw")] >= 100, reasons
+
+
+def test_recorded_cycle_verdicts_are_pyffish_s() -> None:
+    sf = pytest.importorskip("pyffish")
+    for fen, moves, recorded in cycles():
+        turn = Board.from_moves(moves, fen=fen).turn
+        assert sf_verdict(sf, fen, moves.split(), turn) == recorded, (fen, moves)
+
+
+@pytest.mark.parametrize(("fen", "moves"), HAND_MADE, ids=["check", "chase", "no_capture", "checks_extend"])
+def test_hand_made_endings_match_pyffish(fen: str, moves: list[str]) -> None:
+    sf = pytest.importorskip("pyffish")
+    board = Board(fen)
+    for move in [*moves.split(), None]:
+        assert verdict(board) == sf_verdict(sf, fen, board.move_stack, board.turn), board.move_stack
+        if move:
+            board.push(move)
 
 
 def test_render_draws_both_sides() -> None:

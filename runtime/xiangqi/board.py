@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import InputError
+from . import chase
 from .notation import (
     START_FEN,
     format_move,
@@ -54,6 +55,9 @@ from .tables import (
 
 DEFAULT_MAX_PLIES = 300
 REPETITION_COUNT = 3
+NO_CAPTURE_PLIES = 100  # fairy-stockfish's 50-move rule, counted in plies; pawn moves do not reset it
+# Checks given in the last NO_CAPTURE_PLIES beyond this many (by the side that checked more) extend it by 2 plies each.
+FREE_CHECKS = 10
 
 _rng = random.Random(0x5A0B1)
 # Zobrist keys by piece + 7 (pieces are -7..7): a position hashes to one int, so repetitions are cheap to count.
@@ -68,7 +72,8 @@ class Outcome:
     """How a finished game ended. `winner` is 'red', 'black' or None for a draw."""
 
     winner: str | None
-    reason: str  # 'checkmate', 'stalemate', 'repetition' or 'move_limit'
+    # 'checkmate', 'stalemate', 'perpetual_check', 'perpetual_chase', 'repetition', 'no_capture' or 'move_limit'
+    reason: str
 
     @property
     def result(self) -> str:
@@ -79,11 +84,19 @@ class Outcome:
 class Board:
     """A Xiangqi position plus the moves that led to it (for unmake and repetition).
 
-    Game-end rules (see `outcome`): no legal move loses for the side to move, whether
-    in check (checkmate) or not (stalemate); the same position with the same side to
-    move occurring for the 3rd time is a draw (perpetual-check/chase rules are not
-    modelled); reaching `max_plies` plies (counted from the game start via the FEN's
-    move number; None disables it) is a draw.
+    Game-end rules, those of fairy-stockfish (pyffish, variant "xiangqi") so that games
+    labelled here agree with the engine that plays them (see `outcome`):
+    - no legal move loses for the side to move, in check (checkmate) or not (stalemate);
+    - the same position with the same side to move occurring for the 3rd time ends the
+      game: a side that gave check on every one of its moves since the first occurrence
+      loses ('perpetual_check'); else a side that chased the same piece on every move
+      loses ('perpetual_chase', see `chase.py`); if both or neither did, it is a draw;
+    - NO_CAPTURE_PLIES plies without a capture draw ('no_capture'), the limit extended by
+      2 plies for each check beyond FREE_CHECKS that one side gave in that stretch;
+    - the board's own cap, not a Xiangqi rule: reaching `max_plies` plies (counted from the
+      game start via the FEN's move number; None disables it) is a draw ('move_limit').
+    Repetitions and checks are only looked for among the moves played on this board, as
+    pyffish does for the moves it is given after a FEN.
     """
 
     def __init__(self, fen: str = START_FEN, *, max_plies: int | None = DEFAULT_MAX_PLIES) -> None:
@@ -95,10 +108,12 @@ class Board:
         self.halfmove: int = parsed.halfmove
         self.fullmove: int = parsed.fullmove
         self.max_plies = max_plies
-        self._stack: list[tuple[int, int, int, int]] = []  # (move, captured, halfmove, hash before)
+        # Per move played: (move, captured, halfmove, hash, in check) - the last three as they were before it.
+        self._stack: list[tuple[int, int, int, int, bool]] = []
         self.kings = {RED: -1, BLACK: -1}
         self._validate(fen)
         self._hash = self._compute_hash()
+        self._in_check = self._attacked(self.kings[self.side], self.side)
 
     # ---- construction and text -------------------------------------------------
 
@@ -206,7 +221,7 @@ class Board:
 
     def is_check(self) -> bool:
         """Is the side to move in check?"""
-        return self._attacked(self.kings[self.side], self.side)
+        return self._in_check
 
     # ---- move generation -------------------------------------------------------
 
@@ -273,7 +288,7 @@ class Board:
         side = self.side
         ksq = self.kings[side]
         attacked = self._attacked
-        in_check = attacked(ksq, side)
+        in_check = self._in_check
         from_sens, to_sens = FROM_SENSITIVE[ksq], TO_SENSITIVE[ksq]
         legal: list[int] = []
         for m in self._pseudo_moves():
@@ -301,7 +316,7 @@ class Board:
         sq = self.squares
         piece, captured = sq[fr], sq[to]
         h = self._hash
-        self._stack.append((m, captured, self.halfmove, h))
+        self._stack.append((m, captured, self.halfmove, h, self._in_check))
         zp = _ZOBRIST[piece + 7]
         h ^= zp[fr] ^ zp[to] ^ _SIDE_KEY
         if captured:
@@ -317,9 +332,10 @@ class Board:
             self.fullmove += 1
         self.side = -self.side
         self._hash = h
+        self._in_check = self._attacked(self.kings[self.side], self.side)
 
     def _unmake(self) -> None:
-        m, captured, self.halfmove, self._hash = self._stack.pop()
+        m, captured, self.halfmove, self._hash, self._in_check = self._stack.pop()
         fr, to = m >> 7, m & 127
         sq = self.squares
         piece = sq[to]
@@ -373,12 +389,81 @@ class Board:
         h = self._hash
         return 1 + sum(1 for entry in self._stack if entry[3] == h)
 
+    def _checks(self) -> list[bool]:
+        """Whether the side to move was in check, for each position played on this board, newest first."""
+        return [self._in_check, *(entry[4] for entry in reversed(self._stack))]
+
+    def _no_capture_over(self) -> bool:
+        """NO_CAPTURE_PLIES without a capture, plus 2 plies per check beyond FREE_CHECKS by the side that checked
+        more in that stretch (counted only once 20 plies were played on this board)."""
+        if self.halfmove < NO_CAPTURE_PLIES:
+            return False
+        if len(self._stack) < 20:
+            return True
+        window = range(0, min(self.halfmove, len(self._stack)), 2)
+        checks = self._checks()
+        given = max(sum(checks[j] for j in window), sum(checks[j + 1] for j in window))
+        return self.halfmove - 2 * max(given - FREE_CHECKS, 0) >= NO_CAPTURE_PLIES
+
+    def _repeated_span(self) -> int:
+        """Plies back to the earlier occurrence that makes the current position's REPETITION_COUNT-th, else 0."""
+        h, seen = self._hash, 1
+        stack = self._stack
+        for back in range(4, min(self.halfmove, len(stack)) + 1, 2):
+            if stack[-back][3] == h:
+                seen += 1
+                if seen == REPETITION_COUNT:
+                    return back
+        return 0
+
+    def _chases(self, span: int) -> tuple[bool, bool]:
+        """Did the opponent / the side to move chase one same piece (followed as it moves) with every move
+        in the last `span` plies? As in fairy-stockfish, the opponent's moves counted include the one that
+        led to the first occurrence, when it was played on this board."""
+        entries = self._stack[-(span + (span < len(self._stack))):]
+        squares, side = list(self.squares), self.side
+        for m, captured, *_ in reversed(entries):  # back to the position before the first of them
+            squares[m >> 7], squares[m & 127] = squares[m & 127], captured
+            side = -side
+        sets = []
+        for m, *_ in entries:
+            squares, chased = chase.chased(squares, side, m)
+            sets.append(chased)
+            side = -side
+        sets.reverse()  # sets[k]: the pieces chased by the move that led to the position k plies ago
+        moves = [entry[0] for entry in reversed(entries)]  # moves[k]: the move that led there
+
+        def every_move(first: int) -> bool:
+            chased = sets[first]
+            for back in range(first + 2, len(sets), 2):
+                chased = chase.follow_back(chased, moves[back - 1]) & sets[back]
+            return chased != 0
+
+        return every_move(0), every_move(1)
+
+    def _repetition_outcome(self) -> Outcome | None:
+        """Who loses a repetition: the side that checked, else chased, on every move of the cycle; else a draw."""
+        span = self._repeated_span()
+        if not span:
+            return None
+        checks = self._checks()[: span + 1]
+        by_opponent, by_mover = all(checks[0::2]), all(checks[1::2])  # checks given to / by the side to move
+        reason = "perpetual_check"
+        if not by_opponent and not by_mover:
+            by_opponent, by_mover = self._chases(span)
+            reason = "perpetual_chase"
+        if by_opponent == by_mover:
+            return Outcome(None, "repetition")
+        return Outcome(side_name(self.side if by_opponent else -self.side), reason)
+
     def outcome(self) -> Outcome | None:
         """None while the game goes on, else who won and why (rules in the class docstring)."""
         if not self._legal():
             return Outcome(side_name(-self.side), "checkmate" if self.is_check() else "stalemate")
-        if self.repetitions() >= REPETITION_COUNT:
-            return Outcome(None, "repetition")
+        if self._no_capture_over():
+            return Outcome(None, "no_capture")
+        if (repeated := self._repetition_outcome()) is not None:
+            return repeated
         if self.max_plies is not None and self.ply >= self.max_plies:
             return Outcome(None, "move_limit")
         return None
