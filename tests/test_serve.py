@@ -245,3 +245,18 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(lively_bundles, gpt)
         assert server.process.wait(15) in (0, -signal.SIGTERM)  # uvicorn exits by the signal it drained on
     finally:
         server.stop()
+
+
+def test_speculative_server_gives_the_librarys_greedy_text(lively_bundles):
+    """`--speculate 4`: one stream at a time verifies prompt-lookup drafts; the text is plain greedy's."""
+    chat = edgeinfer.load(default_bundle("chat"), device="cpu")
+    server = Server({"chat": default_bundle("chat")}, "--speculate", "4")
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        for prompt in ("i love to go to the park and i love to go to the", "你好，你好，你好"):
+            expected = chat.decode(_alone(chat, chat.encode(prompt), 40))
+            got = client.completions.create(model="chat", prompt=prompt, max_tokens=40, temperature=0,
+                                            extra_body={"ignore_eos": True})
+            assert got.choices[0].text == expected and got.usage.completion_tokens == 40
+    finally:
+        server.stop()

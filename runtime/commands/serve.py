@@ -6,6 +6,7 @@ import argparse
 
 from ..bundle import Manifest
 from ..errors import BundleError, InputError
+from ..lm.engine import MAX_SPECULATE
 from ..loader import default_bundle
 
 HELP = "serve bundles over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions, /v1/qa, /v1/xiangqi/move"
@@ -18,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve BUNDLE as NAME (repeatable; default: the shipped chat, qa and xiangqi bundles)")
     parser.add_argument("--max-active", type=int, default=16, help="requests decoded together per decoder bundle")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests per bundle before 429")
+    parser.add_argument("--speculate", type=int, default=0, metavar="K",
+                        help="verify up to K prompt-lookup draft tokens per decode step (same greedy output; 0: off)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per bundle")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -51,8 +54,10 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 <= args.speculate <= MAX_SPECULATE:
+        raise InputError(f"--speculate must be in 0..{MAX_SPECULATE}, got {args.speculate}")
     config = ServeConfig(parse_models(args.model), max_active=args.max_active, max_queue=args.max_queue,
-                         threads=args.threads, device=args.device, timeout_s=args.timeout)
+                         speculate=args.speculate, threads=args.threads, device=args.device, timeout_s=args.timeout)
     if args.ray:
         for name, folder in config.models.items():  # each replica opens the bundles: here only their manifests
             try:

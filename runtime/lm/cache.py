@@ -135,6 +135,14 @@ class KVCache:
                 self._pack()
         self.lengths = self.lengths + kept
 
+    def rollback(self, row: int, n: int) -> None:
+        """Forget the last `n` tokens of row `row`: drafts that verification did not accept."""
+        if n <= 0:
+            return
+        self.lengths[row] -= n
+        if not self.shared:  # the slots stay until the next pack, masked off
+            self.mask[row, np.flatnonzero(self.mask[row])[-n:]] = 0
+
     def free(self, row: int) -> None:
         """Forget row `row`'s tokens: its slot takes the next request."""
         self.lengths[row] = 0

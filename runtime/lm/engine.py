@@ -23,12 +23,22 @@ import numpy as np
 
 from ..errors import EdgeInferError, InputError
 from .cache import KVCache
-from .options import DecodeOptions
-from .sampling import apply_repetition_penalty, choose_tokens
+from .draft import prompt_lookup
+from .options import DecodeOptions, is_int
+from .sampling import (
+    accept_draft,
+    apply_repetition_penalty,
+    choose_tokens,
+    probabilities,
+)
 from .step import Step
 from .text_stream import TextStream
 from .types import Prefix, StreamEvent
 
+MAX_SPECULATE = 16  # most draft tokens a row verifies in one step
+# after k wholly rejected drafts in a row a request drafts nothing for min(2**k, 16) - 1 steps: drafting turns itself
+# off where the text does not repeat, and comes back when it starts to
+MAX_DRAFT_COOLDOWN = 16
 PREFILL_TOKENS = 2048  # most padded prompt tokens in one group prefill call (activations grow with them)
 PREFILL_PADDING = 1.25  # a group's padded tokens may exceed its real tokens by at most this factor
 
@@ -87,6 +97,8 @@ class Handle:
         self.history = [*(request.prefix.token_ids if request.prefix else []), *request.tokens]
         tokenizer = engine.model.tokenizer
         self.text_stream = TextStream(tokenizer) if tokenizer is not None else None
+        self.draft_cooldown = 0  # steps left without drafting
+        self.draft_misses = 0  # wholly rejected drafts in a row
 
     def cancel(self) -> None:
         self.engine.cancel(self)
@@ -103,14 +115,23 @@ class Handle:
 
 
 class Engine:
-    def __init__(self, model, slots: int, capacity: int | None = None, max_queue: int | None = None) -> None:
+    """`slots` rows of KV cache of `capacity` tokens, at most `max_queue` requests waiting; with `speculate` > 0,
+    each decode step also verifies up to that many draft tokens per request (prompt lookup): greedy output is
+    unchanged, sampled output keeps its distribution (speculative sampling's acceptance rule)."""
+
+    def __init__(self, model, slots: int, capacity: int | None = None, max_queue: int | None = None,
+                 speculate: int = 0) -> None:
         if not (isinstance(slots, int) and slots >= 1):
             raise InputError(f"slots must be an integer >= 1, got {slots!r}")
+        if not (is_int(speculate) and 0 <= speculate <= MAX_SPECULATE):
+            raise InputError(f"speculate must be an integer in [0, {MAX_SPECULATE}], got {speculate!r}")
+        self.speculate = int(speculate)
         self.model = model
         self.capacity = capacity or model.max_positions
         self.max_queue = max_queue
         self.cache = KVCache(model, slots, self.capacity)
         self._step = Step(model, self.cache)
+        self._row_steps: dict[int, tuple[KVCache, Step]] = {}  # speculative steps of one row of a shared buffer
         self._slots: list[Handle | None] = [None] * slots
         self._waiting: deque[Handle] = deque()
         self._ids = itertools.count()
@@ -218,6 +239,12 @@ class Engine:
                 segments[slot] = handle.request.reply_segment
         # a host shared buffer steps only the rows up to the last running one (slots fill from the lowest)
         rows = running[-1] + 1 if self.cache.can_view_rows else len(self._slots)
+        # onnxruntime's GroupQueryAttention takes a run of tokens over a past for one row only: a shared buffer
+        # verifies drafts when one request runs (the case speculation speeds up most), a concat cache at any batch
+        speculating = self.speculate and (not self.cache.shared or (len(running) == 1 and self.cache.can_view_rows))
+        drafts = {slot: self._draft(self._slots[slot]) for slot in running} if speculating else {}
+        if any(drafts.values()):
+            return events + self._speculative_step(running, drafts, rows, segments)
         logits = self._step.decode(last[:rows], None if segments is None else segments[:rows], active[:rows])
         if self.on_step is not None:
             self.on_step(len(running))
@@ -306,21 +333,90 @@ class Engine:
             return None
         return [h.request.segments or [0] * len(h.request.tokens) for h in handles]
 
+    # ------------------------------------------------------------------ speculative steps
+    def _draft(self, handle: Handle) -> list[int]:
+        """Draft tokens for a running request, as many as its remaining tokens and the cache allow."""
+        if handle.draft_cooldown:
+            handle.draft_cooldown -= 1
+            return []
+        room = min(self.speculate, self.capacity - len(handle.history) - 1,
+                   handle.request.options.max_new_tokens - len(handle.generated) - 1)
+        return prompt_lookup(handle.history, room) if room > 0 else []
+
+    def _speculative_step(self, running: list[int], drafts: dict[int, list[int]], rows: int,
+                          segments: np.ndarray | None) -> list[StreamEvent]:
+        """One call feeds each running request its last token and its drafts; each keeps what it accepts."""
+        runs = [[0]] * rows  # idle rows are fed a filler token and keep nothing
+        active = np.zeros(rows, dtype=bool)
+        for slot in running:
+            runs[slot], active[slot] = [self._slots[slot].generated[-1], *drafts[slot]], True
+        if self.cache.shared:  # one running request: verify on a view of its row
+            (slot,) = running
+            view, step = self._row_step(slot)
+            view.lengths[0] = self.cache.lengths[slot]
+            row_logits = step.verify([runs[slot]], None if segments is None else segments[slot : slot + 1],
+                                     active[slot : slot + 1])
+            self.cache.lengths[slot] = view.lengths[0]
+            logits = {slot: row_logits[0]}
+        else:
+            logits = self._step.verify(runs, None if segments is None else segments[:rows], active)
+        if self.on_step is not None:
+            self.on_step(len(running))
+        events: list[StreamEvent] = []
+        for slot in running:
+            handle, draft = self._slots[slot], drafts[slot]
+            emitted = self._accept(slot, logits[slot], draft, events)
+            if self._slots[slot] is handle:  # still running: forget the drafts it did not accept
+                self.cache.rollback(slot, len(draft) + 1 - emitted)
+                if draft:
+                    handle.draft_misses = handle.draft_misses + 1 if emitted == 1 else 0
+                    handle.draft_cooldown = min(2**handle.draft_misses, MAX_DRAFT_COOLDOWN) - 1
+        return events
+
+    def _row_step(self, slot: int) -> tuple[KVCache, Step]:
+        """A one-row view of a host shared buffer and its step, bound once per slot (the memory never moves)."""
+        if slot not in self._row_steps:
+            view = self.cache.row_view(slot)
+            self._row_steps[slot] = (view, Step(self.model, view))
+        return self._row_steps[slot]
+
+    def _accept(self, slot: int, logits: np.ndarray, draft: list[int], events: list[StreamEvent]) -> int:
+        """Choose tokens after each fed position in turn while they agree with the draft; the number emitted."""
+        handle = self._slots[slot]
+        sampling = handle.request.options.sampling
+        for j in range(len(draft) + 1):
+            if not self._prepared(slot, handle, logits[j], events):
+                return j
+            proposed = draft[j] if j < len(draft) else None
+            if proposed is not None and sampling.do_sample:
+                token = accept_draft(probabilities(logits[j : j + 1], sampling)[0], proposed, handle.rng)
+            else:
+                token = int(choose_tokens(logits[j : j + 1], sampling, [handle.rng])[0])
+            events.append(self._emit(slot, token))
+            if self._slots[slot] is not handle or token != proposed:
+                return j + 1
+        return len(draft) + 1
+
     # ------------------------------------------------------------------ choosing tokens
+    def _prepared(self, slot: int, handle: Handle, logits: np.ndarray, events: list[StreamEvent]) -> bool:
+        """Apply the request's rules to its logits; if its own hook or logits fail, only it ends (False)."""
+        try:
+            self._prepare(handle, logits)
+        except Exception as exc:  # noqa: BLE001  a request's own hook or logits: only it fails
+            if not isinstance(exc, EdgeInferError):  # the caller's hook raised: say so in the project's terms
+                error = InputError(f"request {handle.id}: logits_processor raised {type(exc).__name__}: {exc}")
+                error.__cause__, exc = exc, error
+            events.append(self._finish(slot, handle, "error", error=exc))
+            return False
+        return True
+
     def _choose(self, slots: list[int], logits: np.ndarray) -> list[StreamEvent]:
         """Apply each request's rules to its row of logits, then pick tokens, rows with equal sampling together."""
         events, groups = [], {}
         for row, slot in enumerate(slots):
             handle = self._slots[slot]
-            try:
-                self._prepare(handle, logits[row])
-            except Exception as exc:  # noqa: BLE001  a request's own hook or logits: only it fails
-                if not isinstance(exc, EdgeInferError):  # the caller's hook raised: say so in the project's terms
-                    error = InputError(f"request {handle.id}: logits_processor raised {type(exc).__name__}: {exc}")
-                    error.__cause__, exc = exc, error
-                events.append(self._finish(slot, handle, "error", error=exc))
-                continue
-            groups.setdefault(handle.request.options.sampling, []).append((row, slot))
+            if self._prepared(slot, handle, logits[row], events):
+                groups.setdefault(handle.request.options.sampling, []).append((row, slot))
         for sampling, members in groups.items():
             rows = [row for row, _ in members]
             chosen = logits if len(rows) == len(logits) else logits[rows]  # (rows are in order: no copy for one group)

@@ -86,7 +86,7 @@ class CausalLM:
 
         Options: max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
         stop_token_ids, stop_strings, logits_processor (defaults: the manifest's generation block), seed,
-        num_return_sequences, max_active, segment_ids, reply_segment, prefix; num_beams > 1 for beam search
+        num_return_sequences, max_active, speculate, segment_ids, reply_segment, prefix; num_beams > 1 for beam search
         (with length_penalty, early_stopping).
         """
         if not is_int(num_beams) or not 1 <= num_beams <= front_door.MAX_BATCH:
@@ -109,9 +109,10 @@ class CausalLM:
             self._scorer = ContinuationScorer(self)
         return self._scorer(prefix, self._check_ids(candidates, "candidates"))
 
-    def engine(self, slots: int, capacity: int | None = None, max_queue: int | None = None) -> Engine:
+    def engine(self, slots: int, capacity: int | None = None, max_queue: int | None = None,
+               speculate: int = 0) -> Engine:
         """A request-level engine over this model: `submit` from any thread, `start()` its loop (a server's core)."""
-        return Engine(self, slots, capacity, max_queue)
+        return Engine(self, slots, capacity, max_queue, speculate)
 
     def _check_ids(self, input_ids, name: str = "input_ids") -> np.ndarray:
         try:

@@ -60,6 +60,15 @@ def choose_tokens(logits: np.ndarray, options: SamplingOptions, rngs: list[np.ra
         tokens = logits.argmax(axis=-1)  # argmax finds a nan first; a row that bans every token gives -inf
         _check_usable(logits[np.arange(len(tokens)), tokens])
         return tokens
+    probs = probabilities(logits, options)
+    # one uniform draw per row from that row's own generator: a row samples the same alone or in a batch
+    cumulative = np.cumsum(probs, axis=-1)
+    draws = np.array([rng.random() for rng in rngs]) * cumulative[:, -1]
+    return np.minimum((cumulative <= draws[:, None]).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def probabilities(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
+    """The sampling distribution of each row (temperature, top-k, top-p), computed in place in `logits`."""
     best = logits.max(axis=-1, keepdims=True)
     _check_usable(best[:, 0])
     # shift before scaling: a tiny temperature then sends every other token to -inf instead of overflowing to nan
@@ -70,10 +79,20 @@ def choose_tokens(logits: np.ndarray, options: SamplingOptions, rngs: list[np.ra
     top_k_top_p_filter(logits, options.top_k, options.top_p)
     probs = np.exp(logits, out=logits)
     probs /= probs.sum(axis=-1, keepdims=True)
-    # one uniform draw per row from that row's own generator: a row samples the same alone or in a batch
-    cumulative = np.cumsum(probs, axis=-1)
-    draws = np.array([rng.random() for rng in rngs]) * cumulative[:, -1]
-    return np.minimum((cumulative <= draws[:, None]).sum(axis=-1), probs.shape[-1] - 1)
+    return probs
+
+
+def accept_draft(probs: np.ndarray, draft: int, rng: np.random.Generator) -> int:
+    """Speculative sampling with a draft proposed with certainty (prompt lookup): keep it with probability p(draft),
+    else draw from p without it. Either way the token is distributed exactly as p."""
+    if rng.random() < probs[draft]:
+        return draft
+    rest = probs.astype(np.float64)
+    rest[draft] = 0.0
+    cumulative = np.cumsum(rest)
+    if cumulative[-1] <= 0:
+        return draft
+    return int(min(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"), len(probs) - 1))
 
 
 def _check_usable(best: np.ndarray) -> None:

@@ -121,6 +121,31 @@ class Step:
         logits = self.run(ids, positions, mask, wanted, types if segments is not None else None, counts)
         return logits if every_position else logits[:, 0]
 
+    def verify(self, tokens: list[list[int]], segments: np.ndarray | None, active: np.ndarray) -> np.ndarray:
+        """Feed each of the first len(tokens) rows a ragged run (its last chosen token, then draft tokens) in one call.
+
+        Returns the logits after every fed token, (rows, longest run, vocab); a shorter run's later columns repeat its
+        last. Rows not `active` are fed to fill the batch and keep nothing. Every fed token is kept: the caller rolls
+        back the drafts it does not accept (`KVCache.rollback`).
+        """
+        cache = self.cache
+        rows = len(tokens)
+        counts = np.ones(cache.rows, dtype=np.int64)
+        counts[:rows] = [len(run) for run in tokens]
+        kept = np.zeros(cache.rows, dtype=np.int64)
+        kept[:rows] = counts[:rows] * active
+        width = int(counts[:rows].max())
+        mask = cache.step_mask(counts, kept)[:rows]
+        ids, positions, types, wanted = (np.zeros((rows, width), dtype=np.int64) for _ in range(4))
+        for b, run in enumerate(tokens):
+            n = len(run)
+            start = 0 if cache.shared else width - n  # right- or left-padded
+            ids[b, start : start + n] = run
+            positions[b, start : start + n] = cache.lengths[b] + np.arange(n)
+            types[b, start : start + n] = 0 if segments is None else segments[b]
+            wanted[b] = start + np.minimum(np.arange(width), n - 1)
+        return self.run(ids, positions, mask, wanted, None if segments is None else types, kept[:rows])
+
     def decode(self, tokens: np.ndarray, segments: np.ndarray | None = None,
                active: np.ndarray | None = None) -> np.ndarray:
         """Feed one token to each of the first len(tokens) rows; rows not `active` are fed to fill the batch and

@@ -35,6 +35,7 @@ class ServeConfig:
     models: dict[str, str]  # name -> bundle folder
     max_active: int = 16  # slots per decoder bundle
     max_queue: int = 64  # waiting requests per decoder bundle beyond which requests get 429
+    speculate: int = 0  # prompt-lookup draft tokens verified per decode step (see edgeinfer.lm.Engine)
     threads: int | None = None
     device: str = "auto"
     timeout_s: float = 300.0
@@ -68,7 +69,8 @@ def create_app(config: ServeConfig, loaded: dict | None = None) -> FastAPI:
             elif task == "xiangqi":
                 workers[name] = XiangqiWorker(name, model)
             else:
-                workers[name] = DecoderWorker(name, model, config.max_active, config.max_queue, metrics)
+                workers[name] = DecoderWorker(name, model, config.max_active, config.max_queue, metrics,
+                                              config.speculate)
         yield
         for worker in workers.values():
             worker.close()  # decoders finish the requests in flight first

@@ -25,9 +25,9 @@ class RequestTimeout(InputError):
 
 
 class DecoderWorker:
-    def __init__(self, name: str, model, slots: int, max_queue: int, metrics: Metrics) -> None:
+    def __init__(self, name: str, model, slots: int, max_queue: int, metrics: Metrics, speculate: int = 0) -> None:
         self.name, self.model, self.metrics = name, model, metrics
-        self.engine = model.engine(slots=slots, max_queue=max_queue)
+        self.engine = model.engine(slots=slots, max_queue=max_queue, speculate=speculate)
         self.engine.on_step = lambda rows: metrics.batch_size.labels(name).observe(rows)
         self.engine.start()
 
