@@ -4,9 +4,10 @@ RMSNorm, rotary position embeddings, a SwiGLU MLP and grouped-query attention (f
 heads). Its forward takes and returns what `export.gpt.GPT`'s does, so `onnx_export.export_gpt_bundle` and the
 runtime treat both alike; the cache holds `n_kv_head` heads.
 
-Rotary tables are precomputed for every position up to `n_positions` and gathered by `position_ids`, so the
-graph sees the same explicit positions a GPT sees (the runtime's left or right padding needs nothing else).
-q, k, v are one packed projection and gate, up another: two MatMuls where the checkpoint has five.
+Rotary tables (cos and sin, half a head wide) are precomputed for every position up to `n_positions` and read at
+`position_ids`, so the graph sees the same explicit positions a GPT sees (the runtime's left or right padding needs
+nothing else); `kernels.modules.rotary_attention` rotates and attends in one exported op. q, k, v are one packed
+projection and gate, up another: two MatMuls where the checkpoint has five.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeinfer.kernels.modules import causal_attention
+from edgeinfer.kernels.modules import rotary_attention
 
 
 @dataclass
@@ -54,28 +55,16 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Rotary embedding of x (batch, seq, heads·dim) with half tables cos, sin (batch, seq, dim/2), in the
-    rotate-half layout Llama checkpoints use (the two halves of each head form the pairs)."""
-    batch, seq, _ = x.shape
-    x = x.view(batch, seq, n_heads, -1)
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).view(batch, seq, -1)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head
-        self.q_size, self.kv_size = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.n_embd, bias=cfg.o_bias)
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.o_bias)
 
-    def forward(self, x, cos, sin, past_k, past_v, attention_mask):
-        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = rotate(q, cos, sin, self.n_head), rotate(k, cos, sin, self.n_kv_head)
-        y, present_k, present_v = causal_attention(q, k, v, past_k, past_v, attention_mask, self.n_head, self.n_kv_head)
+    def forward(self, x, rope, past_k, past_v, attention_mask):
+        y, present_k, present_v = rotary_attention(self.qkv(x), past_k, past_v, attention_mask, *rope, self.n_head,
+                                                   self.n_kv_head)
         return self.o_proj(y), present_k, present_v
 
 
@@ -98,8 +87,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.n_embd, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, past_k, past_v, attention_mask):
-        a, present_k, present_v = self.self_attn(self.input_layernorm(x), cos, sin, past_k, past_v, attention_mask)
+    def forward(self, x, rope, past_k, past_v, attention_mask):
+        a, present_k, present_v = self.self_attn(self.input_layernorm(x), rope, past_k, past_v, attention_mask)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), present_k, present_v
 
@@ -143,10 +132,10 @@ class Llama(nn.Module):
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`GPT.forward`'s contract: logits at `logits_positions` and the present caches (token_type_ids unused)."""
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+        rope = (position_ids, self.rope_cos, self.rope_sin)
         presents = []
         for i, block in enumerate(self.layers):
-            x, present_k, present_v = block(x, cos, sin, past[2 * i], past[2 * i + 1], attention_mask)
+            x, present_k, present_v = block(x, rope, past[2 * i], past[2 * i + 1], attention_mask)
             presents += [present_k, present_v]
         x = self.norm(x)
         index = logits_positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])

@@ -31,7 +31,7 @@ from .llama import Llama
 from .quantize import INT8, QUANTIZATIONS, quantize_int8
 
 OPSET = 23
-FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "Gelu", "QuickGelu")
+FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "RotaryEmbedding", "RMSNormalization", "Gelu", "QuickGelu")
 DECOMPOSED_OP_TYPES = ("Erf", "Tanh", "Softmax")
 
 
@@ -217,6 +217,11 @@ def quantized(onnx_path: Path, quantize: str) -> Path:
     return out
 
 
+def contrib_head_multiple(model: Decoder) -> int:
+    """What GroupQueryAttention's head size must be a multiple of: 16 with its built-in rotary (onnxruntime 1.32 CPU)."""
+    return 16 if isinstance(model, Llama) else 8
+
+
 def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -> onnx.ModelProto:
     """Dynamo-export `model` to `path` (dynamic batch, sequence and past axes) with fused ops.
 
@@ -228,9 +233,10 @@ def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -
         raise ExportError(f"attention mask {mask!r} is not available with attention {attention!r}; "
                           f"expected one of {MASK_KINDS}, query_key with the standard target only")
     cfg = model.cfg
-    if attention == "contrib" and cfg.head_dim % 8:
+    if attention == "contrib" and cfg.head_dim % contrib_head_multiple(model):
         raise ExportError(
-            f"the contrib target (GroupQueryAttention) needs a head size that is a multiple of 8; this model's is "
+            f"the contrib target (GroupQueryAttention) needs a head size that is a multiple of "
+            f"{contrib_head_multiple(model)}; this model's is "
             f"{cfg.head_dim}: export with attention 'standard'"
         )
     if attention == "unfused" and cfg.n_kv_head != cfg.n_head:
@@ -299,7 +305,7 @@ def export_gpt_bundle(
     cfg = model.cfg
     check_quantization(quantize)
     if attention == "auto":
-        attention = "standard" if cfg.head_dim % 8 else "contrib"
+        attention = "standard" if cfg.head_dim % contrib_head_multiple(model) else "contrib"
     out_dir = Path(out_dir)
     if reference is None:
         reference_name = f"edgeinfer {type(model).__name__} (PyTorch eager)"

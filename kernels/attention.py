@@ -1,8 +1,9 @@
 """Scaled dot-product attention with causal mask, key-padding mask and KV cache: the numpy reference.
 
 Every attention emission (opset-23 `Attention`, contrib `GroupQueryAttention`) is tested against
-`attention_reference`. Layouts follow the ONNX ops: queries/keys/values are (batch, seq, heads*head_dim),
-caches are (batch, heads, length, head_dim).
+`attention_reference`, and the rotary ones against `rotary_reference` first. Layouts follow the ONNX ops:
+queries/keys/values are (batch, seq, heads*head_dim), caches are (batch, kv_heads, length, head_dim); with fewer
+key/value heads than query heads (grouped-query attention) each serves heads / kv_heads consecutive query heads.
 
 Masking rule: query i of a row sits at absolute position past_len + i and may see key j when j <= past_len + i
 and key_mask[j] is 1. A query that can see no key at all (a fully padded row) gets an output of zeros, never
@@ -46,16 +47,21 @@ def attention_reference(
     past_v: np.ndarray | None = None,
     key_mask: np.ndarray | None = None,
     scale: float | None = None,
+    kv_num_heads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Causal multi-head attention over [past, new] keys.
+    """Causal multi-head (or grouped-query, with kv_num_heads) attention over [past, new] keys.
 
-    Returns (output (B, S, H*D), present_k, present_v (B, H, P+S, D)). `key_mask` is (B, P+S) of 0/1,
+    Returns (output (B, S, H*D), present_k, present_v (B, KV, P+S, D)). `key_mask` is (B, P+S) of 0/1,
     all ones when omitted.
     """
-    qh, kh, vh = (split_heads(t, num_heads).astype(np.float64) for t in (q, k, v))
+    kv_num_heads = num_heads if kv_num_heads is None else kv_num_heads
+    qh = split_heads(q, num_heads).astype(np.float64)
+    kh, vh = (split_heads(t, kv_num_heads).astype(np.float64) for t in (k, v))
     if past_k is not None:
         kh = np.concatenate([past_k.astype(np.float64), kh], axis=2)
         vh = np.concatenate([past_v.astype(np.float64), vh], axis=2)
+    present_k, present_v = kh, vh
+    kh, vh = (np.repeat(t, num_heads // kv_num_heads, axis=1) for t in (kh, vh))
     b, _, s, d = qh.shape
     total = kh.shape[2]
     if key_mask is None:
@@ -71,4 +77,15 @@ def attention_reference(
     weights = weights / np.where(denom > 0, denom, 1.0)
     out = np.einsum("bhst,bhtd->bhsd", weights, vh)
     dtype = q.dtype
-    return merge_heads(out).astype(dtype), kh.astype(dtype), vh.astype(dtype)
+    return merge_heads(out).astype(dtype), present_k.astype(dtype), present_v.astype(dtype)
+
+
+def rotary_reference(x: np.ndarray, cos_cache: np.ndarray, sin_cache: np.ndarray, positions: np.ndarray,
+                     num_heads: int) -> np.ndarray:
+    """Rotary embedding of x (B, S, H*D) at positions (B, S), rotate-half layout: within each head, element i of
+    the first half and element i of the second half turn together by angle position·inv_freq[i]; the tables are
+    (max_positions, D/2) of cos and sin of those angles."""
+    xh = split_heads(x, num_heads).astype(np.float64)
+    x1, x2 = np.split(xh, 2, axis=-1)
+    cos, sin = cos_cache[positions][:, None], sin_cache[positions][:, None]  # (B, 1, S, D/2)
+    return merge_heads(np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)).astype(x.dtype)

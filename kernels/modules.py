@@ -126,6 +126,63 @@ def causal_attention(
     return _attention_eager(q, k, v, past_k, past_v, attention_mask, num_heads, kv_num_heads)
 
 
+# ---------------------------------------------------------------- rotary (Llama-family) attention
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Rotary embedding of x (batch, seq, heads*head_dim) by half tables cos, sin (batch, seq, head_dim/2), in the
+    rotate-half layout of Llama checkpoints (each head's two halves form the rotated pairs)."""
+    batch, seq, _ = x.shape
+    x1, x2 = x.view(batch, seq, num_heads, -1).chunk(2, dim=-1)
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).view(batch, seq, -1)
+
+
+def _rotary_attention_eager(qkv, past_k, past_v, attention_mask, position_ids, cos_cache, sin_cache, num_heads: int,
+                            kv_num_heads: int):
+    head_dim = past_k.shape[-1]
+    q, k, v = qkv.split([num_heads * head_dim, kv_num_heads * head_dim, kv_num_heads * head_dim], dim=-1)
+    cos, sin = cos_cache[position_ids], sin_cache[position_ids]
+    return _attention_eager(rotate(q, cos, sin, num_heads), rotate(k, cos, sin, kv_num_heads), v, past_k, past_v,
+                            attention_mask, num_heads, kv_num_heads)
+
+
+@torch.library.custom_op("edgeinfer::rotary_attention", mutates_args=())
+def rotary_attention_op(
+    qkv: torch.Tensor,
+    past_k: torch.Tensor,
+    past_v: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cos_cache: torch.Tensor,
+    sin_cache: torch.Tensor,
+    num_heads: int,
+    kv_num_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(t.clone() for t in _rotary_attention_eager(qkv, past_k, past_v, attention_mask, position_ids, cos_cache,
+                                                            sin_cache, num_heads, kv_num_heads))
+
+
+@rotary_attention_op.register_fake
+def _rotary_attention_fake(qkv, past_k, past_v, attention_mask, position_ids, cos_cache, sin_cache, num_heads,
+                           kv_num_heads):
+    batch, seq, _ = qkv.shape
+    _, heads, past, head_dim = past_k.shape
+    cache_shape = (batch, heads, past + seq, head_dim)
+    return qkv.new_empty((batch, seq, num_heads * head_dim)), past_k.new_empty(cache_shape), past_v.new_empty(cache_shape)
+
+
+def rotary_attention(qkv: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, attention_mask: torch.Tensor,
+                     position_ids: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor, num_heads: int,
+                     kv_num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`causal_attention` of the packed projection qkv (batch, seq, (heads + 2*kv_heads)*head_dim) after rotating
+    q and k to their positions: cos_cache, sin_cache (max_positions, head_dim/2) are read at position_ids.
+
+    One op so that the contrib target can hand the whole of it to `GroupQueryAttention` (packed QKV, built-in
+    rotary); the standard target writes opset-23 `RotaryEmbedding` nodes before its `Attention`.
+    """
+    attend = rotary_attention_op if torch.compiler.is_exporting() else _rotary_attention_eager
+    return attend(qkv, past_k, past_v, attention_mask, position_ids, cos_cache, sin_cache, num_heads, kv_num_heads)
+
+
 # ---------------------------------------------------------------- bidirectional (encoder) attention
 def _encoder_attention_eager(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor, num_heads: int

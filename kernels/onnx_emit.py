@@ -30,12 +30,14 @@ _msft = Opset("com.microsoft", 1)
 def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: dict[str, OpSchema.AttrType]) -> Op:
     """An onnxscript op for an onnxruntime contrib op; onnx ships no schemas for these, so we declare them.
 
-    Inputs named `seqlens*`, `total_*` or `*_mask` are int32, all others float; `bias` is optional.
+    Inputs named `seqlens*`, `total_*` or `*_mask` are int32, `position_ids` int64, all others float; `bias`, `key`
+    and `value` are optional (a packed query holds all three projections).
     """
 
     def param(n: str) -> OpSchema.FormalParameter:
-        kind = "M" if n.startswith(("seqlens", "total")) or n.endswith("_mask") else "T"
-        option = OpSchema.FormalParameterOption.Optional if n == "bias" else OpSchema.FormalParameterOption.Single
+        kind = "M" if n.startswith(("seqlens", "total")) or n.endswith("_mask") else "I" if n == "position_ids" else "T"
+        optional = n in ("bias", "key", "value")
+        option = OpSchema.FormalParameterOption.Optional if optional else OpSchema.FormalParameterOption.Single
         return OpSchema.FormalParameter(n, kind, param_option=option)
 
     schema = OpSchema(
@@ -44,7 +46,8 @@ def _contrib_op(name: str, inputs: list[str], outputs: list[str], attributes: di
         1,
         inputs=[param(n) for n in inputs],
         outputs=[param(n) for n in outputs],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], "")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("M", ["tensor(int32)"], ""),
+                          ("I", ["tensor(int64)"], "")],
         attributes=[OpSchema.Attribute(n, t, "") for n, t in attributes.items()],
     )
     return Op(_msft, name, schema)
@@ -56,6 +59,14 @@ GroupQueryAttention = _contrib_op(
     ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length"],
     ["output", "present_key", "present_value"],
     {"num_heads": OpSchema.AttrType.INT, "kv_num_heads": OpSchema.AttrType.INT},
+)
+# the same op with its built-in rotary embedding: packed QKV in, cos/sin tables read at explicit positions
+RotaryGroupQueryAttention = _contrib_op(
+    "GroupQueryAttention",
+    ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache", "sin_cache",
+     "position_ids"],
+    ["output", "present_key", "present_value"],
+    {"num_heads": OpSchema.AttrType.INT, "kv_num_heads": OpSchema.AttrType.INT, "do_rotary": OpSchema.AttrType.INT},
 )
 
 
@@ -135,11 +146,76 @@ def quick_gelu_unfused(x, alpha: float = SIGMOID_ALPHA):
 
 
 def attention_contrib(q, k, v, past_k, past_v, attention_mask, num_heads: int, kv_num_heads: int):
-    seqlens_k = op.Cast(op.Sub(op.ReduceSum(attention_mask, [1], keepdims=0), op.Constant(value_int=1)), to=6)
-    total = op.Cast(op.Squeeze(op.Shape(attention_mask, start=1, end=2)), to=6)  # 6 = INT32
+    seqlens_k, total = _seqlens(attention_mask)
     return GroupQueryAttention(
         q, k, v, past_k, past_v, seqlens_k, total, num_heads=num_heads, kv_num_heads=kv_num_heads
     )
+
+
+def _seqlens(attention_mask):
+    """GroupQueryAttention's per-row lengths minus one and the total length, both int32 (6 = INT32)."""
+    seqlens_k = op.Cast(op.Sub(op.ReduceSum(attention_mask, [1], keepdims=0), op.Constant(value_int=1)), to=6)
+    return seqlens_k, op.Cast(op.Squeeze(op.Shape(attention_mask, start=1, end=2)), to=6)
+
+
+def _split_qkv(qkv, cos_cache, num_heads: int, kv_num_heads: int):
+    """q, k, v of a packed projection (batch, seq, (heads + 2*kv_heads)*head_dim); the head size is twice the rotary
+    table's width."""
+    head_dim = op.Mul(op.Shape(cos_cache, start=1, end=2), op.Constant(value_ints=[2]))
+    q_end = op.Mul(head_dim, op.Constant(value_ints=[num_heads]))
+    k_end = op.Add(q_end, op.Mul(head_dim, op.Constant(value_ints=[kv_num_heads])))
+    axis, start, end = op.Constant(value_ints=[-1]), op.Constant(value_ints=[0]), op.Shape(qkv, start=-1)
+    return op.Slice(qkv, start, q_end, axis), op.Slice(qkv, q_end, k_end, axis), op.Slice(qkv, k_end, end, axis)
+
+
+def _rotated_split(qkv, position_ids, cos_cache, sin_cache, num_heads: int, kv_num_heads: int):
+    """q, k, v of a packed projection, q and k rotated by opset-23 `RotaryEmbedding` (rotate-half layout)."""
+    q, k, v = _split_qkv(qkv, cos_cache, num_heads, kv_num_heads)
+    q = op.RotaryEmbedding(q, cos_cache, sin_cache, position_ids, num_heads=num_heads)
+    k = op.RotaryEmbedding(k, cos_cache, sin_cache, position_ids, num_heads=kv_num_heads)
+    return q, k, v
+
+
+def rotary_attention_standard(qkv, past_k, past_v, attention_mask, position_ids, cos_cache, sin_cache, num_heads: int,
+                              kv_num_heads: int):
+    q, k, v = _rotated_split(qkv, position_ids, cos_cache, sin_cache, num_heads, kv_num_heads)
+    return attention_standard(q, k, v, past_k, past_v, attention_mask, num_heads, kv_num_heads)
+
+
+def rotary_attention_query_key(qkv, past_k, past_v, attention_mask, position_ids, cos_cache, sin_cache,
+                               num_heads: int, kv_num_heads: int):
+    q, k, v = _rotated_split(qkv, position_ids, cos_cache, sin_cache, num_heads, kv_num_heads)
+    return attention_query_key(q, k, v, past_k, past_v, attention_mask, num_heads, kv_num_heads)
+
+
+def rotary_attention_contrib(qkv, past_k, past_v, attention_mask, position_ids, cos_cache, sin_cache, num_heads: int,
+                             kv_num_heads: int):
+    """One `GroupQueryAttention` node: packed QKV, rotary built in, read at the graph's position_ids.
+
+    onnxruntime 1.32's CPU kernel rotates a first prompt (nothing cached yet) at positions 0..seq-1 whatever
+    position_ids says; in the shared-buffer layout this target exists for, a row's positions are its cache slots, so
+    the two agree (tests/test_attention.py feeds other positions to cached steps only).
+    """
+    seqlens_k, total = _seqlens(attention_mask)
+    return RotaryGroupQueryAttention(qkv, None, None, past_k, past_v, seqlens_k, total, cos_cache, sin_cache,
+                                     position_ids, num_heads=num_heads, kv_num_heads=kv_num_heads, do_rotary=1)
+
+
+def rotary_attention_unfused(qkv, past_k, past_v, attention_mask, position_ids, cos_cache, sin_cache, num_heads: int,
+                             kv_num_heads: int):
+    """Rotary embedding as its formula (x1·cos − x2·sin, x2·cos + x1·sin per head), then `attention_unfused`."""
+    q, k, v = _split_qkv(qkv, cos_cache, num_heads, kv_num_heads)
+    cos = op.Unsqueeze(op.Gather(cos_cache, position_ids), [2])  # (batch, seq, 1, head_dim/2)
+    sin = op.Unsqueeze(op.Gather(sin_cache, position_ids), [2])
+
+    def rotate(x, heads: int):
+        x = op.Reshape(x, op.Constant(value_ints=[0, 0, heads, -1]))
+        x1, x2 = op.Split(x, axis=-1, num_outputs=2)
+        rotated = op.Concat(op.Sub(op.Mul(x1, cos), op.Mul(x2, sin)), op.Add(op.Mul(x2, cos), op.Mul(x1, sin)), axis=-1)
+        return op.Reshape(rotated, op.Constant(value_ints=[0, 0, -1]))
+
+    return attention_unfused(rotate(q, num_heads), rotate(k, kv_num_heads), v, past_k, past_v, attention_mask,
+                             num_heads, kv_num_heads)
 
 
 def translation_table(attention_target: str, mask: str = "key") -> dict:
@@ -160,17 +236,20 @@ def translation_table(attention_target: str, mask: str = "key") -> dict:
         return {
             torch.ops.edgeinfer.quick_gelu.default: quick_gelu,
             torch.ops.edgeinfer.attention.default: attention_query_key,
+            torch.ops.edgeinfer.rotary_attention.default: rotary_attention_query_key,
         }
     if attention_target == "unfused":
         return {
             torch.ops.edgeinfer.quick_gelu.default: quick_gelu_unfused,
             torch.ops.edgeinfer.attention.default: attention_unfused,
+            torch.ops.edgeinfer.rotary_attention.default: rotary_attention_unfused,
             torch.ops.aten.gelu.default: gelu_unfused,
         }
-    attention = attention_standard if attention_target == "standard" else attention_contrib
+    standard = attention_target == "standard"
     return {
         torch.ops.edgeinfer.quick_gelu.default: quick_gelu,
-        torch.ops.edgeinfer.attention.default: attention,
+        torch.ops.edgeinfer.attention.default: attention_standard if standard else attention_contrib,
+        torch.ops.edgeinfer.rotary_attention.default: rotary_attention_standard if standard else rotary_attention_contrib,
     }
 
 

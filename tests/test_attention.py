@@ -160,3 +160,58 @@ def test_contrib_target_ragged_in_place_cache():
 def _heads(x):
     b, s, _ = x.shape
     return x.reshape(b, s, HEADS, HEAD_DIM).transpose(0, 2, 1, 3)
+
+
+ROTARY_HEAD_DIM = 16  # GroupQueryAttention's built-in rotary wants a multiple of 16
+
+
+class _RotaryLayer(torch.nn.Module):
+    def __init__(self, heads, kv_heads, positions=16):
+        super().__init__()
+        self.heads, self.kv_heads = heads, kv_heads
+        angles = torch.arange(positions)[:, None] * (1.0 / 100 ** (torch.arange(0, ROTARY_HEAD_DIM, 2) / ROTARY_HEAD_DIM))[None]
+        self.register_buffer("cos", angles.cos())
+        self.register_buffer("sin", angles.sin())
+
+    def forward(self, qkv, past_k, past_v, attention_mask, position_ids):
+        from edgeinfer.kernels.modules import rotary_attention
+
+        return rotary_attention(qkv, past_k, past_v, attention_mask, position_ids, self.cos, self.sin, self.heads,
+                                self.kv_heads)
+
+
+@pytest.mark.parametrize("target, kv_heads", [("standard", 2), ("standard", 1), ("contrib", 2), ("unfused", 4)])
+def test_rotary_grouped_query_attention_matches_reference(target, kv_heads):
+    """A prompt then a cached step, q and k rotated at the given positions, against the numpy references."""
+    from edgeinfer.kernels.attention import rotary_reference
+    from edgeinfer.kernels.onnx_emit import translation_table
+
+    heads, b, width = 4, 2, (4 + 2 * kv_heads) * ROTARY_HEAD_DIM
+    layer = _RotaryLayer(heads, kv_heads)
+    auto = torch.export.Dim.AUTO
+    example = (torch.randn(b, 3, width), torch.zeros(b, kv_heads, 4, ROTARY_HEAD_DIM), torch.zeros(b, kv_heads, 4, ROTARY_HEAD_DIM),
+               torch.ones(b, 7, dtype=torch.int64), torch.arange(4, 7).expand(b, 3))
+    dyn = ({0: auto, 1: auto}, {0: auto, 2: auto}, {0: auto, 2: auto}, {0: auto, 1: auto}, {0: auto, 1: auto})
+    proto = torch.onnx.export(layer, example, dynamo=True, opset_version=23, dynamic_shapes=dyn,
+                              custom_translation_table=translation_table(target), verbose=False).model_proto
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count({"standard": "RotaryEmbedding", "contrib": "GroupQueryAttention", "unfused": "Softmax"}[target]) \
+        == {"standard": 2, "contrib": 1, "unfused": 1}[target]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(kv_heads)
+    cos, sin = layer.cos.numpy(), layer.sin.numpy()
+    past_k = past_v = np.zeros((b, kv_heads, 8 if target == "contrib" else 0, ROTARY_HEAD_DIM), np.float32)
+    ref_k = ref_v = None
+    for start, seq in ((0, 5), (5, 1)):
+        qkv = rng.standard_normal((b, seq, width)).astype(np.float32)
+        # row 1's cached step at a position other than its slot (GroupQueryAttention takes a prompt's from its slots)
+        positions = np.arange(start, start + seq)[None].repeat(b, 0) + np.array([[0], [3 * bool(start)]])
+        mask = np.ones((b, start + seq), dtype=np.int64)
+        y, past_k, past_v = session.run(None, dict(zip([i.name for i in session.get_inputs()],
+                                                       [qkv, past_k, past_v, mask, positions])))
+        q, k, v = np.split(qkv, [heads * ROTARY_HEAD_DIM, (heads + kv_heads) * ROTARY_HEAD_DIM], axis=-1)
+        ref, ref_k, ref_v = attention_reference(rotary_reference(q, cos, sin, positions, heads),
+                                                rotary_reference(k, cos, sin, positions, kv_heads), v, heads,
+                                                ref_k, ref_v, kv_num_heads=kv_heads)
+        np.testing.assert_allclose(y, ref, atol=1e-5)
+        np.testing.assert_allclose(past_k[:, :, : start + seq], ref_k, atol=1e-5)

@@ -34,6 +34,12 @@ def _hf_logits(hf, ids):
         return hf(torch.from_numpy(ids)).logits.numpy()
 
 
+def _graph(bundle):
+    import onnx
+
+    return onnx.load(str(bundle / "model.onnx")).graph
+
+
 def _hf_greedy(hf, row, n):
     with torch.no_grad():
         return hf.generate(torch.tensor([row]), max_new_tokens=n, do_sample=False, pad_token_id=0)[0, len(row):].tolist()
@@ -79,7 +85,13 @@ def test_logits_and_greedy_tokens_equal_transformers(exported, case):
     parity = manifest["parity"]
     assert parity["prefill_max_abs_diff"] <= 1e-4 and parity["cached_step_max_abs_diff"] <= 1e-4
     assert parity["reference"] == f"transformers {type(hf).__name__}"
-    assert manifest["fused_ops"] == {"Attention" if target == "standard" else "GroupQueryAttention": 2}
+    # contrib: one node per layer rotates and attends, reading the packed q, k, v projection
+    assert manifest["fused_ops"] == ({"Attention": 2, "RotaryEmbedding": 4, "RMSNormalization": 5} if target == "standard"
+                                     else {"GroupQueryAttention": 2, "RMSNormalization": 5})
+    if target == "contrib":
+        attention = [n for n in _graph(bundle).node if n.op_type == "GroupQueryAttention"]
+        assert all(list(n.input[1:3]) == ["", ""] and n.input[9] == "position_ids" for n in attention)
+        assert all({a.name: a.i for a in n.attribute}["do_rotary"] == 1 for n in attention)
     ids = np.random.default_rng(0).integers(0, 97, size=(2, 13))
     np.testing.assert_allclose(model.logits(ids), _hf_logits(hf, ids), atol=1e-4)
     for row, generation in zip(PROMPTS, model.generate(PROMPTS, max_new_tokens=10, do_sample=False), strict=True):
