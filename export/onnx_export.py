@@ -239,9 +239,6 @@ def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -
             f"{contrib_head_multiple(model)}; this model's is "
             f"{cfg.head_dim}: export with attention 'standard'"
         )
-    if attention == "unfused" and cfg.n_kv_head != cfg.n_head:
-        raise ExportError(f"the unfused target writes multi-head attention only; this model has {cfg.n_kv_head} "
-                          f"key/value heads for {cfg.n_head} query heads: export with 'standard' or 'contrib'")
     example = _example_inputs(model, batch=2, seq=3, past_len=4, mask=mask)
     input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
     auto = torch.export.Dim.AUTO

@@ -113,20 +113,27 @@ def attention_query_key(q, k, v, past_k, past_v, attention_mask, num_heads: int,
 
 
 def attention_unfused(q, k, v, past_k, past_v, attention_mask, num_heads: int, kv_num_heads: int):
-    """softmax(q·kᵀ/√d + mask)·v in primitive ops; caches concatenate like the standard target's.
+    """softmax(q·kᵀ/√d + mask)·v in primitive ops; caches concatenate like the standard target's. Grouped-query
+    caches are repeated to one key/value head per query head before the products."""
 
-    Multi-head only (export refuses grouped-query models on this target)."""
-    split = op.Concat(op.Constant(value_ints=[0, 0, num_heads, -1]), axis=0)
+    def heads(x, n: int):  # (batch, seq, n·dim) -> (batch, n, seq, dim)
+        return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, n, -1])), perm=[0, 2, 1, 3])
 
-    def heads(x):  # (batch, seq, heads·dim) -> (batch, heads, seq, dim)
-        return op.Transpose(op.Reshape(x, split), perm=[0, 2, 1, 3])
+    def repeated(cache):  # (batch, kv_heads, total, dim) -> (batch, heads, total, dim)
+        if kv_num_heads == num_heads:
+            return cache
+        groups = op.Expand(op.Unsqueeze(cache, [2]), op.Constant(value_ints=[1, 1, num_heads // kv_num_heads, 1, 1]))
+        shape = op.Concat(op.Shape(cache, start=0, end=1), op.Constant(value_ints=[num_heads]),
+                          op.Shape(cache, start=2), axis=0)
+        return op.Reshape(groups, shape)
 
-    present_k = op.Concat(past_k, heads(k), axis=2)
-    present_v = op.Concat(past_v, heads(v), axis=2)
+    present_k = op.Concat(past_k, heads(k, kv_num_heads), axis=2)
+    present_v = op.Concat(past_v, heads(v, kv_num_heads), axis=2)
     head_dim = op.Cast(op.Shape(present_k, start=3, end=4), to=1)  # 1 = FLOAT
-    scores = op.Div(op.MatMul(heads(q), op.Transpose(present_k, perm=[0, 1, 3, 2])), op.Sqrt(head_dim))
+    keys_t = op.Transpose(repeated(present_k), perm=[0, 1, 3, 2])
+    scores = op.Div(op.MatMul(heads(q, num_heads), keys_t), op.Sqrt(head_dim))
     weights = op.Softmax(op.Add(scores, _causal_bias(q, attention_mask)), axis=-1)
-    y = op.Transpose(op.MatMul(weights, present_v), perm=[0, 2, 1, 3])
+    y = op.Transpose(op.MatMul(weights, repeated(present_v)), perm=[0, 2, 1, 3])
     return op.Reshape(y, op.Constant(value_ints=[0, 0, -1])), present_k, present_v
 
 

@@ -180,7 +180,8 @@ class _RotaryLayer(torch.nn.Module):
                                 self.kv_heads)
 
 
-@pytest.mark.parametrize("target, kv_heads", [("standard", 2), ("standard", 1), ("contrib", 2), ("unfused", 4)])
+@pytest.mark.parametrize("target, kv_heads", [("standard", 2), ("standard", 1), ("contrib", 2), ("unfused", 4),
+                                              ("unfused", 1)])
 def test_rotary_grouped_query_attention_matches_reference(target, kv_heads):
     """A prompt then a cached step, q and k rotated at the given positions, against the numpy references."""
     from edgeinfer.kernels.attention import rotary_reference

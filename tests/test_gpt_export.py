@@ -195,6 +195,8 @@ def test_query_key_mask_bundle_decodes_like_key_mask_bundle(tmp_path, hf_gpt2, g
     ("GPTNeoXForCausalLM", "gpt_neox", "causal-lm", []),
     ("BertForMaskedLM", "bert", "qa", []),
     ("DistilBertForMaskedLM", "distilbert", "causal-lm", []),
+    ("DistilBertForQuestionAnswering", "distilbert", "qa", []),
+    ("RobertaForQuestionAnswering", "roberta", "qa", []),
     ("BertForQuestionAnswering", "bert", "causal-lm", ["(export it with --task qa)"]),
 ])
 def test_export_refuses_unsupported_architecture_before_loading(tmp_path, architecture, model_type, task, phrases):
