@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     text = (
         f"wrote {args.out}: {manifest['source']['architecture']}, {manifest['model']['n_layer']} layers, "
         f"attention={manifest['attention']}, fused ops {manifest['fused_ops']}, "
-        f"parity {parity['max_abs_diff']:.2e} (tolerance {parity['tolerance']:g}), "
+        f"parity {parity['max_abs_diff']:.2e} ({parity['tolerance_kind']} tolerance {parity['tolerance']:g}), "
         f"export {manifest['producer']['export_seconds']} s"
     )
     return {"bundle": str(args.out), "manifest": manifest}, text
