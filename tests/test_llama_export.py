@@ -59,7 +59,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Case name -> (transformers model, bundle folder); the first case goes through a saved checkpoint folder."""
+    """Case name -> (transformers model, bundle folder); the first case goes through a sharded checkpoint folder."""
     from edgeinfer.export.hf_bundle import export_hf_checkpoint
 
     root = tmp_path_factory.mktemp("llama")
@@ -68,7 +68,7 @@ def exported(tmp_path_factory):
         hf = tiny_llama(kind, kv_heads, tied, seed=i, **overrides)
         source = hf
         if i == 0:
-            hf.save_pretrained(root / "hf")
+            hf.save_pretrained(root / "hf", max_shard_size="40KB")  # several files and their index
             source = root / "hf"
         export_hf_checkpoint(source, root / name, attention=target)
         out[name] = hf, root / name
