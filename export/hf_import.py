@@ -231,7 +231,8 @@ def import_checkpoint(source, task: str, gelu: str | None = None) -> tuple[torch
     """(our model, the transformers model to measure it against) from a checkpoint folder or a transformers model.
 
     A folder's tensors are checked before transformers loads it (by `AUTO_CLASSES[task]`, its own class for the
-    architecture), so a refused checkpoint costs no model load. `gelu` overrides a GPT-2's GELU form.
+    architecture), so a refused checkpoint costs no model load; both models are float32 (checkpoints often ship
+    bfloat16), since parity is measured in float32. `gelu` overrides a GPT-2's GELU form.
     """
     import transformers
 
@@ -241,12 +242,15 @@ def import_checkpoint(source, task: str, gelu: str | None = None) -> tuple[torch
         state = read_checkpoint(source)
     else:
         name = architecture({"architectures": [type(source).__name__]}, task)
+        if source.dtype != torch.float32:
+            raise ExportError(f"the model is {source.dtype}; export measures parity in float32: pass model.float()")
         hf_config, state = source.config, source.state_dict()
     if gelu is not None and name != "GPT2LMHeadModel":
         raise ExportError(f"--gelu applies to GPT-2 checkpoints, not to a {name}")
     model = IMPORTERS[name](state, hf_config, gelu) if gelu else IMPORTERS[name](state, hf_config)
     if isinstance(source, (str, Path)):
-        source = getattr(transformers, AUTO_CLASSES[task]).from_pretrained(Path(source), local_files_only=True)
+        source = getattr(transformers, AUTO_CLASSES[task]).from_pretrained(Path(source), local_files_only=True,
+                                                                           dtype=torch.float32)
     return model, source.eval()
 
 

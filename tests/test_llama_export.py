@@ -59,7 +59,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Case name -> (transformers model, bundle folder); the first case goes through a sharded checkpoint folder."""
+    """Case name -> (transformers model, bundle folder); the first case goes through a checkpoint folder."""
     from edgeinfer.export.hf_bundle import export_hf_checkpoint
 
     root = tmp_path_factory.mktemp("llama")
@@ -67,8 +67,9 @@ def exported(tmp_path_factory):
     for i, (name, (kind, kv_heads, tied, target, overrides)) in enumerate(CASES.items()):
         hf = tiny_llama(kind, kv_heads, tied, seed=i, **overrides)
         source = hf
-        if i == 0:
-            hf.save_pretrained(root / "hf", max_shard_size="40KB")  # several files and their index
+        if i == 0:  # bfloat16, as checkpoints often ship, in several files and their index
+            hf.to(torch.bfloat16).save_pretrained(root / "hf", max_shard_size="40KB")
+            hf = type(hf).from_pretrained(root / "hf", dtype=torch.float32).eval()
             source = root / "hf"
         export_hf_checkpoint(source, root / name, attention=target)
         out[name] = hf, root / name
@@ -125,7 +126,7 @@ def test_int8_bundle_quantizes_every_projection(tmp_path):
     assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.75  # random weights leave near-ties for int8 to flip
 
 
-def test_length_dependent_rope_and_gelu_option_are_refused(tmp_path):
+def test_length_dependent_rope_gelu_option_and_bfloat16_model_are_refused(tmp_path):
     from edgeinfer.export.hf_bundle import export_hf_checkpoint
     from edgeinfer.export.onnx_export import ExportError
 
@@ -134,6 +135,8 @@ def test_length_dependent_rope_and_gelu_option_are_refused(tmp_path):
         export_hf_checkpoint(dynamic, tmp_path / "b")
     with pytest.raises(ExportError, match="--gelu applies to GPT-2 checkpoints"):
         export_hf_checkpoint(tiny_llama(), tmp_path / "b", gelu="tanh")
+    with pytest.raises(ExportError, match="the model is torch.bfloat16; export measures parity in float32"):
+        export_hf_checkpoint(tiny_llama().to(torch.bfloat16), tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
