@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .hf_import import import_checkpoint, special_tokens_from_hf
+from .hf_import import import_checkpoint, special_tokens_from_hf, stop_tokens_from_hf
 from .onnx_export import export_gpt_bundle
 
 
@@ -32,7 +32,7 @@ def export_hf_checkpoint(
         reference_name=f"transformers {type(hf_model).__name__}",
         tokenizer_file=tokenizer if tokenizer is not None and tokenizer.is_file() else None,
         special_tokens=special_tokens_from_hf(hf_model.config),
-        generation={"max_new_tokens": 32, "do_sample": False},
+        generation={"max_new_tokens": 32, "do_sample": False, "stop_token_ids": stop_tokens_from_hf(hf_model)},
         tolerance=tolerance,
         quantize=quantize,
         extra={"source": {"format": "huggingface", "architecture": type(hf_model).__name__,

@@ -263,3 +263,12 @@ def special_tokens_from_hf(hf_config) -> dict[str, int]:
         for name, value in found.items()
         if isinstance(value, int) and 0 <= value < hf_config.vocab_size
     }
+
+
+def stop_tokens_from_hf(hf_model) -> list[int]:
+    """The ids that end a generation, as transformers' `generate` reads them: generation_config's eos ids (an instruct
+    model lists its end of turn there too), else the config's; ids outside the vocabulary are dropped."""
+    eos = getattr(hf_model.generation_config, "eos_token_id", None)
+    eos = hf_model.config.eos_token_id if eos is None else eos
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return [int(i) for i in ids if isinstance(i, int) and 0 <= i < hf_model.config.vocab_size]

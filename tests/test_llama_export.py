@@ -67,7 +67,8 @@ def exported(tmp_path_factory):
     for i, (name, (kind, kv_heads, tied, target, overrides)) in enumerate(CASES.items()):
         hf = tiny_llama(kind, kv_heads, tied, seed=i, **overrides)
         source = hf
-        if i == 0:  # bfloat16, as checkpoints often ship, in several files and their index
+        if i == 0:  # bfloat16, as checkpoints often ship, in several files and their index; two end tokens
+            hf.generation_config.eos_token_id = [2, 3]
             hf.to(torch.bfloat16).save_pretrained(root / "hf", max_shard_size="40KB")
             hf = type(hf).from_pretrained(root / "hf", dtype=torch.float32).eval()
             source = root / "hf"
@@ -84,6 +85,7 @@ def test_logits_and_greedy_tokens_equal_transformers(exported, case):
     manifest = model.manifest
     assert manifest["model"]["n_kv_head"] == kv_heads and manifest["model"]["tied_lm_head"] == tied
     assert manifest["source"]["architecture"] == type(hf).__name__
+    assert manifest["generation"]["stop_token_ids"] == ([2, 3] if case == "llama-gqa2-untied-contrib" else [2])
     parity = manifest["parity"]
     assert parity["prefill_max_abs_diff"] <= 1e-4 and parity["cached_step_max_abs_diff"] <= 1e-4
     assert parity["reference"] == f"transformers {type(hf).__name__}"
