@@ -12,7 +12,7 @@ projection and gate, up another: two MatMuls where the checkpoint has five.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +38,6 @@ class LlamaConfig:
     tied_lm_head: bool = False
     rope_type: str = "default"
     n_segments: int = 0  # the graph signature's; a Llama has no segment embedding
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class RMSNorm(nn.Module):

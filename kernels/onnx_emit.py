@@ -8,6 +8,9 @@ Two attention targets, picked at export:
   so decoding needs no per-step cache copy. Rows must be right-padded.
 - "unfused": no fused op at all, as a plain exporter writes it: attention as MatMul, Softmax, MatMul over concatenated
   caches, GELU as its Erf / Tanh / Sigmoid formula. It exists to measure what fusion buys (benchmarks/).
+The Llama family's `edgeinfer::rotary_attention` (packed q/k/v, rotary, then attention) has a translation per target
+too: contrib hands the rotary to `GroupQueryAttention` itself (do_rotary), standard writes opset-23 `RotaryEmbedding`
+nodes before its `Attention`, unfused writes the rotation's formula.
 The mask sub-expressions are identical in every layer; onnxruntime's common-subexpression pass merges them.
 """
 

@@ -173,3 +173,17 @@ def test_cli_refuses_unsupported_rope_with_exit_2(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert_refused(edgeinfer_cli("export", "--from-hf", tmp_path, "--out", tmp_path / "b"),
                    "rope_type 'longrope' is not supported")
+
+
+def test_query_key_mask_bundle_decodes_like_transformers(tmp_path):
+    """The standard target with the (batch, seq, total) mask a tree scorer feeds."""
+    from edgeinfer.export.hf_import import import_checkpoint
+    from edgeinfer.export.onnx_export import export_gpt_bundle
+
+    model, hf = import_checkpoint(tiny_llama("qwen2", seed=4), "causal-lm")
+    manifest = export_gpt_bundle(model, tmp_path / "b", attention="standard", attention_mask="query_key",
+                                 reference=lambda ids, types: hf(ids).logits, reference_name="transformers")
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4 and manifest["inputs"][2]["shape"] == ["batch", "seq", "total_len"]
+    tree = edgeinfer.load(tmp_path / "b", device="cpu")
+    for row, generation in zip(PROMPTS, tree.generate(PROMPTS, max_new_tokens=6, do_sample=False), strict=True):
+        assert generation.token_ids == _hf_greedy(hf, row, 6)
