@@ -22,7 +22,8 @@ HF_ACTIVATIONS = {
 # --task of `edgeinfer export` -> the architectures (config.json "architectures") it imports, one importer each
 ARCHITECTURES = {
     "causal-lm": ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForCausalLM"),
-    "qa": ("BertForQuestionAnswering",),
+    "qa": ("BertForQuestionAnswering", "DistilBertForQuestionAnswering", "RobertaForQuestionAnswering"),
+    "masked-lm": ("BertForMaskedLM",),
 }
 # a config saved without "architectures" names its model by model_type
 _BY_MODEL_TYPE = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",

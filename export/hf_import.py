@@ -1,4 +1,4 @@
-"""Import Hugging Face checkpoints into our decoders: one function per architecture (`IMPORTERS`).
+"""Import Hugging Face checkpoints into our models: one function per architecture (`IMPORTERS`).
 
 Each importer lists the tensors its architecture has and copies them one by one (nanoGPT's `from_pretrained`
 style). A checkpoint with a missing or an unexpected tensor is refused: transformers would fill a missing one with
@@ -16,7 +16,7 @@ import torch
 
 from edgeinfer.errors import InputError
 
-from .bert import BertQA, config_from_hf
+from .bert import BertEncoder, BertMLM, BertQA, config_from_hf
 from .gpt import GPT, GPTConfig
 from .hf_config import HF_ACTIVATIONS, architecture, read_hf_config
 from .llama import Llama, LlamaConfig
@@ -197,22 +197,70 @@ def import_qwen2(state: State, hf_config) -> Llama:
     return _import_llama_family(state, llama_config(hf_config, qkv_bias=True, o_bias=False, mlp_bias=False), hf_config)
 
 
-# ---------------------------------------------------------------- BERT
+# ---------------------------------------------------------------- BERT family
+# our encoder layer's modules -> the checkpoint's, per layout
+BERT_LAYER = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+              "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+              "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm"}
+DISTILBERT_LAYER = {"query": "attention.q_lin", "key": "attention.k_lin", "value": "attention.v_lin",
+                    "attn_out": "attention.out_lin", "attn_norm": "sa_layer_norm", "ffn_in": "ffn.lin1",
+                    "ffn_out": "ffn.lin2", "ffn_norm": "output_layer_norm"}
+
+
+def _encoder_modules(model: BertEncoder, embeddings: str, layers: str, layer: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """Our encoder's modules -> the checkpoint's: embeddings under `embeddings`, layer i under `layers`.i."""
+    modules = {"word": (f"{embeddings}.word_embeddings",), "position": (f"{embeddings}.position_embeddings",),
+               "emb_norm": (f"{embeddings}.LayerNorm",)}
+    if model.token_type is not None:
+        modules["token_type"] = (f"{embeddings}.token_type_embeddings",)
+    for i in range(model.cfg.n_layer):
+        modules |= {f"layers.{i}.{ours}": (f"{layers}.{i}.{theirs}",) for ours, theirs in layer.items()}
+    return modules
+
+
+def _buffers(prefix: str) -> set[str]:
+    """Buffers older transformers saved with the embeddings, and the pooler a task head leaves unused."""
+    return {f"{prefix}.embeddings.position_ids", f"{prefix}.embeddings.token_type_ids",
+            f"{prefix}.pooler.dense.weight", f"{prefix}.pooler.dense.bias"}
+
+
 def import_bert_qa(state: State, hf_config) -> BertQA:
     """Our BertQA from a `BertForQuestionAnswering` state dict."""
     model = BertQA(config_from_hf(hf_config)).eval()
-    emb = "bert.embeddings"
-    modules = {"word": (f"{emb}.word_embeddings",), "position": (f"{emb}.position_embeddings",),
-               "token_type": (f"{emb}.token_type_embeddings",), "emb_norm": (f"{emb}.LayerNorm",), "qa": ("qa_outputs",)}
-    for i in range(model.cfg.n_layer):
-        for ours, theirs in (("query", "attention.self.query"), ("key", "attention.self.key"),
-                             ("value", "attention.self.value"), ("attn_out", "attention.output.dense"),
-                             ("attn_norm", "attention.output.LayerNorm"), ("ffn_in", "intermediate.dense"),
-                             ("ffn_out", "output.dense"), ("ffn_norm", "output.LayerNorm")):
-            modules[f"layers.{i}.{ours}"] = (f"bert.encoder.layer.{i}.{theirs}",)
-    # a pooler is unused by the QA head (transformers drops it too); position_ids is a buffer older versions saved
-    optional = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", f"{emb}.position_ids", f"{emb}.token_type_ids"}
-    load_checked(model, state, modules, optional)
+    modules = _encoder_modules(model, "bert.embeddings", "bert.encoder.layer", BERT_LAYER) | {"qa": ("qa_outputs",)}
+    load_checked(model, state, modules, _buffers("bert"))
+    return model
+
+
+def import_roberta_qa(state: State, hf_config) -> BertQA:
+    """`RobertaForQuestionAnswering`: BERT's tensors under "roberta.", positions offset past padding_idx."""
+    model = BertQA(config_from_hf(hf_config)).eval()
+    modules = _encoder_modules(model, "roberta.embeddings", "roberta.encoder.layer", BERT_LAYER) | {"qa": ("qa_outputs",)}
+    load_checked(model, state, modules, _buffers("roberta"))
+    return model
+
+
+def import_distilbert_qa(state: State, hf_config) -> BertQA:
+    """`DistilBertForQuestionAnswering`: no token types, its own layer names (the position table, sinusoidal or
+    learned, is a checkpoint tensor either way)."""
+    model = BertQA(config_from_hf(hf_config)).eval()
+    modules = _encoder_modules(model, "distilbert.embeddings", "distilbert.transformer.layer", DISTILBERT_LAYER)
+    load_checked(model, state, modules | {"qa": ("qa_outputs",)}, {"distilbert.embeddings.position_ids"})
+    return model
+
+
+def import_bert_mlm(state: State, hf_config) -> BertMLM:
+    """`BertForMaskedLM`: the encoder and its prediction head, whose decoder is the word embeddings (tied)."""
+    if not getattr(hf_config, "tie_word_embeddings", True):
+        raise ExportError("an untied masked-LM decoder (tie_word_embeddings=False) is not supported")
+    model = BertMLM(config_from_hf(hf_config)).eval()
+    modules = _encoder_modules(model, "bert.embeddings", "bert.encoder.layer", BERT_LAYER) | {
+        "transform": ("cls.predictions.transform.dense",),
+        "transform_norm": ("cls.predictions.transform.LayerNorm",),
+        "": ("cls.predictions",),  # the output bias
+    }
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}  # copies of the embeddings and bias
+    load_checked(model, state, modules, _buffers("bert") | tied)
     return model
 
 
@@ -222,9 +270,13 @@ IMPORTERS: dict[str, Callable[..., torch.nn.Module]] = {
     "LlamaForCausalLM": import_llama,
     "Qwen2ForCausalLM": import_qwen2,
     "BertForQuestionAnswering": import_bert_qa,
+    "DistilBertForQuestionAnswering": import_distilbert_qa,
+    "RobertaForQuestionAnswering": import_roberta_qa,
+    "BertForMaskedLM": import_bert_mlm,
 }
 # task -> the transformers class that loads the reference model (which resolves to the architecture's own class)
-AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "qa": "AutoModelForQuestionAnswering"}
+AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "qa": "AutoModelForQuestionAnswering",
+                "masked-lm": "AutoModelForMaskedLM"}
 
 
 def import_checkpoint(source, task: str, gelu: str | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:

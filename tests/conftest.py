@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -10,6 +12,8 @@ import edgeinfer.export  # noqa: F401  (first: it keeps the checkout's kernels/ 
 torch = pytest.importorskip("torch")
 
 CHINESE = "滚滚长江东逝水，浪花淘尽英雄。是非成败转头空。"
+WORDS = ["the", "poem", "was", "written", "by", "li", "bai", "who", "wrote", "it", "in", "year", "moon", "light", "before",
+         "bed", ",", ".", "?", "床", "前", "明", "月", "光", "谁", "写"]
 
 
 def tiny_gpt2(seed: int = 0, **overrides):
@@ -62,4 +66,21 @@ def byte_level_tokenizer(vocab_size: int = 300) -> Tokenizer:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator([CHINESE, "hello world, the quick brown fox jumps"], trainer)
+    return tok
+
+
+def wordpiece_tokenizer() -> Tokenizer:
+    """A BERT-style WordPiece tokenizer over WORDS, letters and digits ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4)."""
+    from tokenizers import normalizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = [*specials, *WORDS, *string.ascii_lowercase, *string.digits]
+    tokens += [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.add_special_tokens(specials)  # "[MASK]" in a text is one token, as in a checkpoint's tokenizer.json
     return tok

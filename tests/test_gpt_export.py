@@ -193,10 +193,10 @@ def test_query_key_mask_bundle_decodes_like_key_mask_bundle(tmp_path, hf_gpt2, g
 
 @pytest.mark.parametrize(("architecture", "model_type", "task", "phrases"), [
     ("GPTNeoXForCausalLM", "gpt_neox", "causal-lm", []),
-    ("BertForMaskedLM", "bert", "qa", []),
-    ("DistilBertForMaskedLM", "distilbert", "causal-lm", []),
-    ("DistilBertForQuestionAnswering", "distilbert", "qa", []),
-    ("RobertaForQuestionAnswering", "roberta", "qa", []),
+    ("BertForMaskedLM", "bert", "qa", ["(export it with --task masked-lm)"]),
+    ("DistilBertForMaskedLM", "distilbert", "masked-lm", []),
+    ("RobertaForMaskedLM", "roberta", "masked-lm", []),
+    ("DistilBertForQuestionAnswering", "distilbert", "causal-lm", ["(export it with --task qa)"]),
     ("BertForQuestionAnswering", "bert", "causal-lm", ["(export it with --task qa)"]),
 ])
 def test_export_refuses_unsupported_architecture_before_loading(tmp_path, architecture, model_type, task, phrases):
@@ -209,14 +209,16 @@ def test_export_refuses_unsupported_architecture_before_loading(tmp_path, archit
     done = edgeinfer_cli("export", "--from-hf", tmp_path, "--task", task, "--out", tmp_path / "b")
     assert_refused(done, f"a {architecture!r} checkpoint (model_type {model_type!r}) is not exported as {task}",
                    "export takes causal-lm: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM; qa: "
-                   "BertForQuestionAnswering", *phrases)
+                   "BertForQuestionAnswering, DistilBertForQuestionAnswering, RobertaForQuestionAnswering; "
+                   "masked-lm: BertForMaskedLM", *phrases)
 
 
 def test_export_help_lists_supported_architectures():
     from test_cli_errors import edgeinfer_cli
 
     text = " ".join(edgeinfer_cli("export", "--help").stdout.split())
-    assert "causal-lm: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM; qa: BertForQuestionAnswering" in text
+    assert ("causal-lm: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM; qa: BertForQuestionAnswering, "
+            "DistilBertForQuestionAnswering, RobertaForQuestionAnswering; masked-lm: BertForMaskedLM") in text
 
 
 def test_in_memory_model_of_another_architecture_is_refused(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import string
 
 import numpy as np
 import pytest
@@ -11,11 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from conftest import wordpiece_tokenizer
+
 import edgeinfer
 from edgeinfer.cli import main
 from edgeinfer.errors import InputError
 
-WORDS = ["the", "poem", "was", "written", "by", "li", "bai", "who", "wrote", "it", "in", "year", "moon", "light", "before", "bed", ",", ".", "?", "床", "前", "明", "月", "光", "谁", "写"]
 CONFIGS = {
     "gelu-2x4": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37},
     "tanh-1x3": {"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 3, "intermediate_size": 40,
@@ -25,25 +25,11 @@ QUESTION = "Who wrote the poem?"
 CONTEXT = "The poem was written by Li Bai in the year 726. 床前明月光, the moon light before bed."
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *string.ascii_lowercase, *string.digits]
-    tokens += [f"##{c}" for c in string.ascii_lowercase + string.digits]
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return tok
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def exported(request, tmp_path_factory):
     """(transformers model, checkpoint folder, bundle folder) for each tiny random config, exported by the CLI."""
     root = tmp_path_factory.mktemp(request.param)
-    tok = _tokenizer()
+    tok = wordpiece_tokenizer()
     config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=64, **CONFIGS[request.param])
     torch.manual_seed(0)
     model = transformers.BertForQuestionAnswering(config).eval()
@@ -78,7 +64,7 @@ def _hf_logits(model, encodings) -> tuple[np.ndarray, np.ndarray, dict]:
 def test_bundle_logits_equal_transformers(exported) -> None:
     model, _, bundle = exported
     reader = edgeinfer.load(bundle, device="cpu", threads=1)
-    tok = _tokenizer()
+    tok = wordpiece_tokenizer()
     encodings = [tok.encode(QUESTION, CONTEXT), tok.encode("Who?", "Li Bai.")]
     start, end, feeds = _hf_logits(model, encodings)
     got_start, got_end = reader.session.run(["start_logits", "end_logits"], feeds)
@@ -92,7 +78,7 @@ def test_answer_is_the_best_span_of_transformers_logits(exported) -> None:
     reader = edgeinfer.load(bundle, device="cpu", threads=1)
     max_len = 5
     found = reader.answer([QUESTION], context=[CONTEXT], max_answer_len=max_len)[0][0]
-    encoding = _tokenizer().encode(QUESTION, CONTEXT)
+    encoding = wordpiece_tokenizer().encode(QUESTION, CONTEXT)
     start, end, _ = _hf_logits(model, [encoding])
     context = [i for i, t in enumerate(encoding.type_ids) if t == 1][:-1]  # context tokens, less the last [SEP]
     best = max(((i, j) for i in context for j in context if 0 <= j - i < max_len), key=lambda s: start[0, s[0]] + end[0, s[1]])
@@ -152,7 +138,7 @@ def test_int8_reader_is_close_to_transformers(exported, tmp_path) -> None:
     layers = model.config.num_hidden_layers  # q, k, v, out, fc, fc_out per layer + the QA head
     assert manifest["op_census"]["MatMulInteger"] == 6 * layers + 1 and "MatMul" not in manifest["op_census"]
     reader = edgeinfer.load(tmp_path / "b", device="cpu", threads=1)
-    start, end, feeds = _hf_logits(model, [_tokenizer().encode(QUESTION, CONTEXT)])
+    start, end, feeds = _hf_logits(model, [wordpiece_tokenizer().encode(QUESTION, CONTEXT)])
     got_start, got_end = reader.session.run(["start_logits", "end_logits"], feeds)
     error = max(np.abs(got_start - start).max(), np.abs(got_end - end).max()) / np.abs(start).max()
     assert 0.001 < error <= 0.5
@@ -165,7 +151,7 @@ def test_standard_attention_reader_equals_transformers(exported, tmp_path) -> No
     reader = edgeinfer.load(tmp_path / "b", device="cpu", threads=1)
     assert reader.manifest["fused_ops"] == {"Attention": model.config.num_hidden_layers,
                                             "Gelu": model.config.num_hidden_layers}
-    start, end, feeds = _hf_logits(model, [_tokenizer().encode(QUESTION, CONTEXT), _tokenizer().encode("Who?", "Li.")])
+    start, end, feeds = _hf_logits(model, [wordpiece_tokenizer().encode(QUESTION, CONTEXT), wordpiece_tokenizer().encode("Who?", "Li.")])
     got_start, got_end = reader.session.run(["start_logits", "end_logits"], feeds)
     real = feeds["attention_mask"].astype(bool)
     assert max(np.abs(got_start - start)[real].max(), np.abs(got_end - end)[real].max()) <= 1e-4

@@ -15,11 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-hf", required=True, metavar="DIR",
                         help=f"local checkpoint folder whose config.json names a supported architecture ({supported()})")
     parser.add_argument("--task", choices=list(ARCHITECTURES), default="causal-lm",
-                        help="causal-lm: a decoder (GPT-2, Llama, Qwen2); qa: a BERT extractive reader")
+                        help="causal-lm: a decoder (GPT-2, Llama, Qwen2); qa: a BERT, DistilBERT or RoBERTa extractive"
+                        " reader; masked-lm: a BERT masked language model")
     parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     parser.add_argument("--attention", choices=["auto", "standard", "contrib", "unfused"], default="auto",
                         help="standard: opset-23 Attention (any provider); contrib: onnxruntime GroupQueryAttention"
-                        " (decoders, in-place cache) or MultiHeadAttention (qa); unfused: MatMul/Softmax (decoders, a"
+                        " (decoders, in-place cache) or MultiHeadAttention (encoders); unfused: MatMul/Softmax (decoders, a"
                         " benchmark baseline); auto: contrib when the head size allows")
     parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
                         help="GELU form to emit (GPT-2 only; default: the checkpoint's own)")
@@ -35,18 +36,19 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
 
     read_hf_config(args.from_hf, args.task)  # a wrong folder is refused now, not after seconds of torch imports
     try:
-        from edgeinfer.export.bert import export_bert_qa_bundle
+        from edgeinfer.export.bert import export_bert_mlm_bundle, export_bert_qa_bundle
         from edgeinfer.export.hf_bundle import export_hf_checkpoint
     except ImportError as exc:
         raise InputError(f"export needs the [export] extra (pip install 'edgeinfer[export]'): {exc}") from exc
-    if args.task == "qa":
+    if args.task in ("qa", "masked-lm"):
         if args.attention == "unfused":
-            raise InputError("--attention unfused is for decoders; a qa reader takes standard or contrib")
-        manifest = export_bert_qa_bundle(args.from_hf, args.out, tolerance=args.tolerance,
-                                         quantize=args.quantize,
-                                         attention="contrib" if args.attention == "auto" else args.attention)
+            raise InputError(f"--attention unfused is for decoders; a {args.task} encoder takes standard or contrib")
+        export = export_bert_qa_bundle if args.task == "qa" else export_bert_mlm_bundle
+        manifest = export(args.from_hf, args.out, tolerance=args.tolerance, quantize=args.quantize,
+                          attention="contrib" if args.attention == "auto" else args.attention)
         text = (
-            f"wrote {args.out}: BERT reader, {manifest['model']['n_layer']} layers, fused ops {manifest['fused_ops']}, "
+            f"wrote {args.out}: {manifest['source']['architecture']}, {manifest['model']['n_layer']} layers, "
+            f"fused ops {manifest['fused_ops']}, "
             f"parity {manifest['parity']['max_abs_diff']:.2e} (tolerance {manifest['parity']['tolerance']:g})"
         )
         return {"bundle": str(args.out), "manifest": manifest}, text
