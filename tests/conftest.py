@@ -69,6 +69,15 @@ def byte_level_tokenizer(vocab_size: int = 300) -> Tokenizer:
     return tok
 
 
+def perturb_vectors(model, scale: float = 0.1) -> None:
+    """Add noise to every bias and norm weight: transformers initialises them to 0 and 1, so a mismapped or dropped one
+    would go unseen by a parity check."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 1:
+                param.add_(torch.randn_like(param) * scale)
+
+
 def wordpiece_tokenizer() -> Tokenizer:
     """A BERT-style WordPiece tokenizer over WORDS, letters and digits ([PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4)."""
     from tokenizers import normalizers, processors

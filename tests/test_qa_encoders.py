@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import wordpiece_tokenizer
+from conftest import perturb_vectors, wordpiece_tokenizer
 
 import edgeinfer
 from edgeinfer.cli import main
@@ -68,6 +68,7 @@ def exported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)
     model, tok = MODELS[request.param]()
+    perturb_vectors(model)
     model.eval().save_pretrained(root / "ckpt")
     tok.save(str(root / "ckpt" / "tokenizer.json"))
     assert main(["export", "--from-hf", str(root / "ckpt"), "--task", "qa", "--out", str(root / "bundle")]) == 0
