@@ -82,7 +82,7 @@ def test_requests_admitted_together_are_prefilled_in_groups_and_equal_each_alone
     assert [tokens[h.id] for h in handles] == expected
     # lengths 7,1,4,2,5,1 by the padding bound: 1+1 | 2 | 4+5 | 7, after the first request alone
     assert sorted(groups) == [1, 1, 1, 2, 2]
-    assert engine_module.prefill_groups([128] * 16) == [list(range(16))]
+    assert engine_module.prefill_groups([128] * 8) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # PREFILL_TOKENS = 512
 
 
 def test_rows_that_reach_the_cache_capacity_end_there_and_free_their_slot(model):
