@@ -281,6 +281,7 @@ def export_gpt_bundle(
     reference: Callable | None = None,
     reference_name: str | None = None,
     tokenizer_file: str | Path | None = None,
+    other_files: dict[str, Path] | None = None,
     special_tokens: dict[str, int] | None = None,
     generation: dict | None = None,
     tolerance: float | None = None,
@@ -293,7 +294,8 @@ def export_gpt_bundle(
     attention_mask="query_key": the graph takes the full (batch, seq, total) mask instead of a key mask, so a caller
     can score a tree of continuations in one call (Xiangqi move scoring); standard attention only.
 
-    quantize="int8" ships int8 weights (export/quantize.py); tolerance defaults per quantization (DEFAULT_TOLERANCE).
+    other_files (manifest role -> file) are copied into the bundle under their own names (a CPM checkpoint's
+    spiece.model). quantize="int8" ships int8 weights (export/quantize.py); tolerance defaults per quantization (DEFAULT_TOLERANCE).
 
     attention="auto" picks "contrib" (in-place cache, the faster per decode step in benchmarks/decode_step.py)
     when the head size allows it, else "standard".
@@ -323,12 +325,15 @@ def export_gpt_bundle(
         shutil.move(str(onnx_path), out_dir / "model.onnx")
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
+    for source in (other_files or {}).values():
+        shutil.copyfile(source, out_dir / source.name)
 
     census = op_census(proto)
     fields = model.manifest_fields()
     input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
     manifest = Manifest.new(task, {
-        "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None},
+        "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None,
+                  **{role: source.name for role, source in (other_files or {}).items()}},
         "inputs": [io_spec(v) for v in proto.graph.input],
         "outputs": [io_spec(v) for v in proto.graph.output],
         **fields,
