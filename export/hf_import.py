@@ -207,14 +207,16 @@ DISTILBERT_LAYER = {"query": "attention.q_lin", "key": "attention.k_lin", "value
                     "ffn_out": "ffn.lin2", "ffn_norm": "output_layer_norm"}
 
 
-def _encoder_modules(model: BertEncoder, embeddings: str, layers: str, layer: dict[str, str]) -> dict[str, tuple[str, ...]]:
-    """Our encoder's modules -> the checkpoint's: embeddings under `embeddings`, layer i under `layers`.i."""
-    modules = {"word": (f"{embeddings}.word_embeddings",), "position": (f"{embeddings}.position_embeddings",),
-               "emb_norm": (f"{embeddings}.LayerNorm",)}
+def _encoder_modules(model: BertEncoder, prefix: str, layers: str, layer: dict[str, str]) -> dict[str, tuple[str, ...]]:
+    """Our encoder's modules -> the checkpoint's: embeddings under `prefix`.embeddings, layer i under
+    `prefix`.`layers`.i with its modules named by `layer`."""
+    emb = f"{prefix}.embeddings"
+    modules = {"word": (f"{emb}.word_embeddings",), "position": (f"{emb}.position_embeddings",),
+               "emb_norm": (f"{emb}.LayerNorm",)}
     if model.token_type is not None:
-        modules["token_type"] = (f"{embeddings}.token_type_embeddings",)
+        modules["token_type"] = (f"{emb}.token_type_embeddings",)
     for i in range(model.cfg.n_layer):
-        modules |= {f"layers.{i}.{ours}": (f"{layers}.{i}.{theirs}",) for ours, theirs in layer.items()}
+        modules |= {f"layers.{i}.{ours}": (f"{prefix}.{layers}.{i}.{theirs}",) for ours, theirs in layer.items()}
     return modules
 
 
@@ -224,29 +226,27 @@ def _buffers(prefix: str) -> set[str]:
             f"{prefix}.pooler.dense.weight", f"{prefix}.pooler.dense.bias"}
 
 
+def _import_qa(state: State, hf_config, prefix: str, layers: str, layer: dict[str, str]) -> BertQA:
+    model = BertQA(config_from_hf(hf_config)).eval()
+    modules = _encoder_modules(model, prefix, layers, layer) | {"qa": ("qa_outputs",)}
+    load_checked(model, state, modules, _buffers(prefix))
+    return model
+
+
 def import_bert_qa(state: State, hf_config) -> BertQA:
     """Our BertQA from a `BertForQuestionAnswering` state dict."""
-    model = BertQA(config_from_hf(hf_config)).eval()
-    modules = _encoder_modules(model, "bert.embeddings", "bert.encoder.layer", BERT_LAYER) | {"qa": ("qa_outputs",)}
-    load_checked(model, state, modules, _buffers("bert"))
-    return model
+    return _import_qa(state, hf_config, "bert", "encoder.layer", BERT_LAYER)
 
 
 def import_roberta_qa(state: State, hf_config) -> BertQA:
     """`RobertaForQuestionAnswering`: BERT's tensors under "roberta.", positions offset past padding_idx."""
-    model = BertQA(config_from_hf(hf_config)).eval()
-    modules = _encoder_modules(model, "roberta.embeddings", "roberta.encoder.layer", BERT_LAYER) | {"qa": ("qa_outputs",)}
-    load_checked(model, state, modules, _buffers("roberta"))
-    return model
+    return _import_qa(state, hf_config, "roberta", "encoder.layer", BERT_LAYER)
 
 
 def import_distilbert_qa(state: State, hf_config) -> BertQA:
     """`DistilBertForQuestionAnswering`: no token types, its own layer names (the position table, sinusoidal or
     learned, is a checkpoint tensor either way)."""
-    model = BertQA(config_from_hf(hf_config)).eval()
-    modules = _encoder_modules(model, "distilbert.embeddings", "distilbert.transformer.layer", DISTILBERT_LAYER)
-    load_checked(model, state, modules | {"qa": ("qa_outputs",)}, {"distilbert.embeddings.position_ids"})
-    return model
+    return _import_qa(state, hf_config, "distilbert", "transformer.layer", DISTILBERT_LAYER)
 
 
 def import_bert_mlm(state: State, hf_config) -> BertMLM:
@@ -254,7 +254,7 @@ def import_bert_mlm(state: State, hf_config) -> BertMLM:
     if not getattr(hf_config, "tie_word_embeddings", True):
         raise ExportError("an untied masked-LM decoder (tie_word_embeddings=False) is not supported")
     model = BertMLM(config_from_hf(hf_config)).eval()
-    modules = _encoder_modules(model, "bert.embeddings", "bert.encoder.layer", BERT_LAYER) | {
+    modules = _encoder_modules(model, "bert", "encoder.layer", BERT_LAYER) | {
         "transform": ("cls.predictions.transform.dense",),
         "transform_norm": ("cls.predictions.transform.LayerNorm",),
         "": ("cls.predictions",),  # the output bias
