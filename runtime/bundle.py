@@ -27,7 +27,7 @@ MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 2**20  # shipped manifests are ~10 kB; a larger one is not a manifest
 VERIFY_ENV = "EDGEINFER_VERIFY"
 SCHEMA_VERSION = 1
-TASKS = ("causal-lm", "chat", "xiangqi", "extractive-qa")
+TASKS = ("causal-lm", "chat", "xiangqi", "extractive-qa", "masked-lm")
 KV_LAYOUTS = ("concat", "shared_buffer")
 # decoding options a generation block may set (a logits processor is code, so only callers pass one)
 GENERATION_FIELDS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
@@ -269,6 +269,11 @@ def _verify_digests(folder: Path, manifest: dict, files: dict[str, Path]) -> Non
 
 def load_tokenizer(folder: Path, manifest: dict, vocab_size: int | None = None):
     """The bundle's `tokenizers` tokenizer (None when it names none); every id it makes must be below vocab_size."""
+    block = manifest.get("tokenizer")
+    if isinstance(block, dict) and block.get("type") == "cpm":
+        from .cpm import open_cpm_tokenizer
+
+        return open_cpm_tokenizer(folder, manifest, vocab_size)
     name = manifest["files"].get("tokenizer")
     if not name:
         return None

@@ -39,4 +39,8 @@ def load(path: str | Path, device: str = "auto", threads: int | None = None, ver
         from .qa import Reader
 
         return Reader(folder, manifest, device=device, threads=threads)
+    if task == "masked-lm":
+        from .mlm import MaskedLM
+
+        return MaskedLM(folder, manifest, device=device, threads=threads)
     raise BundleError(f"task {task!r} has no runtime")

@@ -121,6 +121,5 @@ def test_bundle_without_the_runtime_packages_is_refused_with_the_fix(bundle, mon
         open_cpm_tokenizer(*bundle)
 
 
-@pytest.mark.xfail(strict=True, reason="needs edgeinfer.bundle.load_tokenizer to open a CPM tokenizer block")
 def test_load_opens_the_cpm_tokenizer(bundle) -> None:
     assert isinstance(edgeinfer.load(bundle[0], device="cpu", threads=1).tokenizer, CpmTokenizer)

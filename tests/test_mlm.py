@@ -25,9 +25,7 @@ MASKED = "The poem was [MASK] by [MASK] Bai."
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """(transformers model, bundle folder): a tiny random BertForMaskedLM exported by the CLI.
-
-    The manifest contract gets its `masked-lm` task here until `edgeinfer.bundle.TASKS` lists it."""
+    """(transformers model, bundle folder): a tiny random BertForMaskedLM exported by the CLI."""
     root = tmp_path_factory.mktemp("mlm")
     tok = wordpiece_tokenizer()
     config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
@@ -37,11 +35,8 @@ def exported(tmp_path_factory):
     perturb_vectors(model)
     model.save_pretrained(root / "ckpt")
     tok.save(str(root / "ckpt" / "tokenizer.json"))
-    with pytest.MonkeyPatch.context() as patch:
-        if "masked-lm" not in edgeinfer.bundle.TASKS:
-            patch.setattr(edgeinfer.bundle, "TASKS", (*edgeinfer.bundle.TASKS, "masked-lm"))
-        assert main(["export", "--from-hf", str(root / "ckpt"), "--task", "masked-lm", "--out", str(root / "b")]) == 0
-        yield model, root / "b"
+    assert main(["export", "--from-hf", str(root / "ckpt"), "--task", "masked-lm", "--out", str(root / "b")]) == 0
+    return model, root / "b"
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +109,5 @@ def test_untied_decoder_is_refused() -> None:
         import_bert_mlm(model.state_dict(), config)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the TASKS entry in runtime/bundle.py and the loader branch")
 def test_load_opens_a_masked_lm(exported) -> None:
     assert isinstance(edgeinfer.load(exported[1], device="cpu", threads=1), MaskedLM)
