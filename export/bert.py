@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from .onnx_export import (
     quantization_record,
     quantized,
 )
+from .progress import step
 
 DECOMPOSED = ("Softmax", "Erf", "Tanh")
 # architecture -> its tokenizer's special tokens (manifest names -> token strings) and the separators it puts
@@ -217,11 +219,13 @@ def example_batch(cfg: BertConfig, batch: int, seq: int, seed: int) -> dict[str,
 def export_onnx(model: BertEncoder, path: Path, attention: str = "contrib") -> onnx.ModelProto:
     """Dynamo-export with dynamic batch and sequence; GELU and attention become one node each per layer."""
     auto = torch.export.Dim.AUTO
-    program = torch.onnx.export(
-        model, (), kwargs=example_batch(model.cfg, 2, 7, seed=0), dynamo=True, opset_version=OPSET,
-        dynamic_shapes={name: {0: auto, 1: auto} for name in model.inputs}, input_names=list(model.inputs),
-        output_names=list(model.outputs), custom_translation_table=encoder_translation_table(attention), optimize=True, verbose=False,
-    )
+    with step("trace and export"):
+        program = torch.onnx.export(
+            model, (), kwargs=example_batch(model.cfg, 2, 7, seed=0), dynamo=True, opset_version=OPSET,
+            dynamic_shapes={name: {0: auto, 1: auto} for name in model.inputs}, input_names=list(model.inputs),
+            output_names=list(model.outputs), custom_translation_table=encoder_translation_table(attention),
+            optimize=True, verbose=False,
+        )
     proto = program.model_proto
     for value in [*proto.graph.input, *proto.graph.output]:
         for dim, name in zip(value.type.tensor_type.shape.dim, ("batch", "seq")):
@@ -249,6 +253,7 @@ def measure_parity(path: Path, model: BertEncoder, reference) -> dict[str, float
 
 
 ATTENTION_OP = {"standard": "Attention", "contrib": "MultiHeadAttention"}
+TASKS = {"qa": "extractive-qa", "masked-lm": "masked-lm"}  # export task -> the bundle manifest's task
 
 
 def _check_census(census: dict[str, int], n_layer: int, gelus: int, attention: str) -> None:
@@ -272,17 +277,20 @@ def _special_tokens(tokenizer: Path | None, cfg: BertConfig, hf_config) -> dict[
 
 
 def _export_encoder(source, task: str, out_dir: Path, tolerance: float | None, quantize: str, attention: str,
-                    head_gelus: int = 0) -> tuple[BertEncoder, dict]:
+                    task_fields: Callable[[BertEncoder], dict], head_gelus: int = 0) -> Manifest:
     """Import, export, check fusion (one attention and GELU per layer, plus `head_gelus` in the task head) and parity,
-    and move model.onnx and tokenizer.json into `out_dir`; returns our model and the manifest fields every encoder
-    bundle shares (the task adds its own block)."""
+    and write the bundle: model.onnx, tokenizer.json and a manifest of the fields every encoder bundle shares plus
+    `task_fields(model)`, the task's own block. Returns the manifest."""
     check_quantization(quantize)
     if attention not in ATTENTION_OP:
         raise ExportError(f"unknown encoder attention {attention!r}; expected one of {sorted(ATTENTION_OP)}")
     from .hf_import import import_checkpoint  # it imports this module's models
 
-    model, hf_model = import_checkpoint(source, task)
+    with step("load checkpoint"):
+        model, hf_model = import_checkpoint(source, task)
     cfg = model.cfg
+    tokenizer = Path(source) / "tokenizer.json" if isinstance(source, (str, Path)) else None
+    tokenizer = tokenizer if tokenizer is not None and tokenizer.is_file() else None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -292,31 +300,35 @@ def _export_encoder(source, task: str, out_dir: Path, tolerance: float | None, q
         proto = onnx.load(str(onnx_path), load_external_data=False)
         census = op_census(proto)
         export_seconds = time.perf_counter() - started
-        parity = check_parity(measure_parity(onnx_path, model, hf_model), quantize, tolerance,
-                              f"transformers {type(hf_model).__name__}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(onnx_path), out_dir / "model.onnx")
-    tokenizer = Path(source) / "tokenizer.json" if isinstance(source, (str, Path)) else None
-    tokenizer = tokenizer if tokenizer is not None and tokenizer.is_file() else None
-    if tokenizer is not None:
-        shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
-    return model, {
-        "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer else None},
-        "inputs": [io_spec(v) for v in proto.graph.input],
-        "outputs": [io_spec(v) for v in proto.graph.output],
-        "special_tokens": _special_tokens(tokenizer, cfg, hf_model.config),
-        "model": {**asdict(cfg), "n_parameters": sum(p.numel() for p in model.parameters())},
-        "attention": attention,
-        "gelu": cfg.gelu,
-        "fused_ops": {op: census[op] for op in (ATTENTION_OP[attention], "Gelu") if op in census},
-        "op_census": census,
-        "quantization": quantization_record(quantize),
-        "parity": parity,
-        "producer": {"edgeinfer": __version__, "torch": torch.__version__, "onnx_opset": OPSET, "export_seconds": round(export_seconds, 2)},
-        "source": {"format": "huggingface", "architecture": type(hf_model).__name__,
-                   "path": str(source) if isinstance(source, (str, Path)) else None,
-                   "config": json.loads(hf_model.config.to_json_string())},
-    }
+        with step("parity check"):
+            parity = check_parity(measure_parity(onnx_path, model, hf_model), quantize, tolerance,
+                                  f"transformers {type(hf_model).__name__}")
+        with step("write bundle"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(onnx_path), out_dir / "model.onnx")
+            if tokenizer is not None:
+                shutil.copyfile(tokenizer, out_dir / "tokenizer.json")
+            manifest = Manifest.new(TASKS[task], {
+                "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer else None},
+                "inputs": [io_spec(v) for v in proto.graph.input],
+                "outputs": [io_spec(v) for v in proto.graph.output],
+                "special_tokens": _special_tokens(tokenizer, cfg, hf_model.config),
+                "model": {**asdict(cfg), "n_parameters": sum(p.numel() for p in model.parameters())},
+                "attention": attention,
+                "gelu": cfg.gelu,
+                "fused_ops": {op: census[op] for op in (ATTENTION_OP[attention], "Gelu") if op in census},
+                "op_census": census,
+                "quantization": quantization_record(quantize),
+                "parity": parity,
+                "producer": {"edgeinfer": __version__, "torch": torch.__version__, "onnx_opset": OPSET,
+                             "export_seconds": round(export_seconds, 2)},
+                "source": {"format": "huggingface", "architecture": type(hf_model).__name__,
+                           "path": str(source) if isinstance(source, (str, Path)) else None,
+                           "config": json.loads(hf_model.config.to_json_string())},
+                **task_fields(model),
+            })
+            manifest.write(out_dir)
+    return manifest
 
 
 def export_bert_qa_bundle(
@@ -337,13 +349,11 @@ def export_bert_qa_bundle(
     Attention, for any provider. At sequence 384 on this CPU they measured the same (1.83 and 1.81 sequences/s for
     BERT-base, benchmarks/qa_peers.py): the matrix products dominate there.
     """
-    model, fields = _export_encoder(source, "qa", Path(out_dir), tolerance, quantize, attention)
-    window = min(max_seq_len, model.cfg.max_length)
-    separators = SEPARATORS[model.cfg.architecture]
-    manifest = Manifest.new("extractive-qa", {
-        "reader": "bert",
-        **fields,
-        "qa": {
+
+    def reader_fields(model: BertEncoder) -> dict:
+        window = min(max_seq_len, model.cfg.max_length)
+        separators = SEPARATORS[model.cfg.architecture]
+        return {"reader": "bert", "qa": {
             "unit": "token",
             "window": window,
             "stride": min(stride, window // 4),
@@ -355,10 +365,9 @@ def export_bert_qa_bundle(
             "batch_tokens": 2048,  # most tokens per session call: see Reader.answer
             "span_score": "start_logit + end_logit (reported as exp of the window's log-softmaxes)",
             "vote": "sum(s^2) / (1 + sum(s))",
-        },
-    })
-    manifest.write(out_dir)
-    return manifest
+        }}
+
+    return _export_encoder(source, "qa", Path(out_dir), tolerance, quantize, attention, reader_fields)
 
 
 def export_bert_mlm_bundle(source, out_dir: str | Path, *, tolerance: float | None = None, quantize: str = "none",
@@ -368,7 +377,5 @@ def export_bert_mlm_bundle(source, out_dir: str | Path, *, tolerance: float | No
     The graph returns the vocabulary logits of every position (the prediction head's GELU is fused too); the runtime
     (`edgeinfer.mlm.MaskedLM`) reads [MASK] positions from them.
     """
-    _, fields = _export_encoder(source, "masked-lm", Path(out_dir), tolerance, quantize, attention, head_gelus=1)
-    manifest = Manifest.new("masked-lm", fields)
-    manifest.write(out_dir)
-    return manifest
+    return _export_encoder(source, "masked-lm", Path(out_dir), tolerance, quantize, attention, lambda model: {},
+                           head_gelus=1)

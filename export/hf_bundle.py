@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .hf_import import import_checkpoint, special_tokens_from_hf, stop_tokens_from_hf
 from .onnx_export import export_gpt_bundle
+from .progress import step
 
 CPM_TOKENIZERS = ("CpmTokenizer", "CpmTokenizerFast")
 
@@ -43,9 +44,10 @@ def export_hf_checkpoint(
 ) -> dict:
     """Export a causal LM (folder or in-memory transformers model; `hf_config.ARCHITECTURES`) to `out_dir`;
     returns the manifest. Parity is measured against the transformers model, never our import of it."""
-    model, hf_model = import_checkpoint(source, "causal-lm", gelu=gelu)
     folder = Path(source) if isinstance(source, (str, Path)) else None
-    cpm = cpm_tokenizer(folder) if folder else None  # CPM's tokenizer.json (if any) lacks its jieba step
+    with step("load checkpoint"):
+        model, hf_model = import_checkpoint(source, "causal-lm", gelu=gelu)
+        cpm = cpm_tokenizer(folder) if folder else None  # CPM's tokenizer.json (if any) lacks its jieba step
     tokenizer = folder / "tokenizer.json" if folder and not cpm else None
 
     def reference(ids, types):

@@ -28,6 +28,7 @@ from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translati
 
 from .gpt import GPT
 from .llama import Llama
+from .progress import step
 from .quantize import INT8, QUANTIZATIONS, quantize_int8
 
 OPSET = 23
@@ -213,7 +214,8 @@ def quantized(onnx_path: Path, quantize: str) -> Path:
     if quantize == "none":
         return onnx_path
     out = onnx_path.with_name("model.int8.onnx")
-    quantize_int8(onnx_path, out)
+    with step("quantize int8"):
+        quantize_int8(onnx_path, out)
     return out
 
 
@@ -251,23 +253,25 @@ def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -
     }
     if cfg.n_segments:
         dynamic["token_type_ids"] = {0: auto, 1: auto}
-    program = torch.onnx.export(
-        _Flat(model).eval(),
-        (),
-        kwargs=example,
-        dynamo=True,
-        opset_version=OPSET,
-        dynamic_shapes=dynamic,
-        input_names=input_names,
-        output_names=output_names,
-        custom_translation_table=translation_table(attention, mask),
-        optimize=True,
-        verbose=False,
-    )
+    with step("trace and export"):
+        program = torch.onnx.export(
+            _Flat(model).eval(),
+            (),
+            kwargs=example,
+            dynamo=True,
+            opset_version=OPSET,
+            dynamic_shapes=dynamic,
+            input_names=input_names,
+            output_names=output_names,
+            custom_translation_table=translation_table(attention, mask),
+            optimize=True,
+            verbose=False,
+        )
     proto = program.model_proto
     _symbolic_io(proto, cfg, attention, mask)
     if attention == "contrib":
-        fuse_contrib(proto)
+        with step("fuse"):
+            fuse_contrib(proto)
     onnx.save(proto, str(path))
     return proto
 
@@ -319,53 +323,54 @@ def export_gpt_bundle(
         onnx_path = quantized(onnx_path, quantize)
         proto = onnx.load(str(onnx_path), load_external_data=False)
         export_seconds = time.perf_counter() - started
-        parity = check_parity(measure_parity(onnx_path, model, reference, attention, mask=attention_mask), quantize, tolerance,
-                              reference_name)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(onnx_path), out_dir / "model.onnx")
-    if tokenizer_file is not None:
-        shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
-    for source in (other_files or {}).values():
-        shutil.copyfile(source, out_dir / source.name)
-
-    census = op_census(proto)
-    fields = model.manifest_fields()
-    input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
-    manifest = Manifest.new(task, {
-        "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None,
-                  **{role: source.name for role, source in (other_files or {}).items()}},
-        "inputs": [io_spec(v) for v in proto.graph.input],
-        "outputs": [io_spec(v) for v in proto.graph.output],
-        **fields,
-        "model": {**fields["model"], "n_parameters": sum(p.numel() for p in model.parameters())},
-        "attention": attention,
-        "attention_mask": attention_mask,
-        "kv_cache": {
-            "layout": "shared_buffer" if attention == "contrib" else "concat",
-            "padding_side": "right" if attention == "contrib" else "left",
-            "dims": ["batch", "heads", "length", "head_dim"],
-            "past_key": "past_key_values.{layer}.key",
-            "past_value": "past_key_values.{layer}.value",
-            "present_key": "present.{layer}.key",
-            "present_value": "present.{layer}.value",
-        },
-        "fused_ops": {op: n for op, n in census.items() if op in FUSED_OP_TYPES},
-        "op_census": census,
-        "special_tokens": special_tokens or {},
-        "generation": generation or {},
-        "quantization": quantization_record(quantize),
-        "parity": parity,
-        "producer": {
-            "edgeinfer": __version__,
-            "torch": torch.__version__,
-            "onnx_opset": OPSET,
-            "export_seconds": round(export_seconds, 2),
-        },
-        **(extra or {}),
-    })
-    assert [v["name"] for v in manifest["inputs"]] == input_names
-    assert [v["name"] for v in manifest["outputs"]] == output_names
-    manifest.write(out_dir)
+        with step("parity check"):
+            parity = check_parity(measure_parity(onnx_path, model, reference, attention, mask=attention_mask),
+                                  quantize, tolerance, reference_name)
+        with step("write bundle"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(onnx_path), out_dir / "model.onnx")
+            if tokenizer_file is not None:
+                shutil.copyfile(tokenizer_file, out_dir / "tokenizer.json")
+            for source in (other_files or {}).values():
+                shutil.copyfile(source, out_dir / source.name)
+            census = op_census(proto)
+            fields = model.manifest_fields()
+            input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
+            manifest = Manifest.new(task, {
+                "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None,
+                          **{role: source.name for role, source in (other_files or {}).items()}},
+                "inputs": [io_spec(v) for v in proto.graph.input],
+                "outputs": [io_spec(v) for v in proto.graph.output],
+                **fields,
+                "model": {**fields["model"], "n_parameters": sum(p.numel() for p in model.parameters())},
+                "attention": attention,
+                "attention_mask": attention_mask,
+                "kv_cache": {
+                    "layout": "shared_buffer" if attention == "contrib" else "concat",
+                    "padding_side": "right" if attention == "contrib" else "left",
+                    "dims": ["batch", "heads", "length", "head_dim"],
+                    "past_key": "past_key_values.{layer}.key",
+                    "past_value": "past_key_values.{layer}.value",
+                    "present_key": "present.{layer}.key",
+                    "present_value": "present.{layer}.value",
+                },
+                "fused_ops": {op: n for op, n in census.items() if op in FUSED_OP_TYPES},
+                "op_census": census,
+                "special_tokens": special_tokens or {},
+                "generation": generation or {},
+                "quantization": quantization_record(quantize),
+                "parity": parity,
+                "producer": {
+                    "edgeinfer": __version__,
+                    "torch": torch.__version__,
+                    "onnx_opset": OPSET,
+                    "export_seconds": round(export_seconds, 2),
+                },
+                **(extra or {}),
+            })
+            assert [v["name"] for v in manifest["inputs"]] == input_names
+            assert [v["name"] for v in manifest["outputs"]] == output_names
+            manifest.write(out_dir)
     return manifest
 
 

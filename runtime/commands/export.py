@@ -1,4 +1,5 @@
-"""`edgeinfer export`: a Hugging Face checkpoint folder -> a bundle (needs the [export] extra)."""
+"""`edgeinfer export`: a Hugging Face checkpoint folder -> a bundle (needs the [export] extra); each step's seconds go
+to stderr as it ends (`edgeinfer.export.progress`), the result to stdout."""
 
 from __future__ import annotations
 
@@ -38,22 +39,25 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     try:
         from edgeinfer.export.bert import export_bert_mlm_bundle, export_bert_qa_bundle
         from edgeinfer.export.hf_bundle import export_hf_checkpoint
+        from edgeinfer.export.progress import reporting
     except ImportError as exc:
         raise InputError(f"export needs the [export] extra (pip install 'edgeinfer[export]'): {exc}") from exc
     if args.task in ("qa", "masked-lm"):
         if args.attention == "unfused":
             raise InputError(f"--attention unfused is for decoders; a {args.task} encoder takes standard or contrib")
         export = export_bert_qa_bundle if args.task == "qa" else export_bert_mlm_bundle
-        manifest = export(args.from_hf, args.out, tolerance=args.tolerance, quantize=args.quantize,
-                          attention="contrib" if args.attention == "auto" else args.attention)
+        with reporting():
+            manifest = export(args.from_hf, args.out, tolerance=args.tolerance, quantize=args.quantize,
+                              attention="contrib" if args.attention == "auto" else args.attention)
         text = (
             f"wrote {args.out}: {manifest['source']['architecture']}, {manifest['model']['n_layer']} layers, "
             f"fused ops {manifest['fused_ops']}, "
             f"parity {manifest['parity']['max_abs_diff']:.2e} (tolerance {manifest['parity']['tolerance']:g})"
         )
         return {"bundle": str(args.out), "manifest": manifest}, text
-    manifest = export_hf_checkpoint(args.from_hf, args.out, attention=args.attention, gelu=args.gelu,
-                                    tolerance=args.tolerance, quantize=args.quantize)
+    with reporting():
+        manifest = export_hf_checkpoint(args.from_hf, args.out, attention=args.attention, gelu=args.gelu,
+                                        tolerance=args.tolerance, quantize=args.quantize)
     parity = manifest["parity"]
     text = (
         f"wrote {args.out}: {manifest['source']['architecture']}, {manifest['model']['n_layer']} layers, "
