@@ -81,3 +81,41 @@ def test_float32_group_query_attention_on_cuda_warns(lively_bundles, monkeypatch
     assert model.cache_device == ("cpu" if target == "contrib" else "cuda")  # the cache lives where attention runs
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert messages == ([causal_lm.CONTRIB_ON_CUDA] if target == "contrib" else [])
+
+
+@pytest.fixture(scope="module", params=["llama-gqa2-standard", "qwen2-gqa1-contrib"])
+def llama_pair(request, tmp_path_factory):
+    """(CPU model, CUDA model) of a tiny Llama-family bundle: rotary and grouped-query attention on CUDA."""
+    import onnxruntime as ort
+    from test_llama_export import tiny_llama
+
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider")
+    kind, kv_heads, target = {"llama-gqa2-standard": ("llama", 2, "standard"),
+                              "qwen2-gqa1-contrib": ("qwen2", 1, "contrib")}[request.param]
+    folder = tmp_path_factory.mktemp("llama-cuda") / request.param
+    export_hf_checkpoint(tiny_llama(kind, kv_heads), folder, attention=target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the float32 GroupQueryAttention warning, tested above
+        cuda = edgeinfer.load(folder, device="cuda")
+    return edgeinfer.load(folder, device="cpu"), cuda
+
+
+def test_llama_family_logits_and_tokens_match_cpu(llama_pair):
+    cpu, cuda = llama_pair
+    ids = np.array([[3, 14, 15, 92, 65, 35, 89, 79]])
+    np.testing.assert_allclose(cuda.logits(ids), cpu.logits(ids), atol=1e-4, rtol=1e-4)
+    options = {"max_new_tokens": 12, "do_sample": False, "stop_token_ids": []}
+    assert [g.token_ids for g in cuda.generate(PROMPTS, **options)] == \
+        [g.token_ids for g in cpu.generate(PROMPTS, **options)]
+
+
+def test_speculative_greedy_on_cuda_equals_plain_greedy_on_cpu(pair):
+    cpu, cuda = pair
+    options = {"max_new_tokens": 24, "do_sample": False, "stop_token_ids": []}
+    loopy = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [9, 9, 9, 9]]
+    expected = [cpu.generate([p], **options)[0].token_ids for p in loopy]
+    assert [cuda.generate([p], speculate=5, **options)[0].token_ids for p in loopy] == expected
+    assert [g.token_ids for g in cuda.generate(loopy, speculate=5, **options)] == expected
