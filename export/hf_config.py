@@ -39,7 +39,11 @@ def architecture(config: dict, task: str) -> str:
     """The architecture a checkpoint config names, refused with an InputError unless `task` exports it."""
     names = config.get("architectures")
     model_type = config.get("model_type")
-    name = names[0] if isinstance(names, list) and names else _BY_MODEL_TYPE.get(model_type, model_type)
+    if not isinstance(model_type, (str, type(None))) or not isinstance(names, (list, type(None))) \
+            or not all(isinstance(n, str) for n in names or []):
+        raise InputError(f"config.json's model_type must be a string and its architectures a list of strings, got "
+                         f"{model_type!r} and {names!r}")
+    name = names[0] if names else _BY_MODEL_TYPE.get(model_type, model_type)
     if name not in ARCHITECTURES[task]:
         others = [other for other, archs in ARCHITECTURES.items() if name in archs]
         hint = f" (export it with --task {others[0]})" if others else ""

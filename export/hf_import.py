@@ -45,7 +45,12 @@ def read_checkpoint(folder: str | Path) -> dict[str, torch.Tensor]:
             continue
         state = {}
         for file in files:
-            state.update(load(folder / file))
+            try:
+                state.update(load(folder / file))
+            except Exception as exc:  # safetensors and torch raise several types for a file they cannot read
+                raise InputError(f"{folder / file} is not a readable checkpoint file: "
+                                 f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
+                                 ) from exc
         return state
     raise InputError(f"{folder} holds no model.safetensors or pytorch_model.bin (sharded or not)")
 
@@ -290,7 +295,10 @@ def import_checkpoint(source, task: str, gelu: str | None = None) -> tuple[torch
 
     if isinstance(source, (str, Path)):
         name = architecture(read_hf_config(source, task), task)
-        hf_config = transformers.AutoConfig.from_pretrained(Path(source), local_files_only=True)
+        try:
+            hf_config = transformers.AutoConfig.from_pretrained(Path(source), local_files_only=True)
+        except Exception as exc:  # config parsing raises many types (huggingface_hub's validation errors among them)
+            raise InputError(f"transformers cannot read {Path(source) / 'config.json'}: {exc}") from exc
         state = read_checkpoint(source)
     else:
         name = architecture({"architectures": [type(source).__name__]}, task)

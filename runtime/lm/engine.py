@@ -35,6 +35,7 @@ from .step import Step
 from .text_stream import TextStream
 from .types import Prefix, StreamEvent
 
+MAX_SLOTS = 1024  # cache rows of one engine: far beyond what pays on any machine, far below what exhausts memory
 MAX_SPECULATE = 16  # most draft tokens a row verifies in one step
 # after k wholly rejected drafts in a row a request drafts nothing for min(2**k, 16) - 1 steps: drafting turns itself
 # off where the text does not repeat, and comes back when it starts to
@@ -123,8 +124,12 @@ class Engine:
 
     def __init__(self, model, slots: int, capacity: int | None = None, max_queue: int | None = None,
                  speculate: int = 0) -> None:
-        if not (isinstance(slots, int) and slots >= 1):
-            raise InputError(f"slots must be an integer >= 1, got {slots!r}")
+        if not (is_int(slots) and 1 <= slots <= MAX_SLOTS):
+            raise InputError(f"slots must be an integer in [1, {MAX_SLOTS}], got {slots!r}")
+        if capacity is not None and not (is_int(capacity) and capacity >= 1):
+            raise InputError(f"capacity must be an integer >= 1, got {capacity!r}")
+        if max_queue is not None and not (is_int(max_queue) and max_queue >= 0):
+            raise InputError(f"max_queue must be an integer >= 0, got {max_queue!r}")
         if not (is_int(speculate) and 0 <= speculate <= MAX_SPECULATE):
             raise InputError(f"speculate must be an integer in [0, {MAX_SPECULATE}], got {speculate!r}")
         self.speculate = int(speculate)

@@ -54,11 +54,15 @@ def make_requests(model, prompts: Sequence, options: DecodeOptions, seed=None, n
         raise InputError(f"num_return_sequences must be an integer in [1, {MAX_BATCH}], got {num_return_sequences!r}")
     if len(prompts) * num_return_sequences > MAX_REQUESTS:
         raise InputError(f"{len(prompts)} prompts x {num_return_sequences} samples is over {MAX_REQUESTS} requests")
-    if prefix is not None and not isinstance(prefix, Prefix):
-        raise InputError(f"prefix must be a Prefix from prefill(), got {type(prefix).__name__}")
+    check_prefix(model, prefix)
     encoded = [encode_prompt(model, p) for p in prompts]
     segments = _segments(model, segment_ids, encoded)
-    replies = [reply_segment] * len(encoded) if is_int(reply_segment) else list(reply_segment)
+    if is_int(reply_segment):
+        replies = [reply_segment] * len(encoded)
+    elif isinstance(reply_segment, (list, tuple)):
+        replies = list(reply_segment)
+    else:
+        replies = []
     if len(replies) != len(encoded) or not all(is_int(r) and _segment_ok(model, r) for r in replies):
         raise InputError(f"reply_segment must be one valid segment id, or one per prompt, got {reply_segment!r}")
     seeds = row_seeds(seed, len(encoded), num_return_sequences)
@@ -71,9 +75,21 @@ def _segment_ok(model, segment: int) -> bool:
     return 0 <= segment < n
 
 
+def check_prefix(model, prefix) -> None:
+    """A prefix must come from this model's prefill: another model's cache has other shapes."""
+    if prefix is None:
+        return
+    if not isinstance(prefix, Prefix):
+        raise InputError(f"prefix must be a Prefix from this model's prefill(), got {type(prefix).__name__}")
+    if prefix.cache.model is not model:
+        raise InputError("prefix must be a Prefix from this model's prefill(); it comes from another model")
+
+
 def _segments(model, segment_ids, encoded: list[list[int]]) -> list[list[int] | None]:
     if segment_ids is None:
         return [None] * len(encoded)
+    if not isinstance(segment_ids, (list, tuple)) or not all(isinstance(s, (list, tuple)) for s in segment_ids):
+        raise InputError("segment_ids must be a list of lists: one segment id per prompt token")
     segments = [list(s) for s in segment_ids]
     if len(segments) != len(encoded) or any(len(s) != len(e) for s, e in zip(segments, encoded)):
         raise InputError("segment_ids must give one segment id per prompt token")
@@ -150,6 +166,9 @@ def generate(model, prompts: Sequence, **options) -> list[Generation]:
 
 def prefill(model, prompt, segment_ids: Sequence[int] | None = None, prefix: Prefix | None = None) -> Prefix:
     """Run `prompt` (after `prefix`, if given) and keep its cache for later continuations."""
+    check_prefix(model, prefix)
+    if segment_ids is not None and not isinstance(segment_ids, (list, tuple)):
+        raise InputError("segment_ids must be a list: one segment id per prompt token")
     ids = encode_prompt(model, prompt)
     start = len(prefix.token_ids) if prefix else 0
     if start + len(ids) >= model.max_positions:

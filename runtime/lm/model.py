@@ -75,6 +75,10 @@ class CausalLM:
             raise InputError("this bundle has no tokenizer: pass token ids instead of text")
         if not isinstance(text, str):
             raise InputError(f"text must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: the tokenizer cannot take it
+            raise InputError(f"text is not valid Unicode: {exc.reason} at character {exc.start}") from exc
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
@@ -138,12 +142,12 @@ class CausalLM:
         """
         ids = self._check_ids(input_ids)
         batch, seq = ids.shape
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
-        if mask.shape != ids.shape:
-            raise InputError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}")
+        mask = np.ones_like(ids) if attention_mask is None else _int_array(attention_mask, "attention_mask")
+        if mask.shape != ids.shape or not np.isin(mask, (0, 1)).all():
+            raise InputError(f"attention_mask must be 0s and 1s shaped like input_ids {ids.shape}, got {mask.shape}")
         types = None
         if self.uses_segments and token_type_ids is not None:
-            types = np.asarray(token_type_ids)
+            types = _int_array(token_type_ids, "token_type_ids")
             n_segments = self.manifest["model"]["n_segments"]
             if types.shape != ids.shape or not np.issubdtype(types.dtype, np.integer) or types.min() < 0 \
                     or types.max() >= n_segments:
@@ -151,3 +155,14 @@ class CausalLM:
         step = Step(self, KVCache(self, batch, seq))  # a cache for this call only
         logits_at = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq))
         return step.run(ids, positions_from_mask(mask), mask, logits_at, types, kept=mask.sum(axis=1)).copy()
+
+
+def _int_array(values, name: str) -> np.ndarray:
+    """`values` as an integer array, or an InputError naming `name` (ragged or non-numeric input)."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{name} must be a (batch, seq) array of integers: {exc}") from exc
+    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        raise InputError(f"{name} must hold integers, got dtype {array.dtype}")
+    return array.astype(np.int64)
