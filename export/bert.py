@@ -227,10 +227,11 @@ def export_onnx(model: BertEncoder, path: Path, attention: str = "contrib") -> o
             optimize=True, verbose=False,
         )
     proto = program.model_proto
-    for value in [*proto.graph.input, *proto.graph.output]:
-        for dim, name in zip(value.type.tensor_type.shape.dim, ("batch", "seq")):
-            dim.dim_param = name
-    onnx.save(proto, str(path))
+    with step("save graph"):
+        for value in [*proto.graph.input, *proto.graph.output]:
+            for dim, name in zip(value.type.tensor_type.shape.dim, ("batch", "seq")):
+                dim.dim_param = name
+        onnx.save(proto, str(path))
     return proto
 
 
@@ -294,10 +295,9 @@ def _export_encoder(source, task: str, out_dir: Path, tolerance: float | None, q
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        census = op_census(export_onnx(model, onnx_path, attention))
-        _check_census(census, cfg.n_layer, cfg.n_layer + head_gelus, attention)
-        onnx_path = quantized(onnx_path, quantize)
-        proto = onnx.load(str(onnx_path), load_external_data=False)
+        proto = export_onnx(model, onnx_path, attention)
+        _check_census(op_census(proto), cfg.n_layer, cfg.n_layer + head_gelus, attention)
+        onnx_path, proto = quantized(onnx_path, proto, quantize)
         census = op_census(proto)
         export_seconds = time.perf_counter() - started
         with step("parity check"):

@@ -209,14 +209,14 @@ def quantization_record(quantize: str) -> dict | None:
     return INT8 if quantize == "int8" else None
 
 
-def quantized(onnx_path: Path, quantize: str) -> Path:
-    """The graph to ship: `onnx_path` itself, or an int8 copy beside it."""
+def quantized(onnx_path: Path, proto: onnx.ModelProto, quantize: str) -> tuple[Path, onnx.ModelProto]:
+    """The graph to ship and its proto: `onnx_path` itself, or an int8 copy beside it."""
     if quantize == "none":
-        return onnx_path
+        return onnx_path, proto
     out = onnx_path.with_name("model.int8.onnx")
     with step("quantize int8"):
         quantize_int8(onnx_path, out)
-    return out
+        return out, onnx.load(str(out), load_external_data=False)
 
 
 def contrib_head_multiple(model: Decoder) -> int:
@@ -268,11 +268,12 @@ def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -
             verbose=False,
         )
     proto = program.model_proto
-    _symbolic_io(proto, cfg, attention, mask)
     if attention == "contrib":
         with step("fuse"):
             fuse_contrib(proto)
-    onnx.save(proto, str(path))
+    with step("save graph"):
+        _symbolic_io(proto, cfg, attention, mask)
+        onnx.save(proto, str(path))
     return proto
 
 
@@ -319,9 +320,7 @@ def export_gpt_bundle(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(model, onnx_path, attention, attention_mask)
-        onnx_path = quantized(onnx_path, quantize)
-        proto = onnx.load(str(onnx_path), load_external_data=False)
+        onnx_path, proto = quantized(onnx_path, export_onnx(model, onnx_path, attention, attention_mask), quantize)
         export_seconds = time.perf_counter() - started
         with step("parity check"):
             parity = check_parity(measure_parity(onnx_path, model, reference, attention, mask=attention_mask),

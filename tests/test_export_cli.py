@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = re.compile(r"^(?P<label>[a-z0-9 ]+) \.\.\. \d+\.\d\d s$")
-STEPS = ["load checkpoint", "trace and export", "fuse", "parity check", "write bundle"]
+STEPS = ["import torch and transformers", "load checkpoint", "trace and export", "fuse", "save graph", "parity check", "write bundle"]
 
 
 @pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])

@@ -34,12 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
     from edgeinfer.export.hf_config import read_hf_config
+    from edgeinfer.export.progress import reporting, step  # both torch-free
 
     read_hf_config(args.from_hf, args.task)  # a wrong folder is refused now, not after seconds of torch imports
     try:
-        from edgeinfer.export.bert import export_bert_mlm_bundle, export_bert_qa_bundle
-        from edgeinfer.export.hf_bundle import export_hf_checkpoint
-        from edgeinfer.export.progress import reporting
+        with reporting(), step("import torch and transformers"):
+            from edgeinfer.export.bert import (
+                export_bert_mlm_bundle,
+                export_bert_qa_bundle,
+            )
+            from edgeinfer.export.hf_bundle import export_hf_checkpoint
     except ImportError as exc:
         raise InputError(f"export needs the [export] extra (pip install 'edgeinfer[export]'): {exc}") from exc
     if args.task in ("qa", "masked-lm"):
