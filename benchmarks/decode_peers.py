@@ -79,14 +79,15 @@ def weight_bytes(checkpoint: Path) -> int:
     return sum(t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items() if name != "__metadata__")
 
 
-def write_specs(args, checkpoint: Path, engines: list[str]) -> dict[str, Path]:
-    """One spec file per engine: the same prompts, batches and token count for all, its own artifact folder."""
+def write_specs(args, checkpoint: Path, engines: list[str], table: dict[str, Engine] = ENGINES) -> dict[str, Path]:
+    """One spec file per engine: the same prompts, batches and token count for all, its own artifact folder; an
+    engine's options may narrow the batches."""
     work = BENCH / "peers" / checkpoint.name
     rng = np.random.default_rng(args.seed)
     prompts = rng.integers(0, args.vocab, (max(args.batches), args.prompt)).tolist()  # B rows = the first B
     specs = {}
     for name in engines:
-        engine = ENGINES[name]
+        engine = table[name]
         spec = {"checkpoint": str(checkpoint), "artifact": str(work / engine.artifact) if engine.artifact else None,
                 "prompts": prompts, "batches": args.batches, "new_tokens": args.new_tokens, "threads": args.threads,
                 **engine.options}
@@ -129,38 +130,44 @@ def markdown(summaries: list[dict], batches: list[int], floor_ms: float) -> str:
             f"| floor share | B={large} decode ms/token | B={large} tokens/s | peak RSS MB | agrees |")
     lines = [head, "|" + " --- |" * 9]
     for s in summaries:
-        lo, hi = s["batches"][small], s["batches"][large]
+        lo, hi = s["batches"][small], s["batches"].get(large)
         quantiles = " / ".join(f"{v:.2f}" for v in lo["token_ms"].values())
+        large_cells = f"{hi['decode_ms_per_token']:.2f} | {hi['tokens_per_s']:.1f}" if hi else "— | —"
         lines.append(f"| {s['engine']} | {lo['prefill_ms']:.1f} | {lo['decode_ms_per_token']:.2f} | {quantiles} "
-                     f"| {floor_ms / lo['decode_ms_per_token']:.2f} | {hi['decode_ms_per_token']:.2f} "
-                     f"| {hi['tokens_per_s']:.1f} | {s['peak_rss_mb']:.0f} | {s['agrees']} |")
+                     f"| {floor_ms / lo['decode_ms_per_token']:.2f} | {large_cells} "
+                     f"| {s['peak_rss_mb']:.0f} | {s['agrees']} |")
     ours = [s for s in summaries if s["engine"] in (REFERENCE, "edgeinfer-int8")]
     peers = [s for s in summaries if not s["engine"].startswith("edgeinfer")]
     if ours and peers:
         lines.append("")
         lines += [f"- {a['engine']} speed ÷ {b['engine']}'s, decode: " + ", ".join(
             f"B={x} {b['batches'][x]['decode_ms_per_token'] / a['batches'][x]['decode_ms_per_token']:.2f}×"
-            for x in (small, large)) for a in ours for b in peers]
+            for x in (small, large) if x in b["batches"]) for a in ours for b in peers]
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model and short run, to check the pipeline")
-    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES))
+def peer_arguments(parser: argparse.ArgumentParser, engines: dict[str, Engine], repeats: int) -> None:
+    """The options every decode-against-peers script takes: engines, workload, threads, waiting policy."""
+    parser.add_argument("--engines", nargs="+", choices=list(engines), default=list(engines))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt", type=int, default=128, help="prompt length in tokens")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--embd", type=int, default=768)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--vocab", type=int, default=50257)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt ids")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed to one engine process")
     parser.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], default=None,
                         help="OMP_WAIT_POLICY for every engine (default: OpenMP's own; PASSIVE on a shared machine)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model and short run, to check the pipeline")
+    peer_arguments(parser, ENGINES, repeats=3)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--embd", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--name", default="decode_peers", help="<results>/<name>.json and .md")
     parser.add_argument("--results", type=Path, default=None, help="folder of the results (default results/, "
                         "results/quick with --quick)")
@@ -174,19 +181,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run_peers(args: argparse.Namespace, checkpoint: Path, table: dict[str, Engine],
+              shape: dict) -> tuple[dict, str, str]:
+    """The whole measurement on one checkpoint: prepare each engine's artifact, gate, time the engines interleaved,
+    take the bandwidth floor; returns (report, markdown table, note)."""
     load_before = machine()
-    checkpoint = make_checkpoint(args)
-    engines, skipped = available(ENGINES, args.engines)
+    engines, skipped = available(table, args.engines)
     for name, reason in skipped.items():
         print(f"skipping {name}: {reason}", flush=True)
-    specs = write_specs(args, checkpoint, engines)
+    specs = write_specs(args, checkpoint, engines, table)
     env = engine_env(args.threads, args.omp_wait)
-    engines = prepare_all(ENGINES, engines, specs, env, args.timeout, skipped)
-    verdicts = gate_all(ENGINES, engines, specs, env, args.timeout, skipped, REFERENCE, agree)
+    engines = prepare_all(table, engines, specs, env, args.timeout, skipped)
+    verdicts = gate_all(table, engines, specs, env, args.timeout, skipped, REFERENCE, agree)
 
-    runs = run_all(ENGINES, engines, specs, env, args.repeats, args.timeout, skipped, lambda result: ", ".join(
+    runs = run_all(table, engines, specs, env, args.repeats, args.timeout, skipped, lambda result: ", ".join(
         f"B={b} {v['decode_ms_per_token']:.2f} ms/token" for b, v in result["batches"].items()))
     summaries = [summarize(n, r, verdicts[n]) for n, r in runs.items() if r]
     bandwidth = copy_bandwidth()
@@ -195,10 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     for s in summaries:
         s["floor_share"] = floor_ms / s["batches"][str(min(args.batches))]["decode_ms_per_token"]
 
-    table = markdown(summaries, args.batches, floor_ms)
     report = {
-        "shape": {"layers": args.layers, "embd": args.embd, "heads": args.heads, "vocab": args.vocab,
-                  "prompt": args.prompt, "new_tokens": args.new_tokens, "batches": args.batches},
+        "shape": {**shape, "prompt": args.prompt, "new_tokens": args.new_tokens, "batches": args.batches},
         "checkpoint": str(checkpoint.relative_to(ROOT)), "threads": args.threads, "repeats": args.repeats,
         "omp_wait_policy": args.omp_wait or "default",
         "reference": REFERENCE, "weight_bytes": weights, "copy_bandwidth_gb_s": bandwidth / 1e9,
@@ -208,6 +214,14 @@ def main(argv: list[str] | None = None) -> dict:
     note = (f"weights {weights / 1e6:.0f} MB, copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write), "
             f"floor {floor_ms:.2f} ms/token; {args.threads} threads, median of {args.repeats} interleaved repeats, "
             f"OMP_WAIT_POLICY {args.omp_wait or 'default'}")
+    return report, markdown(summaries, args.batches, floor_ms), note
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    checkpoint = make_checkpoint(args)
+    shape = {"layers": args.layers, "embd": args.embd, "heads": args.heads, "vocab": args.vocab}
+    report, table, note = run_peers(args, checkpoint, ENGINES, shape)
     write_results(args.results, args.name, report, table, note)
     return report
 

@@ -32,6 +32,7 @@ class Engine:
     in_venv: bool  # runs under build/bench/venv-peers instead of this interpreter
     artifact: str | None = None  # folder name of its converted model under the work folder; None: reads the checkpoint
     options: dict = field(default_factory=dict)
+    python: Path | None = None  # an interpreter of its own (llama-cpp-python's prebuilt venv), over in_venv
 
 
 def copy_bandwidth(mb: int = 512, tries: int = 5) -> float:
@@ -67,12 +68,14 @@ def available(engines: dict[str, Engine], names: list[str]) -> tuple[list[str], 
     """Engines that can run here, and the reason for each one that cannot."""
     skipped = {n: f"{VENV_PYTHON.relative_to(ROOT)} is missing: run benchmarks/peers/setup_venv.sh"
                for n in names if engines[n].in_venv and not VENV_PYTHON.exists()}
+    skipped |= {n: f"{engines[n].python} is missing" for n in names
+                if engines[n].python is not None and not engines[n].python.exists()}
     return [n for n in names if n not in skipped], skipped
 
 
 def run_engine(engine: Engine, mode: str, spec: Path, env: dict, timeout: float) -> tuple[dict | None, str]:
     """(parsed JSON line or None, error text) of one engine process."""
-    python = str(VENV_PYTHON) if engine.in_venv else sys.executable
+    python = str(engine.python or (VENV_PYTHON if engine.in_venv else sys.executable))
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([python, str(PEERS / engine.script), mode, str(spec)], check=False, capture_output=True,

@@ -24,12 +24,14 @@ def prepare(spec: dict) -> None:
     from ctranslate2.converters import TransformersConverter
     from transformers import AutoConfig
 
-    vocab = AutoConfig.from_pretrained(spec["checkpoint"]).vocab_size
+    config = AutoConfig.from_pretrained(spec["checkpoint"])
+    vocab = config.vocab_size
 
     class IdVocabulary:
-        """The few tokenizer attributes the GPT-2 loader reads."""
+        """The few tokenizer attributes the GPT-2 and Llama loaders read."""
 
-        bos_token = eos_token = unk_token = token(vocab - 1)  # GPT-2's <|endoftext|> is its last id
+        bos_token = token(config.bos_token_id)
+        eos_token = unk_token = token(config.eos_token_id)
 
         def get_vocab(self) -> dict[str, int]:
             return {token(i): i for i in range(vocab)}

@@ -1,13 +1,16 @@
-"""onnxruntime-genai: Optimum's ONNX export of the checkpoint, run by genai's own C++ generation loop.
+"""onnxruntime-genai: its own C++ generation loop over its model builder's graph (Llama) or Optimum's (GPT-2).
 
-Runs in build/bench/venv-peers. genai's model builder does not take GPT-2, so the model is Optimum's graph, in the
-`optimum` engine's own folder, with a hand-written genai_config.json added: the same weights and onnxruntime, with
-genai's loop, KV-cache handling and IO binding around it instead of transformers' `generate`.
+Runs in build/bench/venv-peers. genai's model builder does not take GPT-2, so for GPT-2 the model is Optimum's
+graph, in the `optimum` engine's own folder, with a hand-written genai_config.json added: the same weights and
+onnxruntime, with genai's loop, KV-cache handling and IO binding around it instead of transformers' `generate`.
+A spec with `builder_python` runs genai's own builder instead (`onnxruntime_genai/models/builder.py -p fp32 -e cpu`)
+under that interpreter: the builder imports model classes of a newer transformers than the venv's pin allows.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +23,14 @@ def prepare(spec: dict) -> None:
     genai the graph's names and shapes."""
     out = Path(spec["artifact"])
     if (out / "genai_config.json").exists():
+        return
+    if "builder_python" in spec:
+        import onnxruntime_genai
+
+        builder = Path(onnxruntime_genai.__file__).parent / "models" / "builder.py"
+        subprocess.run([spec["builder_python"], str(builder), "-m", spec["checkpoint"], "-i", spec["checkpoint"],
+                        "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(out / "cache")], check=True)
+        print(f"  built {out.name} with genai's model builder", flush=True)
         return
     optimum_export(spec)
     hf = json.loads((out / "config.json").read_text())
