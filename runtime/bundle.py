@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import string
+import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -33,6 +36,9 @@ KV_LAYOUTS = ("concat", "shared_buffer")
 GENERATION_FIELDS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
                      "repetition_penalty", "stop_token_ids", "stop_strings")
 SESSION_FIELDS = {"threads": int, "disabled_optimizers": list, "provider_options": dict}
+MAX_THREADS = 1024  # onnxruntime starts every thread it is told to; no machine this runs on has more cores
+INT64_MAX = 2**63 - 1  # ids, positions and sizes reach the graph as int64
+MAX_QA_WINDOW = 2**16  # units of one QA model call (shipped: 200 characters; BERT: 384 tokens); load probes one
 
 # field -> expected type(s); nested dicts are checked recursively
 _SCHEMA: dict[str, Any] = {
@@ -60,6 +66,7 @@ _CAUSAL_LM_SCHEMA: dict[str, Any] = {
 }
 _QA_SCHEMA: dict[str, Any] = {
     "reader": str,
+    "model": dict,
     "qa": {"window": int, "stride": int, "max_answer_len": int, "max_question_len": int, "batch_size": int},
 }
 
@@ -81,11 +88,14 @@ def _check(data: dict, schema: dict, where: str) -> None:
             raise BundleError(f"manifest field '{path}' must be {expected.__name__}, got {value!r}")
 
 
-def _check_at_least(section: dict, where: str, fields: tuple[str, ...], minimum: int = 1) -> None:
+def _check_at_least(section: dict, where: str, fields: tuple[str, ...], minimum: int = 1,
+                    maximum: int = INT64_MAX) -> None:
     for key in fields:
         if key in section and not (isinstance(section[key], int) and not isinstance(section[key], bool)
                                    and section[key] >= minimum):
             raise BundleError(f"manifest field '{where}.{key}' must be an integer >= {minimum}, got {section[key]!r}")
+        if key in section and section[key] > maximum:
+            raise BundleError(f"manifest field '{where}.{key}' must be at most {maximum}, got {section[key]}")
 
 
 def layer_names(pattern: Any, where: str, n_layer: int) -> list[str]:
@@ -147,14 +157,15 @@ def validate_manifest(data: Any) -> dict:
                               f"(known: {', '.join(GENERATION_FIELDS)})")
     if data["task"] == "extractive-qa":
         _check(data, _QA_SCHEMA, "")
-        _check_at_least(data["qa"], "qa", ("window", "max_answer_len", "max_question_len", "batch_size",
-                                           "batch_tokens"))
+        _check_at_least(data["qa"], "qa", ("max_answer_len", "batch_size", "batch_tokens"))
+        _check_at_least(data["qa"], "qa", ("window", "max_question_len"), maximum=MAX_QA_WINDOW)
         _check_at_least(data["qa"], "qa", ("stride",), minimum=0)
         if data["qa"]["stride"] >= data["qa"]["window"]:
             raise BundleError(f"manifest field 'qa.stride' ({data['qa']['stride']}) must be below qa.window "
                               f"({data['qa']['window']})")
         threshold = data["qa"].get("threshold")
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or isinstance(threshold, float) and math.isnan(threshold)):
             raise BundleError(f"manifest field 'qa.threshold' must be a number, got {threshold!r}")
     session = data.get("session", {})
     if not isinstance(session, dict):
@@ -165,6 +176,11 @@ def validate_manifest(data: Any) -> dict:
             raise BundleError(f"manifest field 'session.{key}' is unknown (known: {', '.join(SESSION_FIELDS)})")
         if not isinstance(value, expected) or isinstance(value, bool):
             raise BundleError(f"manifest field 'session.{key}' must be {expected.__name__}, got {value!r}")
+    _check_at_least(session, "session", ("threads",), minimum=0, maximum=MAX_THREADS)
+    bad = next((name for name, options in session.get("provider_options", {}).items() if not isinstance(options, dict)),
+               None)
+    if bad is not None:
+        raise BundleError(f"manifest field 'session.provider_options.{bad}' must be an object of provider settings")
     return data
 
 
@@ -197,9 +213,7 @@ class Manifest(dict):
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise BundleError(f"{path} is not valid JSON: {str(exc)[:200]}") from exc
         manifest = cls(validate_manifest(data))
-        files = {role: inside(folder, role, name) for role, name in manifest["files"].items() if name is not None}
-        if verify if verify is not None else os.environ.get(VERIFY_ENV, "1") != "0":
-            _verify_digests(folder, manifest, files)
+        check_digests_in_background(folder, manifest, verify)()
         return folder, manifest
 
     def write(self, folder: str | Path) -> Path:
@@ -252,19 +266,37 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify_digests(folder: Path, manifest: dict, files: dict[str, Path]) -> None:
+def check_digests_in_background(folder: Path, manifest: dict, verify: bool | None) -> Callable[[], None]:
+    """Start hashing the bundle's files on a thread; the returned function waits and raises a mismatch.
+
+    hashlib releases the GIL, so the hashing (0.3 s per 500 MB) overlaps opening the session instead of adding to
+    it. Paths and the presence of digests are checked here, before any work. verify: None follows EDGEINFER_VERIFY.
+    """
+    files = {role: inside(folder, role, name) for role, name in manifest["files"].items() if name is not None}
+    if not (verify if verify is not None else os.environ.get(VERIFY_ENV, "1") != "0"):
+        return lambda: None
     digests = manifest.get("sha256")
     if not isinstance(digests, dict):
         raise BundleError(f"bundle {folder}: the manifest records no 'sha256' digests of its files; re-export it, "
                           f"or load it with verify=False ({VERIFY_ENV}=0)")
-    for role, path in files.items():
+    expected = {}
+    for role in files:
         name = manifest["files"][role]
-        expected = digests.get(name)
-        if not isinstance(expected, str):
+        if not isinstance(digests.get(name), str):
             raise BundleError(f"bundle {folder}: manifest field 'sha256' has no digest for {name!r}")
-        if sha256_of(path) != expected.lower():
-            raise BundleError(f"bundle {folder}: {role} file {name!r} does not match its sha256 in the manifest "
-                              "(corrupt, or changed after export)")
+        expected[role] = digests[name].lower()
+    mismatched: list[str] = []
+    worker = threading.Thread(target=lambda: mismatched.extend(
+        role for role, path in files.items() if sha256_of(path) != expected[role]), daemon=True)
+    worker.start()
+
+    def wait() -> None:
+        worker.join()
+        if mismatched:
+            role = mismatched[0]
+            raise BundleError(f"bundle {folder}: {role} file {manifest['files'][role]!r} does not match its sha256 "
+                              "in the manifest (corrupt, or changed after export)")
+    return wait
 
 
 def load_tokenizer(folder: Path, manifest: dict, vocab_size: int | None = None):

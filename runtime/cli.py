@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import io
 import json
 import os
 import sys
@@ -67,6 +68,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    tolerate_undecodable_text()
     try:
         code = run_command(argv)
         sys.stdout.flush()  # here, not at exit: a closed pipe must fail where it is caught
@@ -77,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         # Python's recipe: point stdout at devnull, so the interpreter's own flush at exit cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return BROKEN_PIPE
+
+
+def tolerate_undecodable_text() -> None:
+    """Bytes that are not UTF-8 (in arguments, file names, typed lines) reach Python as lone surrogates, which a
+    UTF-8 locale's stdout refuses to print and its stdin to read: print them escaped, as stderr does, and read them
+    as Python does under the C locale, so they end as refusals naming them rather than UnicodeErrors."""
+    for stream, errors in ((sys.stdin, "surrogateescape"), (sys.stdout, "backslashreplace")):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=errors)
 
 
 def run_command(argv: list[str]) -> int:

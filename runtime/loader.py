@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import Manifest
-from .errors import BundleError
+from .bundle import Manifest, check_digests_in_background
+from .errors import BundleError, InputError
 
 BUNDLES = Path(__file__).parent / "bundles"
 DEFAULT_BUNDLES = {
@@ -27,14 +27,32 @@ def default_bundle(name: str) -> Path:
 def load(path: str | Path, device: str = "auto", threads: int | None = None, verify: bool | None = None):
     """Validate the bundle at `path` and open it on onnxruntime (CUDA if present and asked for, else CPU).
 
-    verify: check each file's sha256 against the manifest (default: yes, unless EDGEINFER_VERIFY=0).
+    verify: check each file's sha256 against the manifest (default: yes, unless EDGEINFER_VERIFY=0); the hashing
+    runs while the session opens.
     """
-    folder, manifest = Manifest.read(path, verify)
+    folder, manifest = Manifest.read(path, verify=False)
+    digests_match = check_digests_in_background(folder, manifest, verify)
+    try:
+        model = _open(folder, manifest, device, threads)
+    except BundleError:
+        digests_match()  # a corrupt file explains a failure to open it better than the failure does
+        raise
+    digests_match()
+    return model
+
+
+def _open(folder: Path, manifest: dict, device: str, threads: int | None):
     task = manifest["task"]
     if task in ("causal-lm", "chat", "xiangqi"):
-        from .lm import CausalLM
+        from .lm import CausalLM, decode_options
 
-        return CausalLM(folder, manifest, device=device, threads=threads)
+        model = CausalLM(folder, manifest, device=device, threads=threads)
+        try:  # else a bad default would load and then fail every call that does not override it, as the caller's fault
+            decode_options(model)
+        except InputError as exc:
+            raise BundleError(f"bundle {folder}: its default decoding options (manifest 'generation' block, "
+                              f"special_tokens.eos) are unusable: {exc}") from exc
+        return model
     if task == "extractive-qa":
         from .qa import Reader
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import first_line
+from .bundle import MAX_THREADS, first_line
 from .errors import BundleError, InputError
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
@@ -65,14 +65,17 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     """
     ort = onnxruntime()
 
-    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0):
-        raise InputError(f"threads must be an integer >= 0 (0: onnxruntime's choice), got {threads!r}")
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool)
+                                    and 0 <= threads <= MAX_THREADS):
+        raise InputError(f"threads must be an integer from 0 (onnxruntime's choice) to {MAX_THREADS}, got {threads!r}")
     choice = choose_providers(device)
     settings = manifest.get("session", {})
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     from_env = os.environ.get("EDGEINFER_THREADS", "")
+    if from_env.isascii() and from_env.isdigit() and int(from_env) > MAX_THREADS:
+        raise InputError(f"EDGEINFER_THREADS must be at most {MAX_THREADS}, got {from_env}")
     threads = threads or (int(from_env) if from_env.isascii() and from_env.isdigit() else 0) or settings.get("threads")
     if threads:
         options.intra_op_num_threads = threads

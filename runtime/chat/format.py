@@ -37,10 +37,21 @@ def special_ids(tokenizer: Tokenizer) -> tuple[int, int]:
     return cls_id, sep_id
 
 
-def encode_turns(tokenizer: Tokenizer, utterances: Sequence[str]) -> list[list[int]]:
-    """Tokenize each utterance without special tokens (one id list per turn)."""
+def check_utterances(utterances: Sequence[str]) -> None:
+    """Refuse anything but a sequence of strings the tokenizer reads (a lone surrogate makes it raise a TypeError)."""
     if isinstance(utterances, str) or not all(isinstance(u, str) for u in utterances):
         raise InputError("utterances must be a sequence of strings, one per turn")
+    for i, utterance in enumerate(utterances):
+        try:
+            utterance.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"utterance {i} is not text: character {exc.start} is {utterance[exc.start]!r}, a lone "
+                             "surrogate (bytes that were not UTF-8)") from None
+
+
+def encode_turns(tokenizer: Tokenizer, utterances: Sequence[str]) -> list[list[int]]:
+    """Tokenize each utterance without special tokens (one id list per turn)."""
+    check_utterances(utterances)
     if not utterances:
         return []
     return [enc.ids for enc in tokenizer.encode_batch(list(utterances), add_special_tokens=False)]

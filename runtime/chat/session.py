@@ -14,7 +14,13 @@ from collections.abc import Iterator
 
 from ..errors import BundleError, InputError
 from ..lm import Prefix, decode_options
-from .format import MIN_MAX_LEN, encode_dialogue, reply_segment_id, special_ids
+from .format import (
+    MIN_MAX_LEN,
+    check_utterances,
+    encode_dialogue,
+    reply_segment_id,
+    special_ids,
+)
 
 _CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff00-\uffef])")
 _BEFORE_PUNCT = re.compile(r" (?=[,.!?;:%)\]}])")
@@ -71,15 +77,17 @@ class Chat:
         self.model = model
         self.cls_id, self.sep_id = special_ids(model.tokenizer)
         self.options = {k: v for k, v in options.items() if v is not None}
-        self.options["stop_token_ids"] = [self.sep_id]
-        self.settings = decode_options(model, **self.options)  # checked now, not at the first message
+        decode_options(model, **self.options)  # checked now, not at the first message; the caller's stops as given
+        self.options["stop_token_ids"] = [*self.options.get("stop_token_ids", ()), self.sep_id]
+        self.settings = decode_options(model, **self.options)
         if self.settings.max_new_tokens > longest_reply(model):
             raise InputError(f"max_new_tokens {self.settings.max_new_tokens} leaves no room for the conversation: "
                              f"this model's context is {model.max_positions} tokens, so at most {longest_reply(model)}")
         if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
             raise InputError(f"seed must be an integer >= 0, got {seed!r}")
-        if history is not None and not (isinstance(history, list) and all(isinstance(t, str) for t in history)):
+        if history is not None and not isinstance(history, list):
             raise InputError("history must be a list of strings")
+        check_utterances(history or [])
         self.seed = seed
         self.turns = 0
         self.history: list[str] = list(history or [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..bundle import Manifest
+from ..bundle import MAX_THREADS, Manifest
 from ..errors import BundleError, InputError
 from ..lm.engine import MAX_SPECULATE
 from ..loader import default_bundle
@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
+    if not args.timeout > 0:  # NaN too: every request would time out at once
+        raise InputError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    if args.threads is not None and not 0 <= args.threads <= MAX_THREADS:  # checked here too: --ray loads later
+        raise InputError(f"--threads must be from 0 (onnxruntime's choice) to {MAX_THREADS}, got {args.threads}")
     if not 0 <= args.speculate <= MAX_SPECULATE:
         raise InputError(f"--speculate must be in 0..{MAX_SPECULATE}, got {args.speculate}")
     config = ServeConfig(parse_models(args.model), max_active=args.max_active, max_queue=args.max_queue,

@@ -15,9 +15,11 @@ import numpy as np
 from ..errors import InputError
 from .cache import KVCache
 from .generate import make_requests
-from .options import decode_options
+from .options import apply_processor, decode_options, is_int, is_number
 from .step import Step
 from .types import Generation
+
+MAX_LENGTH_PENALTY = 100  # |length_penalty| at most this: length ** penalty stays a finite float for any length
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -37,12 +39,22 @@ def beam_search(
     prefix=None,
     **options,
 ) -> list[Generation]:
-    for unsupported in ("do_sample", "num_return_sequences", "seed", "max_active"):
-        if options.pop(unsupported, None) not in (None, False, 1):
+    for unsupported in ("seed", "max_active", "speculate"):
+        if options.pop(unsupported, None) is not None:
             raise InputError(f"{unsupported} does not apply to beam search")
-    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
-        raise InputError(f"length_penalty must be a number, got {length_penalty!r}")
-    settings = decode_options(model, do_sample=False, **options)
+    samples = options.pop("num_return_sequences", None)
+    if samples is not None and not (is_int(samples) and samples == 1):
+        raise InputError(f"beam search returns one sequence per prompt, not num_return_sequences={samples!r}")
+    if not (is_number(length_penalty) and abs(length_penalty) <= MAX_LENGTH_PENALTY):
+        raise InputError(f"length_penalty must be a number in [-{MAX_LENGTH_PENALTY}, {MAX_LENGTH_PENALTY}], "
+                         f"got {length_penalty!r}")
+    if not isinstance(early_stopping, (bool, np.bool_)):
+        raise InputError(f"early_stopping must be true or false, got {early_stopping!r}")
+    if options.get("do_sample") is None:
+        options["do_sample"] = False  # a bundle that samples by default still searches beams
+    settings = decode_options(model, **options)
+    if settings.sampling.do_sample:
+        raise InputError("do_sample does not apply to beam search")
     requests = make_requests(model, prompts, settings, 0, 1, segment_ids, reply_segment, prefix)
     return [_search_one(model, settings, i, r, num_beams, length_penalty, early_stopping)
             for i, r in enumerate(requests)]
@@ -68,7 +80,7 @@ def _search_one(model, settings, index, request, width, length_penalty, early_st
             logprobs[:, stops] = -np.inf
         if settings.logits_processor is not None:
             for row in range(len(beams)):
-                settings.logits_processor(index, beams[row].tolist(), logprobs[row])
+                apply_processor(settings.logits_processor, index, beams[row].tolist(), logprobs[row])
         total = scores[:, None] + logprobs
         k = min(width, total.size)
         flat = np.argpartition(-total, k - 1, axis=None)[:k]

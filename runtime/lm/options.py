@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from ..bundle import GENERATION_FIELDS
-from ..errors import InputError
+from ..errors import EdgeInferError, InputError
 from .sampling import SamplingOptions
 
 LogitsProcessor = Callable[[int, list[int], np.ndarray], None]
@@ -57,7 +57,7 @@ def decode_options(model, **options) -> DecodeOptions:
     if stops is None:
         eos = model.manifest["special_tokens"].get("eos")
         stops = [] if eos is None else [eos]
-    if not isinstance(stops, (list, tuple, set, frozenset, np.ndarray)):
+    if not isinstance(stops, (list, tuple, set, frozenset, np.ndarray)) or getattr(stops, "ndim", 1) != 1:
         raise InputError(f"stop_token_ids must be a list of token ids, got {stops!r}")
     for token in stops:
         if not (is_int(token) and 0 <= token < model.vocab_size):
@@ -74,6 +74,19 @@ def decode_options(model, **options) -> DecodeOptions:
         raise InputError(f"logits_processor must be callable, got {type(processor).__name__}")
     return DecodeOptions(int(max_new), int(min_new), sampling, frozenset(int(t) for t in stops), tuple(strings),
                          processor)
+
+
+def apply_processor(processor: LogitsProcessor, request_id: int, generated: list[int], logits: np.ndarray) -> None:
+    """Run a caller's logits processor on one row of logits, in place: if it raises, or leaves no finite logit
+    (NaN written, every token banned), the request fails with an InputError saying so."""
+    try:
+        processor(request_id, generated, logits)
+    except EdgeInferError:
+        raise
+    except Exception as exc:  # the caller's own code: its failure in the project's terms
+        raise InputError(f"request {request_id}: logits_processor raised {type(exc).__name__}: {exc}") from exc
+    if not np.isfinite(logits.max()):
+        raise InputError(f"request {request_id}: no finite logits left to choose a token from")
 
 
 def check_sampling(options: SamplingOptions) -> SamplingOptions:

@@ -24,13 +24,19 @@ class SamplingOptions:
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: list[np.ndarray], penalty: float) -> None:
-    """CTRL-style penalty on tokens already in each row: divide positive logits, multiply negative ones."""
+    """CTRL-style penalty on tokens already in each row: divide positive logits, multiply negative ones.
+
+    Results stay finite (clipped to float32's range): an extreme penalty ranks seen tokens first or last, where an
+    overflow to inf would leave the row nothing finite to choose from.
+    """
     if penalty == 1.0:
         return
+    largest = np.finfo(np.float32).max
     for row, tokens in enumerate(seen):
         if tokens.size:
             values = logits[row, tokens]
-            logits[row, tokens] = np.where(values > 0, values / penalty, values * penalty)
+            with np.errstate(over="ignore"):
+                logits[row, tokens] = np.clip(np.where(values > 0, values / penalty, values * penalty), -largest, largest)
 
 
 def top_k_top_p_filter(logits: np.ndarray, top_k: int, top_p: float) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from .cache import ForkScratch
 from .step import Step
 from .types import Prefix
@@ -32,7 +33,12 @@ class ContinuationScorer:
 
     def __call__(self, prefix: Prefix, candidates: np.ndarray) -> np.ndarray:
         """(n, length) candidate token ids -> (n,) summed log-probabilities after `prefix`."""
+        if not isinstance(prefix, Prefix) or prefix.cache.model is not self.model:
+            raise InputError(f"prefix must be a Prefix from this model's prefill(), got {type(prefix).__name__}")
         candidates = np.asarray(candidates, dtype=np.int64)
+        if len(prefix.token_ids) + candidates.shape[1] - 1 > self.model.max_positions:  # the last token is not fed
+            raise InputError(f"a prefix of {len(prefix.token_ids)} tokens and candidates of {candidates.shape[1]} "
+                             f"leave the model's {self.model.max_positions} positions")
         scores = log_softmax(prefix.logits)[candidates[:, 0]]
         if candidates.shape[1] == 1:
             return scores

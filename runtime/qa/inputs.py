@@ -1,7 +1,7 @@
 """Checks and cleaning of what callers pass to `Reader.answer`: clear InputErrors instead of crashes.
 
 Work grows with the text: a 10 MB context took 390 s, so a call is refused past
-`MAX_CONTEXT_CHARS` characters in one context or passage, or `MAX_QUESTIONS` questions. Callers that mean
+`MAX_CONTEXT_CHARS` characters in one question, context or passage, or `MAX_QUESTIONS` questions. Callers that mean
 it raise them per call (`max_context_chars=`, `max_questions=`; `edgeinfer qa --max-context-chars/--max-questions`).
 """
 
@@ -20,9 +20,12 @@ def clean(text: str) -> str:
     return "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in text)
 
 
-def _text(value, what: str) -> str:
+def _text(value, what: str, max_chars: int) -> str:
     if not isinstance(value, str):
         raise InputError(f"{what} must be a str, got {type(value).__name__}")
+    if len(value) > max_chars:  # before cleaning, which costs ~0.2 µs and ~90 bytes per character
+        raise InputError(f"{what} has {len(value):,} characters, over the limit of {max_chars:,} "
+                         "(raise it with max_context_chars=, or --max-context-chars on the command line)")
     if not clean(value).strip():
         raise InputError(f"{what} is empty" + (" (only whitespace or control characters)" if value else ""))
     return value
@@ -45,7 +48,7 @@ def check_texts(questions, passages, context, *, max_context_chars: int = MAX_CO
     if len(questions) > max_questions:
         raise InputError(f"{len(questions)} questions in one call is over the limit of {max_questions} "
                          "(raise it with max_questions=, or --max-questions on the command line)")
-    questions = [_text(q, f"question {i}") for i, q in enumerate(questions)]
+    questions = [_text(q, f"question {i}", max_context_chars) for i, q in enumerate(questions)]
     if (passages is None) == (context is None):
         raise InputError("pass exactly one of passages (a list of passages per question) or context (one per question)")
     if context is not None:
@@ -60,11 +63,7 @@ def check_texts(questions, passages, context, *, max_context_chars: int = MAX_CO
         if not group:
             raise InputError(f"passages[{i}] is empty: give each question at least one passage")
         for j, text in enumerate(group):
-            what = f"context {i}" if context is not None else f"passage {j} of question {i}"
-            _text(text, what)
-            if len(text) > max_context_chars:
-                raise InputError(f"{what} has {len(text):,} characters, over the limit of {max_context_chars:,} "
-                                 "(raise it with max_context_chars=, or --max-context-chars on the command line)")
+            _text(text, f"context {i}" if context is not None else f"passage {j} of question {i}", max_context_chars)
     return questions, groups
 
 

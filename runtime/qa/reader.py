@@ -115,7 +115,8 @@ class Reader:
         if isinstance(opts["stride"], bool) or not isinstance(opts["stride"], int) or not 0 <= opts["stride"] < opts["window"]:
             raise InputError(f"stride must be an int in [0, window={opts['window']}), got {opts['stride']!r}")
         threshold = self.defaults.get("threshold") if threshold is None else threshold
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or isinstance(threshold, float) and math.isnan(threshold)):
             raise InputError(f"threshold must be a number, got {threshold!r}")
 
         rows = self._windows(questions, groups, opts["window"], opts["stride"])

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import BundleError, InputError
 from ..lm import Prefix
+from ..lm.options import is_number
 from .board import Board
 from .tokens import START, TOKEN_ID, encode_moves
 
@@ -56,6 +57,8 @@ class MoveModel:
 
     def score(self, board: Board) -> list[ScoredMove]:
         """Every legal move with its exact sequence score, best first."""
+        if not isinstance(board, Board):
+            raise InputError(f"board must be a xiangqi Board, got {type(board).__name__}")
         moves = board.legal_moves()
         if not moves:
             raise InputError(f"no legal moves: the game is over ({board.outcome()})")
@@ -71,8 +74,10 @@ class MoveModel:
 
     def sample(self, board: Board, temperature: float = 1.0, rng: np.random.Generator | None = None) -> ScoredMove:
         """A legal move drawn with probability proportional to exp(score / temperature)."""
-        if not (isinstance(temperature, (int, float)) and 0 < temperature < np.inf):
+        if not (is_number(temperature) and 0 < temperature < np.inf):
             raise InputError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise InputError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {type(rng).__name__}")
         scored = self.score(board)
         logits = np.array([s.logprob for s in scored])
         probs = np.exp((logits - logits.max()) / temperature)  # shifted first: tiny temperatures stay finite
