@@ -37,8 +37,8 @@ INTS = ["0", "1", "2", "3", "-1", "x", "", "1.5", "99999999999999999999999", "-9
         "\u00b2", "1e3", " 2"]
 FLOATS = ["0.5", "1", "0", "-1", "nan", "inf", "-inf", "1e-300", "1e999", "x", ""]
 DEVICES = ["cpu", "auto", "cuda", "gpu", ""]
-# a prompt with a lone surrogate is test_generate_refuses_text_that_is_not_unicode's finding, not fixed here
-UNICODE_WORDS = [w for w in WORDS if w.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == w]
+# the words a command reads as text (it refuses a lone surrogate)
+TEXT_WORDS = [w for w in WORDS if w.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == w]
 
 
 Pool = tuple[st.SearchStrategy, st.SearchStrategy]  # (values a command takes, junk)
@@ -124,11 +124,13 @@ def places(tmp_path_factory, gpt2_bundles) -> dict[str, str]:
     for name, text in files.items():
         (root / name).write_text(text, encoding="utf-8")
     (root / "latin1.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
-    checkpoints = {"not-json": "{", "list": "[]", "bert": '{"model_type": "bert"}',
-                   "gpt2-without-weights": '{"model_type": "gpt2"}'}
+    checkpoints = {"not-json": "{", "list": "[]", "bert": '{"model_type": "bert"}', "gpt2-without-weights":
+                   '{"model_type": "gpt2"}', "odd-type": '{"model_type": [1]}', "odd-field":
+                   '{"model_type": "gpt2", "n_layer": "x"}', "junk-weights": '{"model_type": "gpt2"}'}
     for name, text in checkpoints.items():
         (root / name).mkdir()
         (root / name / "config.json").write_text(text)
+    (root / "junk-weights" / "model.safetensors").write_bytes(b"junk")
     (root / "folder").mkdir()
     paths = {name: str(root / name) for name in [*files, "latin1.txt", *checkpoints, "folder"]}
     return paths | {"gpt2": str(gpt2_bundles["standard"]), "missing": str(root / "missing"), "out": str(root / "out")}
@@ -146,7 +148,7 @@ def command_lines(places: dict[str, str]) -> st.SearchStrategy[list[str]]:
                 "--sample": None, "--top-k": pool(["0", "5"], INTS), "--top-p": pool(["0.9", "1"], FLOATS),
                 "--temperature": pool(["0.7", "1e-300"], FLOATS), "--repetition-penalty": pool(["1.3"], FLOATS)}
     common = {"--json": None, "--device": pool(["cpu", "auto"], ["cuda", "gpu", ""])}
-    words = pool(UNICODE_WORDS, WORDS)
+    words = pool(TEXT_WORDS, WORDS)
     qa = common | {"--bundle": bundle(QA), "--question": words, "--context": words,
                    "--jsonl": pool([places["good.jsonl"], places["mixed.jsonl"], "-"], json_files + other_files),
                    "--top-k": pool(["1", "3"], INTS), "--threshold": pool(["0.1", "0"], FLOATS),
@@ -154,7 +156,7 @@ def command_lines(places: dict[str, str]) -> st.SearchStrategy[list[str]]:
     return st.one_of(
         command("info", [bundle(CHAT, QA, XIANGQI, places["gpt2"])], common),
         command("generate", [bundle(CHAT, XIANGQI, places["gpt2"])], common | decoding | {
-            "--prompt": pool(["1 2 3", "你好", "h2e2"], [w for w in UNICODE_WORDS if w] + ["1 x", "-1"]),
+            "--prompt": pool(["1 2 3", "你好", "h2e2"], [*WORDS, "1 x"]),
             "--ids": None, "--seed": pool(["0", "7", "99999999999999999999999"], ["-1", "x"]),
             "--beams": pool(["1", "2", "3"], ["0", "-1", "65", "1000000"])}, required=("--prompt",)),
         command("chat", [], common | decoding | {"--once": words, "--history": pool(json_files[:1], json_files[1:] +
@@ -169,8 +171,8 @@ def command_lines(places: dict[str, str]) -> st.SearchStrategy[list[str]]:
         command("play", [], common | {"--side": pool(["red", "black"], ["green"]), "--fen": fens(), "--letters": None,
                                       "--bundle": bundle(XIANGQI)}),
         *(command("qa", [], qa, required=required) for required in (("--question", "--context"), ("--jsonl",))),
-        command("export", [], {"--from-hf": pool([places[n] for n in ("not-json", "list", "bert",
-                                                                        "gpt2-without-weights")],
+        command("export", [], {"--from-hf": pool([places[n] for n in ("not-json", "list", "bert", "gpt2-without-weights",
+                                                                        "odd-type", "odd-field", "junk-weights")],
                                                    [places[n] for n in ("missing", "lines.txt", "folder")]),
                                "--out": pool([places["out"]], [""]), "--task": pool(["causal-lm", "qa"], ["x"]),
                                "--attention": pool(["auto", "standard", "contrib", "unfused"], ["x"]),
@@ -254,6 +256,8 @@ def test_serve_refuses_timeouts_and_thread_counts_before_starting(argv, monkeypa
                                                  ('{"architectures": ["GPT2LMHeadModel"]}', None),
                                                  ('{"model_type": "gpt2"}', b"junk")])
 def test_export_refuses_checkpoints_it_cannot_read(tmp_path, capsys, config, weights):
+    """An unhashable model_type, a config transformers cannot parse and an unreadable weights file raised
+    TypeError, ValueError and SafetensorError."""
     (tmp_path / "config.json").write_text(config)
     if weights is not None:
         (tmp_path / "model.safetensors").write_bytes(weights)

@@ -67,7 +67,7 @@ def front_door_values(model, prompts: list, id_prompts: bool) -> dict[str, tuple
         "speculate": values(st.integers(0, 4), [-1, 17, 2.0, "2", True]),
         "reply_segment": values(st.one_of(st.integers(0, segments - 1),
                                           st.lists(st.integers(0, segments - 1), min_size=n, max_size=n)),
-                                [segments, -1, [0] * (n + 1), [segments] * n]),
+                                [segments, -1, [0] * (n + 1), [segments] * n, None, 0.5, "0"]),
         "prefix": values([model.prefill([1, 2])], ["x", 5, [1, 2]]),
         "num_beams": values(st.integers(1, 3), [0, -1, 65, 2.5, True, "2"]),
         "length_penalty": values(st.one_of(st.floats(-3, 3), st.just(100)), [math.nan, math.inf, 1e300, 10**400,
@@ -78,7 +78,8 @@ def front_door_values(model, prompts: list, id_prompts: bool) -> dict[str, tuple
         lengths = [len(p) for p in prompts]
         found["segment_ids"] = values(
             st.tuples(*(st.lists(st.integers(0, segments - 1), min_size=k, max_size=k) for k in lengths)).map(list),
-            [[[0] * (k + 1) for k in lengths], [[segments] * k for k in lengths], [[0.5] * k for k in lengths]])
+            [[[0] * (k + 1) for k in lengths], [[segments] * k for k in lengths], [[0.5] * k for k in lengths],
+             5, [5] * len(lengths)])
     return found
 
 
@@ -91,6 +92,7 @@ def prompt_values(model, alphabet: str) -> tuple[st.SearchStrategy, st.SearchStr
     if model.tokenizer is None:
         unusable.append("text")
     else:
+        unusable.append("a\udcffb")  # a lone surrogate: bytes that were not UTF-8
         usable.append(st.text(alphabet, min_size=1, max_size=6))
     return st.one_of(usable), st.sampled_from(unusable)
 
@@ -338,6 +340,7 @@ def test_score_refuses_junk_and_foreign_prefixes_and_positions_past_the_model(ch
 
 @pytest.mark.parametrize("prompt", ["\udcff", "a\udcffb"])
 def test_text_with_a_lone_surrogate_is_refused(chat_model, prompt):
+    """Tokenizers raised a TypeError on it."""
     with pytest.raises(InputError):
         chat_model.generate([prompt], max_new_tokens=2)
 
@@ -345,18 +348,21 @@ def test_text_with_a_lone_surrogate_is_refused(chat_model, prompt):
 @pytest.mark.parametrize("options", [{"segment_ids": 5}, {"segment_ids": [5]}, {"reply_segment": None},
                                      {"reply_segment": 0.5}])
 def test_segments_of_the_wrong_shape_are_refused(chat_model, options):
+    """Rows of segment_ids and a reply_segment that is not a list were iterated unchecked: a TypeError."""
     with pytest.raises(InputError):
         chat_model.generate([[101, 872]], max_new_tokens=2, **options)
 
 
 @pytest.mark.parametrize("options", [{"prefix": "x"}, {"segment_ids": 5}])
 def test_prefill_refuses_junk(chat_model, options):
+    """An AttributeError on a junk prefix, a TypeError on segment_ids that are not a list."""
     with pytest.raises(InputError):
         chat_model.prefill([101, 872], **options)
 
 
 @pytest.mark.parametrize("beams", [1, 2])
 def test_a_prefix_of_another_model_is_refused(chat_model, beams):
+    """Another model's cache failed inside onnxruntime with its own RuntimeError."""
     xiangqi = edgeinfer.load(BUNDLES / "xiangqi", device="cpu")
     with pytest.raises(InputError):
         xiangqi.generate([[1, 2]], max_new_tokens=2, num_beams=beams, prefix=chat_model.prefill([101, 872, 1962]))
@@ -364,6 +370,7 @@ def test_a_prefix_of_another_model_is_refused(chat_model, beams):
 
 @pytest.mark.parametrize("arguments", [{"slots": 10**12}, {"slots": 2, "capacity": "5"}, {"slots": 1, "max_queue": "x"}])
 def test_engine_arguments_are_checked(chat_model, arguments):
+    """10**12 slots tried to allocate 7 TiB; a capacity or max_queue that is not a number raised a TypeError."""
     with pytest.raises(EdgeInferError):
         engine = chat_model.engine(**arguments)
         engine.submit(Request([101, 872], decode_options(chat_model)))
@@ -372,5 +379,6 @@ def test_engine_arguments_are_checked(chat_model, arguments):
 @pytest.mark.parametrize("arguments", [{"attention_mask": "ab"}, {"attention_mask": [[1], [1, 1]]},
                                        {"token_type_ids": [[0], [0, 1]]}])
 def test_logits_refuses_junk_masks_and_segments(chat_model, arguments):
+    """numpy's conversion of them raised a ValueError."""
     with pytest.raises(InputError):
         chat_model.logits([[101, 872]], **arguments)
