@@ -115,6 +115,9 @@ def _check_decoder(data: dict) -> None:
     model = data["model"]
     _check_at_least(model, "model", ("n_layer", "n_head", "head_dim", "vocab_size", "max_positions", "n_kv_head"))
     _check_at_least(model, "model", ("n_segments",), minimum=0)
+    if model["max_positions"] < 2:
+        raise BundleError(f"manifest model.max_positions is {model['max_positions']}: a decoder needs 2 or more "
+                          "(a prompt token and the one it generates)")
     kv = data["kv_cache"]
     for side, parts in (("inputs", ("past_key", "past_value")), ("outputs", ("present_key", "present_value"))):
         names = {spec["name"] for spec in data[side]}

@@ -18,6 +18,7 @@ import importlib
 import io
 import json
 import os
+import re
 import sys
 from importlib import metadata
 from typing import NoReturn
@@ -90,6 +91,11 @@ def tolerate_undecodable_text() -> None:
             stream.reconfigure(errors=errors)
 
 
+def one_line(message: str) -> str:
+    """A refusal is one line on stderr; a message that quotes another library's error may span several."""
+    return re.sub(r"\s*\n\s*", " ", message.strip())
+
+
 def run_command(argv: list[str]) -> int:
     """Parse, run one subcommand and print its result or its refusal; the exit status."""
     args = build_parser(json_errors="--json" in argv).parse_args(argv)
@@ -99,7 +105,7 @@ def run_command(argv: list[str]) -> int:
         if args.json:
             print(json.dumps({"error": str(exc), "kind": type(exc).__name__}, ensure_ascii=False))
         else:
-            print(f"edgeinfer {args.command}: error: {exc}", file=sys.stderr)
+            print(f"edgeinfer {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, ensure_ascii=False))

@@ -273,7 +273,7 @@ def test_generate_and_stream_options(decoder, scale):
     model, alphabet = decoder
     before = greedy(model)
 
-    @fuzz(40 * scale, calls(model, alphabet))
+    @fuzz(60 * scale, calls(model, alphabet))
     def check(call):
         check_call(model, call)
         assert greedy(model) == before  # no refused or finished call leaves anything behind

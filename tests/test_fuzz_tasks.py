@@ -103,7 +103,7 @@ def chat_greedy(model) -> list[int]:
 def test_chat_arguments(chat_model, scale):
     before = chat_greedy(chat_model)
 
-    @fuzz(40 * scale, chats(chat_model))
+    @fuzz(100 * scale, chats(chat_model))
     def check(drawn):
         setup, message = drawn
         determined = setup.args.get("seed") is not None or not setup.args.get("do_sample", True)
@@ -162,6 +162,8 @@ def move_requests(draw) -> Drawn:
     }
     drawn = Drawn({"earlier": played(game[: draw(st.integers(0, len(game)))]), "seed": draw(st.integers(0, 99))})
     draw_args(draw, table, ["board", "temperature", "rng"], drawn, draw(st.sampled_from([0, 3])))
+    if isinstance(drawn.args["board"], Board) and not drawn.args["board"].legal_moves():
+        drawn.problems.append("the game is over")
     return drawn
 
 
@@ -170,7 +172,7 @@ def test_move_model_arguments(xiangqi_model, scale):
     mover = MoveModel(xiangqi_model)  # one mover for every example: its kept game prefix must never go stale
     start = [s.logprob for s in mover.score(Board())]
 
-    @fuzz(40 * scale, move_requests())
+    @fuzz(80 * scale, move_requests())
     def check(drawn):
         board, temperature, rng, seed = (drawn.args[k] for k in ("board", "temperature", "rng", "seed"))
         mover.score(drawn.args["earlier"])
@@ -249,7 +251,7 @@ def questions(draw) -> Drawn:
 def test_reader_answer_arguments(reader, scale):
     before = reader.answer(["谁写了静夜思"], context=["《静夜思》是李白写的诗。"])
 
-    @fuzz(60 * scale, questions())
+    @fuzz(150 * scale, questions())
     def check(drawn):
         if drawn.problems:
             with pytest.raises(EdgeInferError):
