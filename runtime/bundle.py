@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import BundleError
+from .signals import signals_to_main_thread
 
 MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 2**20  # shipped manifests are ~10 kB; a larger one is not a manifest
@@ -291,7 +292,8 @@ def check_digests_in_background(folder: Path, manifest: dict, verify: bool | Non
     mismatched: list[str] = []
     worker = threading.Thread(target=lambda: mismatched.extend(
         role for role, path in files.items() if sha256_of(path) != expected[role]), daemon=True)
-    worker.start()
+    with signals_to_main_thread():
+        worker.start()
 
     def wait() -> None:
         worker.join()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .bundle import MAX_THREADS, first_line
 from .errors import BundleError, InputError
+from .signals import signals_to_main_thread
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 # onnxruntime load-time fusions that make CPU graphs slower. SkipLayerNormFusion: the fused CPU kernel (1.32) took
@@ -83,9 +84,10 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     disabled = settings.get("disabled_optimizers", CPU_DISABLED_FUSIONS if on_cpu else None)
     provider_options = {**CUDA_DEFAULTS, **settings.get("provider_options", {})}
     try:
-        session = ort.InferenceSession(str(model_path), options, providers=choice.providers,
-                                       provider_options=[provider_options.get(p, {}) for p in choice.providers],
-                                       disabled_optimizers=disabled)
+        with signals_to_main_thread():  # onnxruntime's thread pool starts here
+            session = ort.InferenceSession(str(model_path), options, providers=choice.providers,
+                                           provider_options=[provider_options.get(p, {}) for p in choice.providers],
+                                           disabled_optimizers=disabled)
     except Exception as exc:  # onnxruntime raises several unrelated types for unreadable models
         raise BundleError(f"onnxruntime cannot load {model_path}: {first_line(exc)}") from exc
     for side, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
