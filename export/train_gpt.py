@@ -1,7 +1,8 @@
 """A small, generic training loop for the GPT of `gpt.py`: AdamW, warmup + cosine decay, gradient clipping.
 
 Used by the task scripts (train_xiangqi.py, train_chat.py), which own their data. Writes the loss curve as
-JSON as it goes and shows progress with tqdm. Deterministic for a given seed and thread count.
+JSON as it goes and shows progress with tqdm. Deterministic for a given seed and thread count on the CPU.
+`TrainConfig.device="cuda"` trains on a GPU (bfloat16 autocast) and hands the model back on the CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 250
     seed: int = 0
+    device: str = "cpu"
+
+
+def on_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch's tensors moved to `device` (None stays None)."""
+    return tuple(None if t is None else t.to(device, non_blocking=True) for t in batch)
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on a GPU; nothing on the CPU, where float32 is what the bundle computes in."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -44,11 +56,14 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 def evaluate(model: GPT, batches: Callable[[], Iterator[Batch]]) -> float:
     """Mean cross-entropy per target token over all batches."""
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
-    for ids, targets, segments in batches():
-        logits = model.training_logits(ids, segments)
+    for batch in batches():
+        ids, targets, segments = on_device(batch, device)
+        with autocast(device):
+            logits = model.training_logits(ids, segments)
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
         )
         total += float(loss)
         count += int((targets != -100).sum())
@@ -64,9 +79,13 @@ def train(
     out_dir: Path,
     loss_fn: Callable[[GPT, Batch], torch.Tensor] | None = None,
 ) -> dict:
-    """Train in place; returns (and writes to out_dir/training.json) the loss curve and final validation loss."""
+    """Train in place; returns (and writes to out_dir/training.json) the loss curve and final validation loss.
+
+    The model ends on the CPU whatever `cfg.device` it trained on."""
     torch.manual_seed(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    model.to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -83,7 +102,8 @@ def train(
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        loss = loss_fn(model, next(train_batches))
+        with autocast(device):
+            loss = loss_fn(model, on_device(next(train_batches), device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -99,6 +119,7 @@ def train(
             progress.write(f"step {step + 1}: train {smoothed:.4f} valid {valid:.4f}")
             log["seconds"] = round(time.perf_counter() - started, 1)
             (out_dir / "training.json").write_text(json.dumps(log) + "\n")
+    model.to("cpu")
     log["final_valid_loss"] = log["valid"][-1][1]
     log["seconds"] = round(time.perf_counter() - started, 1)
     (out_dir / "training.json").write_text(json.dumps(log) + "\n")
