@@ -33,6 +33,7 @@ class TrainConfig:
     eval_every: int = 250
     seed: int = 0
     device: str = "cpu"
+    max_seconds: float | None = None  # a time budget: the schedule runs against whichever of it and `steps` is nearer
 
 
 def on_device(batch: Batch, device: torch.device) -> Batch:
@@ -45,10 +46,18 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
+def schedule_progress(step: int, seconds: float, cfg: TrainConfig) -> float:
+    """How far through the decay the run is (1.0: done): by steps, or by time when a budget is nearer."""
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.max_seconds:
+        progress = max(progress, seconds / cfg.max_seconds)
+    return progress
+
+
+def learning_rate(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup) if progress is None else progress
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -100,8 +109,9 @@ def train(
     progress = tqdm(range(cfg.steps), desc="train", unit="step", mininterval=2.0)
     smoothed = None
     for step in progress:
+        done = schedule_progress(step, time.perf_counter() - started, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+            group["lr"] = learning_rate(step, cfg, done)
         with autocast(device):
             loss = loss_fn(model, on_device(next(train_batches), device))
         optimizer.zero_grad(set_to_none=True)
@@ -113,12 +123,16 @@ def train(
         if step % 10 == 0:
             log["train"].append([step, round(value, 4)])
             progress.set_postfix(loss=f"{smoothed:.3f}")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        out_of_time = cfg.max_seconds is not None and done >= 1.0
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or out_of_time:
             valid = evaluate(model, valid_batches)
             log["valid"].append([step + 1, round(valid, 4)])
             progress.write(f"step {step + 1}: train {smoothed:.4f} valid {valid:.4f}")
             log["seconds"] = round(time.perf_counter() - started, 1)
             (out_dir / "training.json").write_text(json.dumps(log) + "\n")
+        if out_of_time:
+            break
+    log["steps_run"] = step + 1
     model.to("cpu")
     log["final_valid_loss"] = log["valid"][-1][1]
     log["seconds"] = round(time.perf_counter() - started, 1)
