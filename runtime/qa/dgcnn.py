@@ -1,13 +1,18 @@
 """DGCNN reader backend: characters are the units; jieba words give each character a word id too.
 
 The graph takes (q_chars, q_words, p_chars, p_words) with 0 as padding and returns start/end pointer
-probabilities per passage character, so span scores are products. jieba is imported on first use.
+probabilities per passage character, so span scores are products.
+
+Segmentation is jieba's (`jieba.lcut`, HMM on), computed by jieba-rs through `rjieba`, imported on first use: it
+opens in about 0.1 s where jieba reads its 350,000-word dictionary in 0.5 s (1.6 s without its cache file), and
+installs 5 MB where jieba takes 42 MB. The two agree on every CJK character; they differ only in how a run of
+ASCII letters, digits and punctuation outside the dictionary splits, which `jieba_words` puts back as jieba does.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +46,32 @@ def _table(vocab, key: str, size) -> dict[str, int]:
     return table
 
 
-def _segmenter():
-    import jieba
+# jieba's finalseg cuts an out-of-dictionary non-CJK run into these pieces and single characters; jieba-rs keeps it
+ALNUM_RUN = re.compile(r"([a-zA-Z0-9]+(?:\.\d+)?%?)")
+CJK = re.compile("[\u4e00-\u9fd5]")
+# the only multi-character words of jieba's dictionary with neither a CJK character nor alphanumerics alone
+ASCII_DICTIONARY_WORDS = frozenset({"AT&T", "c#", "C#", "c++", "C++"})
 
-    jieba.setLogLevel(logging.WARNING)
-    jieba.initialize()
-    return jieba.lcut
+
+def jieba_words(word: str) -> list[str]:
+    """A jieba-rs word as jieba cuts it: a non-CJK word outside the dictionary splits into alphanumeric runs
+    (a decimal and a percent sign stay attached) and single other characters."""
+    if len(word) == 1 or word.isalnum() or word in ASCII_DICTIONARY_WORDS or CJK.search(word):
+        return [word]
+    return [piece for piece in ALNUM_RUN.split(word) if piece]
+
+
+def _segmenter() -> Callable[[str], list[str]]:
+    """`text -> words`, the words of ``jieba.lcut(text)``."""
+    try:
+        import rjieba
+    except ImportError as exc:
+        raise BundleError(f"the DGCNN reader segments text with rjieba (pip install rjieba): {exc}") from exc
+
+    def lcut(text: str) -> list[str]:
+        return [piece for word in rjieba.cut(text, True) for piece in jieba_words(word)]
+
+    return lcut
 
 
 class DGCNNFeatures:
