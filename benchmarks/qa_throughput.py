@@ -2,6 +2,7 @@
 
 Both run the same padded batches of dev-set (question, passage) pairs, featurised once up front and
 length-bucketed as `Reader.answer` does, on the same number of threads; only the model calls are timed.
+Without the training folder (`--weights`, train_dgcnn's --work) only the bundle is timed.
     python benchmarks/qa_throughput.py [--bundle runtime/bundles/qa] [--weights build/dgcnn] [--threads 1]
 """
 
@@ -47,7 +48,7 @@ def measure(bundle: str, weights: Path, data: Path, passages: int, threads: int,
     """Passages/s of the bundle and of the PyTorch model at each batch size, on the same featurised batches."""
     torch.set_num_threads(threads)
     reader = edgeinfer.load(bundle, device="cpu", threads=threads)
-    model = load_reader(weights)
+    model = load_reader(weights) if (weights / "model.pt").is_file() else None
     rows = sorted(pairs(reader, data, passages), key=lambda r: (r.length, len(r.q)))
 
     def run_torch(feeds):
@@ -60,7 +61,8 @@ def measure(bundle: str, weights: Path, data: Path, passages: int, threads: int,
     table = []
     for size in sizes:
         batches = [reader.features.feeds(rows[i : i + size]) for i in range(0, len(rows), size)]
-        table.append({"batch": size, "edgeinfer": rate(run_ort, batches), "torch_eager": rate(run_torch, batches)})
+        table.append({"batch": size, "edgeinfer": rate(run_ort, batches),
+                      "torch_eager": rate(run_torch, batches) if model is not None else None})
     return table
 
 
@@ -77,8 +79,8 @@ def main() -> None:
     print(f"{args.passages} dev passages, {args.threads} thread(s), passages/s")
     print("| batch | onnxruntime | PyTorch eager | speed-up |\n|---:|---:|---:|---:|")
     for row in table:
-        print(f"| {row['batch']} | {row['edgeinfer']:.0f} | {row['torch_eager']:.0f} | "
-              f"{row['edgeinfer'] / row['torch_eager']:.2f}x |")
+        eager = row["torch_eager"]
+        print(f"| {row['batch']} | {row['edgeinfer']:.0f} | " + (f"{eager:.0f} | {row['edgeinfer'] / eager:.2f}x |" if eager else "- | - |"))
 
 
 if __name__ == "__main__":

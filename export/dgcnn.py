@@ -155,7 +155,7 @@ def focal_loss(log_p: Tensor, target: Tensor, mask: Tensor, gamma: float = 2.0) 
 
 def reader_loss(model: DGCNNReader, batch: dict[str, Tensor]) -> Tensor:
     """Focal loss on both pointers (scaled by has-answer) plus focal loss on has-answer itself."""
-    start, end, answer = model.logits(batch["q_chars"], batch["q_words"], batch["p_chars"], batch["p_words"])
+    start, end, answer = (t.float() for t in model.logits(batch["q_chars"], batch["q_words"], batch["p_chars"], batch["p_words"]))
     mask = (batch["p_chars"] != PAD).float()
     log_a = F.logsigmoid(answer)
     loss_start = focal_loss(F.logsigmoid(start) + log_a.unsqueeze(-1), batch["starts"], mask)

@@ -1,9 +1,10 @@
 """Export the trained DGCNN reader to an extractive-QA bundle (model.onnx, vocab.json, manifest.json).
 
 ``python -m edgeinfer.export.qa_bundle --from build/dgcnn --out runtime/bundles/qa`` reads what
-``train_dgcnn`` wrote, dynamo-exports the reader with dynamic batch and lengths, measures parity
-against the PyTorch model on padded batches of another shape, and refuses to write a bundle over the
-tolerance. The window defaults match the training data: passages of at most MAX_PASSAGE characters.
+``train_dgcnn`` wrote (model.pt, vocab.json, training.json), dynamo-exports the reader with dynamic batch
+and lengths, measures parity against the PyTorch model on padded batches of another shape, and refuses
+to write a bundle over the tolerance. The window defaults match the training data (passages of at most
+MAX_PASSAGE characters) and the threshold is the one calibrated on dev: below it the reader answers nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from edgeinfer.bundle import Manifest
 
 from .dgcnn import PAD, DGCNNConfig, DGCNNReader
 from .onnx_export import OPSET, ParityError, cpu_session, io_spec, op_census
-from .qa_data import MAX_ANSWER, MAX_PASSAGE, MAX_QUESTION
+from .qa_questions import MAX_ANSWER, MAX_QUESTION
+from .qa_reading import MAX_PASSAGE
 
 INPUTS = {"q_chars": ["batch", "q_len"], "q_words": ["batch", "q_len"], "p_chars": ["batch", "p_len"], "p_words": ["batch", "p_len"]}
 OUTPUTS = {"start_probs": ["batch", "p_len"], "end_probs": ["batch", "p_len"]}
@@ -32,9 +34,10 @@ STRIDE = 64  # characters shared by neighbouring windows: answers up to 65 chara
 
 
 def load_reader(folder: Path) -> DGCNNReader:
-    config = DGCNNConfig(**json.loads((folder / "config.json").read_text()))
-    model = DGCNNReader(config)
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    """The reader train_dgcnn saved into `folder` (model.pt: state dict and config)."""
+    saved = torch.load(Path(folder) / "model.pt", map_location="cpu", weights_only=True)
+    model = DGCNNReader(DGCNNConfig(**saved["config"]))
+    model.load_state_dict(saved["state_dict"])
     return model.eval()
 
 
@@ -99,7 +102,8 @@ def export_qa_bundle(source: str | Path, out_dir: str | Path, tolerance: float =
         out_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(onnx_path), out_dir / "model.onnx")
     shutil.copyfile(source / "vocab.json", out_dir / "vocab.json")
-    metrics = json.loads((source / "metrics.json").read_text())
+    training = json.loads((source / "training.json").read_text())
+    metrics = training["metrics"]
     manifest = Manifest.new("extractive-qa", {
         "reader": "dgcnn",
         "files": {"model": "model.onnx", "vocab": "vocab.json"},
@@ -112,14 +116,17 @@ def export_qa_bundle(source: str | Path, out_dir: str | Path, tolerance: float =
             "stride": STRIDE,
             "max_answer_len": MAX_ANSWER,
             "max_question_len": MAX_QUESTION,
-            "threshold": 0.0,
+            "threshold": training["threshold"],
             "batch_size": 32,
             "span_score": "start_prob * end_prob",
             "vote": "sum(s^2) / (1 + sum(s))",
+            "calibration": "threshold on the best span probability maximising dev's F1 (answerable) + "
+                           "no-answer accuracy (unanswerable); below it no answer is returned",
         },
         "model": {"architecture": "dgcnn", **model.config.to_dict(), "n_parameters": sum(p.numel() for p in model.parameters())},
         "op_census": op_census(proto),
-        "metrics": {split: metrics[split] for split in ("dev", "test") if split in metrics},
+        "metrics": {split: metrics[split] for split in ("dev", "test", "ood") if split in metrics},
+        "training": {"command": training["command"], "device": training["device"], "steps": training["steps"]},
         "parity": {"max_abs_diff": diff, "tolerance": tolerance, "reference": "edgeinfer DGCNNReader (PyTorch eager)"},
         "producer": {"edgeinfer": __version__, "torch": torch.__version__, "onnx_opset": OPSET, "export_seconds": round(export_seconds, 2)},
     })

@@ -1,73 +1,60 @@
-"""Train the DGCNN reader on the QA set from :mod:`edgeinfer.export.qa_data`.
+"""Train the DGCNN reader on the QA set from :mod:`edgeinfer.export.qa_data`, on CPU or GPU.
 
-``python -m edgeinfer.export.train_dgcnn --data data/qa --out build/dgcnn`` builds
-the vocabularies, trains on (question, passage) pairs on CPU, evaluates on dev
-and test with cross-passage answer voting, checks the ONNX export against torch
-and writes weights, vocabularies, config, loss curve and metrics to ``--out``.
+``python -m edgeinfer.export.train_dgcnn --data data/qa --work build/dgcnn --device cpu|cuda`` reads only
+``data/qa/segmented.json.xz`` (texts already segmented by jieba, so no jieba here), builds the vocabularies
+from the training split, trains on (question, passage) pairs, calibrates the no-answer threshold on dev
+and reports dev, test and the held-out source (ood) separately. It writes ``model.pt`` (state dict and
+config), ``vocab.json`` and ``training.json`` (command, loss curve, threshold, metrics) into ``--work``;
+``python -m edgeinfer.export.qa_bundle --from build/dgcnn`` turns that into a bundle.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import random
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import jieba
 import numpy as np
-import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from .dgcnn import PAD, UNK, DGCNNConfig, DGCNNReader, encode, reader_loss, vote
+from edgeinfer.qa.spans import top_spans, vote_totals
 
-MAX_ANSWER = 20
+from .dgcnn import PAD, UNK, DGCNNConfig, DGCNNReader, encode, reader_loss
+from .qa_questions import MAX_ANSWER, MAX_QUESTION
+from .qa_reading import MAX_PASSAGE
+from .qa_segment import load
+
+MAX_SPANS = 4  # answer occurrences kept per passage
 
 
 @dataclass
-class Pair:
-    """One (question, passage) training/evaluation unit; qid groups passages of a question."""
+class Encoded:
+    """Every text as padded char and word ids (n_texts, MAX_PASSAGE) and its length."""
 
-    qid: int
-    q: tuple[list[int], list[int]]
-    p: tuple[list[int], list[int]]
-    starts: list[int]
-    ends: list[int]
+    chars: np.ndarray
+    words: np.ndarray
+    lengths: np.ndarray
 
 
-class Segmenter:
-    """jieba with a cache: passages repeat a lot (distractors are shared)."""
+@dataclass
+class Pairs:
+    """(question, passage) rows of one split: text ids, answer spans (-1 padded) and question index."""
 
-    def __init__(self) -> None:
-        jieba.setLogLevel(logging.WARNING)
-        jieba.initialize()
-        self.cache: dict[str, list[str]] = {}
+    question: np.ndarray
+    passage: np.ndarray
+    spans: np.ndarray
+    qid: np.ndarray
 
-    def __call__(self, text: str) -> list[str]:
-        if text not in self.cache:
-            self.cache[text] = jieba.lcut(text)
-        return self.cache[text]
-
-
-def load(path: Path) -> list[dict]:
-    """Examples of one split, as written by qa_data."""
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def texts_of(examples: list[dict]) -> Iterator[str]:
-    """Distinct questions and passages, in first-seen order (vocab counts each text once)."""
-    seen: set[str] = set()
-    for ex in examples:
-        for text in [ex["question"]] + [p["text"] for p in ex["passages"]]:
-            if text not in seen:
-                seen.add(text)
-                yield text
+    @property
+    def answered(self) -> np.ndarray:
+        return self.spans[:, 0, 0] >= 0
 
 
 def build_vocab(counts: Counter[str], min_count: int, max_size: int) -> dict[str, int]:
@@ -79,55 +66,69 @@ def build_vocab(counts: Counter[str], min_count: int, max_size: int) -> dict[str
     return vocab
 
 
-def make_pairs(examples: list[dict], seg: Segmenter, chars: dict[str, int], words: dict[str, int]) -> list[Pair]:
-    """Flatten examples to (question, passage) pairs with inclusive start/end target positions."""
-    pairs = []
-    for qid, ex in enumerate(examples):
-        q = encode(seg(ex["question"]), chars, words)
-        for p in ex["passages"]:
-            starts = [s for s, _ in p["answers"]]
-            ends = [e - 1 for _, e in p["answers"]]
-            pairs.append(Pair(qid, q, encode(seg(p["text"]), chars, words), starts, ends))
-    return pairs
+def train_texts(examples: list[dict]) -> set[int]:
+    return {i for ex in examples for i in [ex["q"], *(p[0] for p in ex["passages"])]}
 
 
-def collate(pairs: list[Pair]) -> dict[str, torch.Tensor]:
-    """Pad to the longest question/passage of the batch; pointer targets as 0/1 maps."""
-    lq = max(len(p.q[0]) for p in pairs)
-    lp = max(len(p.p[0]) for p in pairs)
-    out = {k: torch.zeros(len(pairs), n, dtype=torch.long) for k, n in [("q_chars", lq), ("q_words", lq), ("p_chars", lp), ("p_words", lp)]}
-    out["starts"] = torch.zeros(len(pairs), lp)
-    out["ends"] = torch.zeros(len(pairs), lp)
-    for b, pair in enumerate(pairs):
-        for key, ids in zip(("q_chars", "q_words", "p_chars", "p_words"), (*pair.q, *pair.p), strict=True):
-            out[key][b, : len(ids)] = torch.tensor(ids)
-        out["starts"][b, pair.starts] = 1.0
-        out["ends"][b, pair.ends] = 1.0
+def encode_texts(texts: list[list[str]], chars: dict[str, int], words: dict[str, int]) -> Encoded:
+    """Ids of every text, cut at MAX_PASSAGE characters (questions are cut at MAX_QUESTION when batched)."""
+    dtype = np.int16 if max(len(chars), len(words)) < 2**15 else np.int32
+    out = Encoded(np.zeros((len(texts), MAX_PASSAGE), dtype), np.zeros((len(texts), MAX_PASSAGE), dtype),
+                  np.zeros(len(texts), np.int64))
+    for i, ws in enumerate(tqdm(texts, desc="encode", mininterval=5)):
+        c, w = encode(ws, chars, words)
+        n = min(len(c), MAX_PASSAGE)
+        out.chars[i, :n], out.words[i, :n], out.lengths[i] = c[:n], w[:n], n
     return out
 
 
-def batches(pairs: list[Pair], batch_size: int, rng: random.Random) -> list[list[Pair]]:
-    """Length-bucketed batches in random order: little padding, still shuffled."""
-    order = sorted(pairs, key=lambda p: (len(p.p[0]) + rng.random() * 8))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(chunks)
-    return chunks
+def make_pairs(examples: list[dict]) -> Pairs:
+    rows = [(qid, ex["q"], p) for qid, ex in enumerate(examples) for p in ex["passages"]]
+    spans = np.full((len(rows), MAX_SPANS, 2), -1, np.int64)
+    for r, (_, _, (_, answers)) in enumerate(rows):
+        for k, (s, e) in enumerate(answers[:MAX_SPANS]):
+            spans[r, k] = s, e - 1
+    return Pairs(np.array([q for _, q, _ in rows]), np.array([p[0] for *_, p in rows]), spans,
+                 np.array([qid for qid, *_ in rows]))
 
 
-def epoch_sample(pairs: list[Pair], negatives: int, rng: random.Random) -> list[Pair]:
-    """One passage holding the answer and a few answerless ones per question, redrawn each epoch.
+def collate(enc: Encoded, pairs: Pairs, rows: np.ndarray, device: str, targets: bool = True) -> dict[str, torch.Tensor]:
+    """A padded batch of pair rows on `device`; pointer targets as 0/1 maps."""
+    q, p = pairs.question[rows], pairs.passage[rows]
+    lq = int(min(MAX_QUESTION, enc.lengths[q].max()))
+    lp = int(enc.lengths[p].max())
+    q_chars = enc.chars[q, :lq].astype(np.int64)
+    q_words = enc.words[q, :lq].astype(np.int64)
+    out = {"q_chars": q_chars, "q_words": q_words,
+           "p_chars": enc.chars[p, :lp].astype(np.int64), "p_words": enc.words[p, :lp].astype(np.int64)}
+    if targets:
+        for name, k in (("starts", 0), ("ends", 1)):
+            maps = np.zeros((len(rows), lp + 1), np.float32)
+            idx = np.where(pairs.spans[rows, :, k] >= 0, np.minimum(pairs.spans[rows, :, k], lp), lp)
+            np.put_along_axis(maps, idx, 1.0, axis=1)
+            out[name] = maps[:, :lp]
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in out.items()}
 
-    Balanced pairs keep an epoch affordable on one CPU thread while every
-    question and, over epochs, most of its passages are still seen.
+
+def epoch_rows(pairs: Pairs, negatives: int, rng: np.random.Generator) -> np.ndarray:
+    """Per question one passage holding the answer (if any) and up to `negatives` answerless ones, redrawn each epoch.
+
+    Balanced pairs keep an epoch affordable while every question and, over epochs, most of its passages are seen.
     """
-    by_q: dict[int, list[Pair]] = {}
-    for p in pairs:
-        by_q.setdefault(p.qid, []).append(p)
-    out = []
-    for group in by_q.values():
-        neg = [p for p in group if not p.starts]
-        out += rng.sample([p for p in group if p.starts], 1) + rng.sample(neg, min(negatives, len(neg)))
-    return out
+    groups: dict[int, list[int]] = {}
+    for r in rng.permutation(len(pairs.qid)).tolist():
+        groups.setdefault(int(pairs.qid[r]), []).append(r)
+    out: list[int] = []
+    for rows in groups.values():
+        out += [r for r in rows if pairs.answered[r]][:1] + [r for r in rows if not pairs.answered[r]][:negatives]
+    return np.array(out)
+
+
+def batches(enc: Encoded, pairs: Pairs, rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Length-bucketed batches in random order: little padding, still shuffled."""
+    rows = rows[np.argsort(enc.lengths[pairs.passage[rows]] + rng.random(len(rows)) * 8)]
+    chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    return [chunks[i] for i in rng.permutation(len(chunks))]
 
 
 def char_f1(pred: str, gold: str) -> float:
@@ -140,57 +141,84 @@ def char_f1(pred: str, gold: str) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: DGCNNReader, examples: list[dict], pairs: list[Pair], batch_size: int = 128) -> dict[str, float]:
-    """EM, character F1 and (EM+F1)/2 with per-passage best spans voted across passages."""
+def predict(model: DGCNNReader, enc: Encoded, texts: list[list[str]], examples: list[dict], device: str,
+            batch_size: int = 256) -> list[tuple[str, float]]:
+    """Per question (voted answer, best span probability), as the runtime reader decodes them."""
     model.eval()
-    probs: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
-        batch = collate(chunk)
-        start, end = model(batch["q_chars"], batch["q_words"], batch["p_chars"], batch["p_words"])
-        for b, pair in enumerate(chunk):
-            n = len(pair.p[0])
-            probs.setdefault(pair.qid, []).append((start[b, :n].numpy(), end[b, :n].numpy()))
-    em = f1 = 0.0
-    for qid, ex in enumerate(examples):
-        pred, _ = vote([p["text"] for p in ex["passages"]], [s for s, _ in probs[qid]], [e for _, e in probs[qid]], MAX_ANSWER)
+    pairs = make_pairs(examples)
+    found: list[dict[str, list[float]]] = [{} for _ in examples]
+    order = np.argsort(enc.lengths[pairs.passage], kind="stable")
+    for i in range(0, len(order), batch_size):
+        rows = order[i : i + batch_size]
+        batch = collate(enc, pairs, rows, device, targets=False)
+        with autocast(device):
+            start, end = model(batch["q_chars"], batch["q_words"], batch["p_chars"], batch["p_words"])
+        valid = (batch["p_chars"] != PAD).cpu().numpy()
+        spans = top_spans(start.float().cpu().numpy(), end.float().cpu().numpy(), valid, max_len=MAX_ANSWER)
+        for r, row_spans in zip(rows, spans, strict=True):
+            if row_spans:
+                a, b, score = row_spans[0]
+                text = "".join(texts[pairs.passage[r]])[a:b]
+                found[pairs.qid[r]].setdefault(text, []).append(score)
+    model.train()
+    out = []
+    for f in found:
+        if not f:
+            out.append(("", 0.0))
+            continue
+        totals = vote_totals(f)
+        out.append((max(totals, key=totals.__getitem__), max(max(s) for s in f.values())))
+    return out
+
+
+def scores(examples: list[dict], predictions: list[tuple[str, float]], threshold: float) -> dict[str, float]:
+    """EM, F1 and (EM+F1)/2 on answerable questions; no-answer accuracy on the others; `null` at the threshold."""
+    em = f1 = null_ok = 0.0
+    answerable = [(ex, p) for ex, p in zip(examples, predictions, strict=True) if ex["answer"]]
+    for ex, (pred, best) in answerable:
+        pred = pred if best >= threshold else ""
         em += float(pred == ex["answer"])
         f1 += char_f1(pred, ex["answer"])
-    n = max(1, len(examples))
-    model.train()
-    return {"em": em / n, "f1": f1 / n, "score": (em + f1) / (2 * n), "questions": len(examples)}
+    unanswerable = [best for ex, (_, best) in zip(examples, predictions, strict=True) if not ex["answer"]]
+    null_ok = sum(best < threshold for best in unanswerable)
+    n = max(1, len(answerable))
+    return {"em": em / n, "f1": f1 / n, "score": (em + f1) / (2 * n), "no_answer_acc": null_ok / max(1, len(unanswerable)),
+            "answerable": len(answerable), "unanswerable": len(unanswerable)}
 
 
-def check_onnx(model: DGCNNReader, pairs: list[Pair], path: Path) -> dict[str, float | str]:
-    """Export with dynamic batch/lengths and compare onnxruntime with torch on a differently shaped batch."""
-    model.eval()
-    batch = collate(pairs[:4])
-    names = ("q_chars", "q_words", "p_chars", "p_words")
-    args = tuple(batch[k] for k in names)
-    b, lq, lp = torch.export.Dim("batch"), torch.export.Dim("q_len"), torch.export.Dim("p_len")
-    shapes = {"q_chars": {0: b, 1: lq}, "q_words": {0: b, 1: lq}, "p_chars": {0: b, 1: lp}, "p_words": {0: b, 1: lp}}
-    torch.onnx.export(model, args, str(path), dynamo=True, dynamic_shapes=shapes, input_names=list(names), output_names=["start_probs", "end_probs"], external_data=False)
-    test = collate(pairs[10:17])
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {k: test[k].numpy() for k in names})
-    with torch.no_grad():
-        want = model(*(test[k] for k in names))
-    diff = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True))
-    return {"onnx_max_abs_diff": diff, "onnx_bytes": path.stat().st_size}
+def calibrate(examples: list[dict], predictions: list[tuple[str, float]]) -> float:
+    """The span-probability threshold that maximises dev's mean of F1 (answerable) and 1[null] (unanswerable)."""
+    candidates = np.unique(np.quantile([b for _, b in predictions], np.linspace(0, 1, 201)))
+
+    def utility(t: float) -> float:
+        s = scores(examples, predictions, t)
+        return s["f1"] * s["answerable"] + s["no_answer_acc"] * s["unanswerable"]
+
+    return float(max(candidates, key=utility))
+
+
+def autocast(device: str):
+    """bfloat16 autocast on CUDA; nothing on CPU."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("data/qa"))
-    parser.add_argument("--out", type=Path, default=Path("build/dgcnn"))
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("build/dgcnn"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="stop after this many seconds of training if --steps are not done by then")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--negatives", type=int, default=1, help="answerless passages per question per epoch")
+    parser.add_argument("--negatives", type=int, default=2, help="answerless passages per question per epoch")
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--word-dim", type=int, default=64)
-    parser.add_argument("--max-chars", type=int, default=4500)
-    parser.add_argument("--max-words", type=int, default=10000)
+    parser.add_argument("--max-chars", type=int, default=5000)
+    parser.add_argument("--max-words", type=int, default=12000)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
@@ -198,58 +226,67 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    random.seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
 
-    data = {split: load(args.data / f"{split}.jsonl") for split in ("train", "dev", "test")}
-    seg = Segmenter()
-    train_texts = [seg(t) for t in tqdm(list(texts_of(data["train"])), desc="jieba", mininterval=5)]
-    chars = build_vocab(Counter(c for ws in train_texts for w in ws for c in w), 2, args.max_chars)
-    words = build_vocab(Counter(w for ws in train_texts for w in ws), 3, args.max_words)
-    pairs = {split: make_pairs(exs, seg, chars, words) for split, exs in data.items()}
+    texts, data = load(args.data)
+    seen = [texts[i] for i in sorted(train_texts(data["train"]))]
+    chars = build_vocab(Counter(c for ws in seen for w in ws for c in w), 2, args.max_chars)
+    words = build_vocab(Counter(w for ws in seen for w in ws), 3, args.max_words)
+    enc = encode_texts(texts, chars, words)
+    train = make_pairs(data["train"])
 
     config = DGCNNConfig(len(chars), len(words), dim=args.dim, word_dim=args.word_dim)
-    model = DGCNNReader(config)
+    model = DGCNNReader(config).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    plan = [batches(epoch_sample(pairs["train"], args.negatives, rng), args.batch_size, rng) for _ in range(args.epochs)]
-    total = sum(len(p) for p in plan)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 200) * max(0.05, 1 - step / total))
-
     curve: list[dict[str, float]] = []
-    running, step, started = 0.0, 0, time.time()
-    with tqdm(total=total, desc="train", mininterval=10) as bar:
-        for epoch, epoch_batches in enumerate(plan):
-            for chunk in epoch_batches:
-                loss = reader_loss(model, collate(chunk))
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                optimizer.step()
-                scheduler.step()
-                running += loss.item()
-                step += 1
-                bar.update()
-                if step % args.log_every == 0:
-                    curve.append({"step": step, "epoch": epoch, "loss": running / args.log_every, "seconds": round(time.time() - started, 1)})
-                    bar.set_postfix(loss=f"{running / args.log_every:.4f}")
-                    running = 0.0
+    running, step, epoch, started = 0.0, 0, 0, time.time()
+
+    def progress() -> float:
+        """Share of the budget spent: steps, or seconds when --time-limit binds first (the LR decays either way)."""
+        spent = step / args.steps
+        return max(spent, (time.time() - started) / args.time_limit) if args.time_limit else spent
+
+    plan: list[np.ndarray] = []
+    with tqdm(total=args.steps, desc=f"train ({args.device})", mininterval=10) as bar:
+        while progress() < 1:
+            if not plan:
+                plan, epoch = batches(enc, train, epoch_rows(train, args.negatives, rng), args.batch_size, rng), epoch + 1
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * min(1.0, (step + 1) / 200) * max(0.05, 1 - progress())
+            batch = collate(enc, train, plan.pop(), args.device)
+            with autocast(args.device):
+                loss = reader_loss(model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            running += loss.item()
+            step += 1
+            bar.update()
+            if step % args.log_every == 0:
+                curve.append({"step": step, "epoch": epoch, "loss": running / args.log_every, "seconds": round(time.time() - started, 1)})
+                bar.set_postfix(loss=f"{running / args.log_every:.4f}")
+                running = 0.0
     train_seconds = time.time() - started
 
-    torch.save(model.state_dict(), args.out / "model.pt")
-    (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (args.out / "vocab.json").write_text(json.dumps({"chars": chars, "words": words}, ensure_ascii=False))
-    (args.out / "loss.json").write_text(json.dumps(curve))
-    metrics: dict = {split: evaluate(model, data[split], pairs[split]) for split in ("dev", "test")}
-    metrics |= {
-        "train_seconds": round(train_seconds, 1),
-        "steps": step,
-        "train_questions": len(data["train"]),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "model_bytes": (args.out / "model.pt").stat().st_size,
-        **check_onnx(model, pairs["dev"], args.out / "dgcnn.onnx"),
+    splits = [s for s in ("dev", "test", "ood") if s in data]
+    predictions = {s: predict(model, enc, texts, data[s], args.device) for s in splits}
+    threshold = calibrate(data["dev"], predictions["dev"])
+    metrics = {s: scores(data[s], predictions[s], threshold) for s in splits}
+    metrics["without_threshold"] = {s: scores(data[s], predictions[s], 0.0) for s in splits}
+    model = model.float().cpu()
+    torch.save({"state_dict": model.state_dict(), "config": config.to_dict()}, args.work / "model.pt")
+    (args.work / "vocab.json").write_text(json.dumps({"chars": chars, "words": words}, ensure_ascii=False))
+    record = {
+        "command": " ".join(["python -m edgeinfer.export.train_dgcnn", *sys.argv[1:]]),
+        "device": args.device, "steps": step, "epochs": epoch, "train_seconds": round(train_seconds, 1),
+        "train_questions": len(data["train"]), "parameters": sum(p.numel() for p in model.parameters()),
+        "threshold": threshold, "metrics": metrics, "curve": curve,
     }
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
+    (args.work / "training.json").write_text(json.dumps(record, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jsonl", metavar="FILE", help='one {"question": ..., "context": ... or "passages": [...]} '
                         "per line in ('-': standard input), one JSON answer per line out")
     parser.add_argument("--top-k", type=int, default=1)
-    parser.add_argument("--threshold", type=float, default=None, help="minimum span probability")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="minimum span probability (default: the bundle's, calibrated on its dev set; "
+                             "below it the answer is null)")
     parser.add_argument("--max-context-chars", type=at_least(1), default=None, metavar="N",
                         help=f"refuse a context or passage longer than this (default {MAX_CONTEXT_CHARS:,})")
     parser.add_argument("--max-questions", type=at_least(1), default=None, metavar="N",
@@ -44,10 +46,11 @@ def _record(record, limits: dict[str, int]) -> tuple[str, list[str]]:
 
 
 def _answers(reader, records: list[tuple[str, list[str]]], args: argparse.Namespace) -> list[dict]:
-    """One batched `answer` call for every good record."""
+    """One batched `answer` call for every good record; "answer" is the best one, or null when none reached the threshold."""
     answers = reader.answer([q for q, _ in records], [p for _, p in records], top_k=args.top_k,
                             threshold=args.threshold, **_limits(args))
-    return [{"question": q, "answers": [a.to_dict() for a in found]} for (q, _), found in zip(records, answers, strict=True)]
+    return [{"question": q, "answer": found[0].to_dict() if found else None, "answers": [a.to_dict() for a in found]}
+            for (q, _), found in zip(records, answers, strict=True)]
 
 
 def _jsonl(reader, args: argparse.Namespace) -> tuple[dict, str]:
@@ -82,4 +85,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     record = _record({"question": args.question, "context": args.context}, _limits(args))
     result = _answers(reader, [record], args)[0]
     text = "\n".join(f"{a['text']}\t{a['score']:.3f}\t[{a['start']}, {a['end']})" for a in result["answers"])
-    return result, text or "(no answer)"
+    if not text:
+        threshold = reader.defaults.get("threshold") if args.threshold is None else args.threshold
+        text = "(no answer" + ("" if threshold is None else f": no span of the context reached the threshold {threshold:.3g}") + ")"
+    return result, text
