@@ -74,7 +74,7 @@ def plot_cdf(jobs: dict, out: Path) -> Path | None:
     decode step at B=1 for every decode engine."""
     calls, steps = {}, {}
     if "xiangqi" in jobs:
-        for method in ("tree_warm_ms", "tree_cold_ms", "seed_rerun_ms"):
+        for method in ("tree_ms", "one_run_per_move_ms"):
             calls[f"xiangqi {method[:-3]}"] = [t for row in jobs["xiangqi"]["latency"].values()
                                                for t in row["samples_ms"][method]]
     if "qa" in jobs:
@@ -155,11 +155,11 @@ def write_tables(report: dict) -> str:
             parts.append("\n".join(["| batch | edgeinfer | PyTorch eager | ratio |", "| --- | --- | --- | --- |",
                                     *rows]))
     if "xiangqi" in jobs:
-        rows = [f"| {ply} | {r['legal_moves']} | {r['tree_warm_ms']} | {r['tree_cold_ms']} | {r['seed_rerun_ms']} | "
-                f"{r['speedup_warm']}× | {r['speedup_cold']}× |" for ply, r in jobs["xiangqi"]["latency"].items()]
+        rows = [f"| {ply} | {r['legal_moves']} | {r['tree_ms']} | {r['one_run_per_move_ms']} | {r['speedup']}× |"
+                for ply, r in jobs["xiangqi"]["latency"].items()]
         parts += ["### Xiangqi move selection, ms (median)",
-                  "\n".join([("| ply | legal moves | tree, kept cache | tree, fresh | seed re-run | speed-up kept "
-                             "| speed-up fresh |"), "|" + " --- |" * 7, *rows])]
+                  "\n".join(["| ply | legal moves | tree, one call | one run per move | speed-up |", "|" + " --- |" * 5,
+                             *rows])]
     if "dialogue" in jobs:
         d = jobs["dialogue"]
         rows = [f"| {t['engine']} | {t['batches']['1']['prefill_ms']:.1f} | {t['batches']['1']['decode_ms_per_token']:.2f} "

@@ -6,7 +6,7 @@
   (B = 1 at 1..nproc threads) and a prompt-length sweep (B = 1, prompts 32, 128, 512);
 - qa: qa_peers.py (BERT-base shape, sequence 384, B = 1, 8, 32) and, where its weights and data exist here, the
   default DGCNN bundle against the same model in PyTorch eager (qa_throughput.py);
-- xiangqi: move-selection latency at plies 10, 40 and 80, the tree scorer against the seed's re-run method;
+- xiangqi: move-selection latency at plies 10, 40 and 80, the tree scorer against one run per legal move;
 - dialogue: a chat turn on the default dialogue bundle (first-token and per-token latency).
 
 Writes results/bench.json, results/bench.md and PNG plots in results/. `--quick` runs tiny models, one repeat and

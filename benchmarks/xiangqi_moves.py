@@ -1,13 +1,18 @@
-"""Xiangqi move selection: speed against the seed's method, agreement with the engine, and match results.
+"""Xiangqi move model: speed of move choice, agreement with the engine, and match results, in one command.
 
-    python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1]
+    python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1,100,1000]
 
-1. latency of choosing a move at plies 10, 40 and 80 of test games: the tree scorer (cold: a fresh game cache;
-   warm: the kept cache extended by the last two moves, as during play) against the seed's method (one full
-   forward pass per legal move), on the same bundle;
-2. top-1 agreement of the model's best move with fairy-stockfish's recorded move on test-game positions;
-3. match results: `--games` games against a uniformly random legal mover and against fairy-stockfish at a
-   small node budget, the model taking red in half of them.
+1. latency of choosing a move at plies 10, 40 and 80 of test games: the tree scorer (the prompt once, every legal
+   move in one call) against one full forward pass per legal move (prompt + move, no cache), same bundle;
+2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
+   fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
+   moves);
+3. matches, `--games` each, the model's best move with nothing but the rules (colours alternate; each pair of games
+   shares an opening of 2-5 random plies, so games differ): against a uniformly random legal mover, and against
+   fairy-stockfish at each `--nodes` budget. Every game is refereed by pyffish (variant "xiangqi": its legal moves
+   and its game end) as well as by `edgeinfer.xiangqi`, and a disagreement stops the run. In the random-mover
+   games, how often the model takes a free capture (a capture the opponent cannot answer by recapturing) and plays
+   mate in one when it has them.
 Writes results/xiangqi_moves.json.
 """
 
@@ -21,16 +26,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyffish
 from tqdm import tqdm
 
 import edgeinfer
-from edgeinfer.xiangqi import Board, iccs_to_uci, uci_to_iccs
+from edgeinfer.export.xiangqi_data import (
+    DEFAULT_ENGINE,
+    UciEngine,
+    load_games,
+    split_of,
+)
+from edgeinfer.xiangqi import START_FEN, Board, iccs_to_uci, uci_to_iccs
 from edgeinfer.xiangqi.mover import MoveModel
-from edgeinfer.xiangqi.tokens import TOKEN_ID, encode_moves
+from edgeinfer.xiangqi.tokens import board_tokens, move_tokens, oriented_move
 
 
 def timed_ms(fn, repeats: int) -> list[float]:
-    """Milliseconds of each of `repeats` calls of `fn`."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -40,66 +51,126 @@ def timed_ms(fn, repeats: int) -> list[float]:
 
 
 def one_run_per_move(model, board: Board) -> dict[str, float]:
-    """The method the tree scorer replaces: one full forward pass per legal move, no cache."""
-    context = encode_moves(board.move_stack)
+    """The method the tree scorer replaces: one full forward pass (prompt + move) per legal move, no cache."""
+    prompt = board_tokens(board.squares, board.side)
     scores = {}
     for move in board.legal_moves():
-        logits = model.logits(np.array([context + [TOKEN_ID[c] for c in move]]))[0, -5:-1].astype(np.float64)
+        chars = move_tokens(oriented_move(move, board.side))
+        logits = model.logits(np.array([prompt + chars]))[0, -5:-1].astype(np.float64)
         logprobs = logits - logits.max(-1, keepdims=True)
         logprobs -= np.log(np.exp(logprobs).sum(-1, keepdims=True))
-        scores[move] = float(sum(logprobs[i, TOKEN_ID[c]] for i, c in enumerate(move)))
+        scores[move] = float(sum(logprobs[i, c] for i, c in enumerate(chars)))
     return scores
 
 
-def latency_at(model, game: list[str], ply: int, repeats: int) -> dict:
-    board = Board.from_moves(game[:ply], max_plies=None)
-    before = Board.from_moves(game[: ply - 2], max_plies=None)
-    mover = MoveModel(model)
-
-    def warm() -> float:
-        mover.score(before)  # the position two plies ago is cached, as in a game
-        start = time.perf_counter()
-        mover.score(board)
-        return time.perf_counter() - start
-
-    samples = {"tree_warm_ms": [1e3 * warm() for _ in range(repeats)],
-               "tree_cold_ms": timed_ms(lambda: MoveModel(model).score(board), repeats),
-               "seed_rerun_ms": timed_ms(lambda: one_run_per_move(model, board), max(1, repeats // 3))}
-    row = {"legal_moves": len(board.legal_moves())}
-    row |= {name: round(statistics.median(times), 2) for name, times in samples.items()}
-    row |= {"speedup_cold": round(row["seed_rerun_ms"] / row["tree_cold_ms"], 1),
-            "speedup_warm": round(row["seed_rerun_ms"] / row["tree_warm_ms"], 1), "samples_ms": samples}
-    return row
-
-
 def latency(model, games: list[list[str]], plies: list[int], repeats: int) -> dict:
-    rows = {}
+    rows, mover = {}, MoveModel(model)
     for ply in plies:
-        rows[ply] = latency_at(model, next(g for g in games if len(g) > ply), ply, repeats)
-        print(f"ply {ply}: " + ", ".join(f"{k} {v}" for k, v in rows[ply].items() if k != "samples_ms"), flush=True)
+        board = Board.from_moves(next(g for g in games if len(g) > ply)[:ply], max_plies=None)
+        tree = timed_ms(lambda board=board: mover.score(board), repeats)
+        rerun = timed_ms(lambda board=board: one_run_per_move(model, board), max(1, repeats // 3))
+        rows[ply] = {"legal_moves": len(board.legal_moves()), "tree_ms": round(statistics.median(tree), 2),
+                     "one_run_per_move_ms": round(statistics.median(rerun), 2)}
+        rows[ply]["speedup"] = round(rows[ply]["one_run_per_move_ms"] / rows[ply]["tree_ms"], 1)
+        print(f"ply {ply}: {rows[ply]}", flush=True)
+        rows[ply]["samples_ms"] = {"tree_ms": tree, "one_run_per_move_ms": rerun}
     return rows
 
 
-def agreement(model, games: list[list[str]], positions: int, seed: int) -> dict:
+def agreement(model, games: list[dict], positions: int, seed: int) -> dict:
+    """Top-1 agreement and mean log-probability of the engine's labelled move on test positions."""
     rng = random.Random(seed)
-    samples = [(g, rng.randrange(len(g))) for g in rng.choices(games, k=positions)]
-    mover, hits = MoveModel(model), 0
+    samples = [(g, rng.randrange(g["plies"])) for g in rng.choices(games, k=positions)]
+    mover, hits, logprobs, uniform = MoveModel(model), 0, [], []
     for game, ply in tqdm(samples, desc="agreement", mininterval=2):
-        hits += mover.best(Board.from_moves(game[:ply], max_plies=None)).move == game[ply]
-    return {"positions": positions, "top1_agreement": round(hits / positions, 4)}
+        board = Board.from_moves(game["moves"].split()[:ply], max_plies=None)
+        label = game["labels"].split()[ply]
+        scored = mover.score(board)
+        hits += scored[0].move == label
+        logprobs.append(float(np.log(next(s.probability for s in scored if s.move == label))))
+        uniform.append(-float(np.log(len(scored))))
+    return {"positions": positions, "top1_agreement": round(hits / positions, 4),
+            "mean_logprob": round(statistics.fmean(logprobs), 3), "uniform_mean_logprob": round(statistics.fmean(uniform), 3)}
 
 
-def play_match(model, opponent, games: int, seed: int) -> dict:
-    """Model vs `opponent(board) -> move`; the model plays red in even games. Counts from the model's side."""
+def tactics(board: Board) -> tuple[set[str], set[str]]:
+    """The mate-in-one moves and the free captures (no legal recapture on the square) of the side to move."""
+    mates, free = set(), set()
+    for move in board.legal_moves():
+        target = move[2:]
+        captures = board.squares[int(target[1]) * 9 + "abcdefghi".index(target[0])] != 0
+        board.push(move)
+        replies = board.legal_moves()
+        if not replies and board.is_check():
+            mates.add(move)
+        elif captures and not any(reply[2:] == target for reply in replies):
+            free.add(move)
+        board.pop()
+    return mates, free
+
+
+def pyffish_verdict(moves: list[str], turn: str) -> str | None:
+    """pyffish's verdict after `moves` from the start (`turn` moves next): 'red', 'black', 'draw' or None."""
+    uci = [iccs_to_uci(m) for m in moves]
+    if pyffish.legal_moves("xiangqi", START_FEN, uci):
+        over, value = pyffish.is_optional_game_end("xiangqi", START_FEN, uci)
+        if not over:
+            return None
+    else:
+        value = pyffish.game_result("xiangqi", START_FEN, uci)
+    other = "black" if turn == "red" else "red"
+    return "draw" if value == 0 else turn if value > 0 else other
+
+
+def refereed_outcome(moves: list[str], board: Board):
+    """The game's outcome, after pyffish agrees with it (a cap at max_plies is the board's own and not checked)."""
+    outcome = board.outcome()
+    if outcome.reason != "move_limit":
+        ours = outcome.winner or "draw"
+        theirs = pyffish_verdict(moves, board.turn)
+        if theirs != ours:
+            raise SystemExit(f"referees disagree after {' '.join(moves)}: edgeinfer {outcome}, pyffish {theirs}")
+    return outcome
+
+
+def play_match(mover: MoveModel, opponent, games: int, seed: int, count_tactics: bool = False) -> dict:
+    """The model against `opponent(board, rng) -> move`; the model plays red in even games. Counts from its side.
+
+    Games 2k and 2k+1 open with the same 2-5 random plies; every move is checked against pyffish's legal moves."""
     rng = random.Random(seed)
-    tally = {"win": 0, "loss": 0, "draw": 0}
+    tally: dict = {"win": 0, "loss": 0, "draw": 0}
+    reasons: dict[str, int] = {}
+    chances = {"mate_in_one": [0, 0], "free_capture": [0, 0]}  # [positions that had one, times the model took one]
     for index in tqdm(range(games), desc="match", mininterval=2):
-        mover, board = MoveModel(model), Board()
+        opening = random.Random(seed * 1_000_003 + index // 2)
+        opening_plies = opening.randint(2, 5)
+        board, moves = Board(), []
         model_side = "red" if index % 2 == 0 else "black"
-        while (outcome := board.outcome()) is None:
-            move = mover.best(board).move if board.turn == model_side else opponent(board, rng)
+        while board.outcome() is None:
+            if len(moves) < opening_plies:
+                move = opening.choice(board.legal_moves())
+            elif board.turn == model_side:
+                move = mover.best(board).move
+                if count_tactics:
+                    mates, free = tactics(board)
+                    for name, options in (("mate_in_one", mates), ("free_capture", free)):
+                        if options:
+                            chances[name][0] += 1
+                            chances[name][1] += move in options
+            else:
+                move = opponent(board, rng)
+            if iccs_to_uci(move) not in pyffish.legal_moves("xiangqi", START_FEN, [iccs_to_uci(m) for m in moves]):
+                raise SystemExit(f"pyffish says {move} is illegal after {' '.join(moves)}")
             board.push(move)
+            moves.append(move)
+        outcome = refereed_outcome(moves, board)
         tally["draw" if outcome.winner is None else "win" if outcome.winner == model_side else "loss"] += 1
+        reasons[outcome.reason] = reasons.get(outcome.reason, 0) + 1
+    tally["score"] = round((tally["win"] + tally["draw"] / 2) / games, 3)
+    tally["reasons"] = reasons
+    if count_tactics:
+        tally |= {f"{name}_rate": round(taken / had, 3) if had else None for name, (had, taken) in chances.items()}
+        tally |= {f"{name}_positions": had for name, (had, _) in chances.items()}
     return tally
 
 
@@ -108,26 +179,31 @@ def main() -> None:
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--data", default="data/xiangqi", type=Path)
     parser.add_argument("--games", type=int, default=100)
-    parser.add_argument("--nodes", type=int, default=1, help="fairy-stockfish node budget per move")
-    parser.add_argument("--positions", type=int, default=500)
+    parser.add_argument("--nodes", default="1,100,1000", help="fairy-stockfish node budgets to play against")
+    parser.add_argument("--positions", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from edgeinfer.export.xiangqi_data import DEFAULT_ENGINE, UciEngine
     from edgeinfer.loader import default_bundle
 
     model = edgeinfer.load(args.bundle or default_bundle("xiangqi"), device="cpu")
-    games = [line.split() for line in (args.data / "test.txt").read_text().splitlines() if line.strip()]
-    results = {"bundle": str(model.folder), "latency": latency(model, games, [10, 40, 80], args.repeats)}
-    results["agreement"] = agreement(model, games, args.positions, args.seed)
-    results["vs_random"] = play_match(model, lambda board, rng: rng.choice(board.legal_moves()), args.games, args.seed)
+    mover = MoveModel(model)
+    test_games = [g for g in load_games(args.data / "games.jsonl") if split_of(g["moves"]) == "test"]
+    results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d"),
+               "latency": latency(model, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats)}
+    results["agreement"] = agreement(model, test_games, args.positions, args.seed)
+    print(results["agreement"], flush=True)
+    results["vs_random"] = play_match(mover, lambda board, rng: rng.choice(board.legal_moves()), args.games,
+                                      args.seed, count_tactics=True)
+    print("vs random", results["vs_random"], flush=True)
     engine = UciEngine(DEFAULT_ENGINE)
+    for nodes in [int(n) for n in args.nodes.split(",")]:
+        def stockfish(board, rng, nodes=nodes):
+            return uci_to_iccs(engine.best_move([iccs_to_uci(m) for m in board.move_stack], nodes))
 
-    def stockfish(board, rng):
-        return uci_to_iccs(engine.best_move([iccs_to_uci(m) for m in board.move_stack], args.nodes))
-
-    results[f"vs_fairy_stockfish_nodes{args.nodes}"] = play_match(model, stockfish, args.games, args.seed)
+        results[f"vs_fairy_stockfish_nodes{nodes}"] = play_match(mover, stockfish, args.games, args.seed)
+        print(f"vs fairy-stockfish nodes {nodes}", results[f"vs_fairy_stockfish_nodes{nodes}"], flush=True)
     engine.close()
     Path("results").mkdir(exist_ok=True)
     Path("results/xiangqi_moves.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -1,61 +1,113 @@
-"""Train the Xiangqi move GPT on the self-play records and ship it as the default bundle.
+"""Train the Xiangqi move GPT on engine-labelled positions and ship it as the default bundle.
 
-    python -m edgeinfer.export.xiangqi_data --games 5000 --out data/xiangqi     # the records (once)
-    python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi
+    python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi   # the positions (once)
+    python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi [--device cuda]
 
-A game is `[PAD]` followed by its moves' ICCS characters, one token each (20 tokens, see
-`edgeinfer.xiangqi.tokens`). The loss covers every move character.
+An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
+`edgeinfer.xiangqi.tokens`) followed by the 4 characters of fairy-stockfish's move there; the loss covers the
+4 move characters only. Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
+the game. Positions come from every game of the data's train split (`xiangqi_data.split_of`); the valid split
+gives the validation loss and the test split stays for `benchmarks/xiangqi_moves.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from edgeinfer.xiangqi.tokens import START, VOCAB, encode_moves
+from edgeinfer.xiangqi import Board
+from edgeinfer.xiangqi.tables import FILES, RANKS
+from edgeinfer.xiangqi.tokens import (
+    PIECE_OFFSET,
+    PROMPT_TOKENS,
+    START,
+    TOKEN_ID,
+    VOCAB,
+    oriented_move,
+    oriented_squares,
+)
 
 from .gpt import GPT, GPTConfig
 from .onnx_export import export_gpt_bundle
 from .train_gpt import TrainConfig, evaluate, train
+from .xiangqi_data import load_games, split_of
+
+EXAMPLE_TOKENS = PROMPT_TOKENS + 4
+FILE_TOKENS = np.array([TOKEN_ID[c] for c in "abcdefghi"])
+MIRRORED_TOKEN = np.arange(len(VOCAB))
+MIRRORED_TOKEN[FILE_TOKENS] = FILE_TOKENS[::-1]  # a move's file characters under the left-right mirror
 
 
-def read_games(path: Path, max_tokens: int) -> list[list[int]]:
-    games = []
-    for line in path.read_text().splitlines():
-        moves = line.split()
-        if moves:
-            games.append(encode_moves(moves)[:max_tokens])
-    return games
+def game_positions(game: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each position of a game as (squares seen from the side to move, int8 90) and its label's 4 token ids."""
+    board = Board(max_plies=None)
+    squares, labels = [], []
+    for move, label in zip(game["moves"].split(), game["labels"].split(), strict=True):
+        squares.append(oriented_squares(board.squares, board.side))
+        labels.append([TOKEN_ID[c] for c in oriented_move(label, board.side)])
+        board.push(move)
+    return np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4)
 
 
-def batches(games: list[list[int]], batch_size: int, rng: random.Random):
-    """Endless random batches of whole games, right-padded (targets -100 on padding)."""
+def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Positions of each split, replayed from games.jsonl (cached beside it as positions-<games>.npz)."""
+    games = load_games(data / "games.jsonl")
+    cache = data / f"positions-{len(games)}.npz"
+    if cache.exists():
+        arrays = np.load(cache)
+        return {name: (arrays[f"{name}_squares"], arrays[f"{name}_labels"]) for name in ("train", "valid", "test")}
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        replayed = pool.map(game_positions, games, chunksize=64)
+    out = {}
+    for name in ("train", "valid", "test"):
+        chosen = [pos for game, pos in zip(games, replayed, strict=True) if split_of(game["moves"]) == name]
+        out[name] = (np.concatenate([s for s, _ in chosen]), np.concatenate([m for _, m in chosen]))
+    np.savez(cache, **{f"{name}_{part}": arr for name, pair in out.items() for part, arr in zip(("squares", "labels"), pair)})
+    return out
+
+
+def collate(squares: np.ndarray, labels: np.ndarray, mirror: np.ndarray):
+    """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, None)."""
+    boards = squares.reshape(-1, RANKS, FILES).copy()
+    boards[mirror] = boards[mirror][:, :, ::-1]
+    moves = np.where(mirror[:, None], MIRRORED_TOKEN[labels], labels)
+    ids = np.concatenate([np.full((len(squares), 1), START), PIECE_OFFSET + boards.reshape(len(squares), -1), moves],
+                         axis=1)
+    targets = np.full(ids.shape, -100)
+    targets[:, PROMPT_TOKENS - 1 : -1] = ids[:, PROMPT_TOKENS:]
+    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), None
+
+
+def batches(squares: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+    """Endless random batches, half of each mirrored."""
+    rng = np.random.default_rng(seed)
     while True:
-        chosen = rng.sample(games, min(batch_size, len(games)))
-        yield collate(chosen)
+        rows = rng.integers(len(squares), size=batch_size)
+        yield collate(squares[rows], labels[rows], rng.random(batch_size) < 0.5)
 
 
-def collate(games: list[list[int]]):
-    width = max(len(g) for g in games)
-    ids = torch.full((len(games), width), START, dtype=torch.long)
-    targets = torch.full((len(games), width), -100, dtype=torch.long)
-    for row, game in enumerate(games):
-        ids[row, : len(game)] = torch.tensor(game)
-        targets[row, : len(game) - 1] = torch.tensor(game[1:])
-    return ids, targets, None
+def in_order(squares: np.ndarray, labels: np.ndarray, limit: int, batch_size: int = 512):
+    """The first `limit` positions, unmirrored, in batches (validation)."""
+    def run():
+        for i in range(0, min(limit, len(squares)), batch_size):
+            rows = slice(i, min(i + batch_size, limit))
+            yield collate(squares[rows], labels[rows], np.zeros(len(squares[rows]), dtype=bool))
+    return run
 
 
 def save_tokenizer(path: Path) -> None:
-    """A character-level tokenizers.Tokenizer over the 20 symbols (decoding fuses characters back)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A character-level tokenizers.Tokenizer over the 35 symbols (decoding fuses characters back)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token=VOCAB[START]))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[0-9a-i]"), behavior="isolated")
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens([VOCAB[START]])
     tokenizer.save(str(path))
@@ -66,55 +118,64 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="data/xiangqi", type=Path)
     parser.add_argument("--out", default="runtime/bundles/xiangqi", type=Path)
     parser.add_argument("--work", default="build/xiangqi", type=Path, help="checkpoint and training log")
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--embd", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--positions", type=int, default=1024)
-    parser.add_argument("--train-tokens", type=int, default=640, help="games are cut here for training (160 plies)")
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--embd", type=int, default=160)
+    parser.add_argument("--heads", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="processes replaying games into positions")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--max-minutes", type=float, help="stop training after this long (the schedule follows)")
+    parser.add_argument("--valid-positions", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attention", default="standard", choices=["standard", "contrib"],
-                        help="standard: move scoring feeds the whole move tree in one call (query-key mask)")
-    parser.add_argument("--export-only", action="store_true", help="re-export the checkpoint in --work")
+    parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
+    parser.add_argument("--no-bundle", action="store_true",
+                        help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    splits = {name: read_games(args.data / f"{name}.txt", args.train_tokens) for name in ("train", "valid", "test")}
-    print({name: len(games) for name, games in splits.items()}, flush=True)
-    cfg = GPTConfig(vocab_size=len(VOCAB), n_positions=args.positions, n_embd=args.embd, n_layer=args.layers,
+    random.seed(args.seed)
+    cfg = GPTConfig(vocab_size=len(VOCAB), n_positions=EXAMPLE_TOKENS, n_embd=args.embd, n_layer=args.layers,
                     n_head=args.heads, gelu="tanh")
     model = GPT(cfg)
-
-    def eval_batches(name):
-        games = splits[name]
-        return lambda: (collate(games[i : i + 32]) for i in range(0, len(games), 32))
-
     if args.export_only:
-        model.load_state_dict(torch.load(args.work / "model.pt")["state_dict"])
+        checkpoint = torch.load(args.work / "model.pt", map_location="cpu", weights_only=True)
+        model = GPT(GPTConfig(**checkpoint["config"]))
+        model.load_state_dict(checkpoint["state_dict"])
         log = json.loads((args.work / "training.json").read_text())
     else:
-        log = train(model, batches(splits["train"], args.batch_size, random.Random(args.seed)),
-                    eval_batches("valid"), TrainConfig(steps=args.steps, seed=args.seed), args.work)
-        log["test_loss"] = round(evaluate(model, eval_batches("test")), 4)
+        splits = split_positions(args.data, args.workers)
+        print({name: len(pair[0]) for name, pair in splits.items()}, "positions", flush=True)
+        valid = in_order(*splits["valid"], args.valid_positions)
+        train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
+                                eval_every=1000, seed=args.seed, device=args.device,
+                                max_seconds=60 * args.max_minutes if args.max_minutes else None)
+        log = train(model, batches(*splits["train"], args.batch_size, args.seed), valid, train_cfg, args.work)
+        log["test_loss"] = round(evaluate(model, in_order(*splits["test"], args.valid_positions)), 4)
+        log["positions"] = {name: len(pair[0]) for name, pair in splits.items()}
         log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
         (args.work / "training.json").write_text(json.dumps(log) + "\n")
         torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict()}, args.work / "model.pt")
+        if args.no_bundle:
+            print(f"saved {args.work / 'model.pt'}: valid loss {log['final_valid_loss']}, test loss {log['test_loss']}")
+            return
 
     tokenizer = args.work / "tokenizer.json"
     save_tokenizer(tokenizer)
     manifest = export_gpt_bundle(
-        model, args.out, attention=args.attention, task="xiangqi", tokenizer_file=tokenizer,
-        # standard: a query-key mask lets move scoring feed the whole move tree in one call (runtime/xiangqi/mover.py)
-        attention_mask="query_key" if args.attention == "standard" else "key",
+        model, args.out, attention="standard", task="xiangqi", tokenizer_file=tokenizer,
+        # a query-key mask lets move scoring feed every legal move's characters in one call (runtime/xiangqi/mover.py)
+        attention_mask="query_key",
         special_tokens={"start": START, "pad": START},
-        extra={"vocab": VOCAB, "move_score": "sum of the 4 character log-probabilities of each legal move",
+        extra={"vocab": VOCAB, "input": "board",
+               "move_score": "sum of the 4 character log-probabilities of each legal move after the position's prompt",
                "training": {
-            "games": {name: len(games) for name, games in splits.items()},
-            "steps": log["config"]["steps"], "batch_size": log["batch_size"], "seconds": log["seconds"],
+            "positions": log["positions"], "steps": log.get("steps_run", log["config"]["steps"]),
+            "batch_size": log["batch_size"], "seconds": log["seconds"], "device": log["config"].get("device", "cpu"),
             "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"],
             "command": log.get("command"),
         }},

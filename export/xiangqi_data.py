@@ -1,17 +1,18 @@
-"""Xiangqi game records from fairy-stockfish self-play, for training a move model.
+"""Xiangqi positions labelled by fairy-stockfish, for training the move model.
 
-    python -m edgeinfer.export.xiangqi_data --games 5000 --out data/xiangqi
+    python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi
 
-Each game opens with 2-6 random legal plies (so games differ), then fairy-stockfish
-plays both sides at a fixed node budget. Every move is replayed through
-`edgeinfer.xiangqi`, whose `Board.outcome` also decides when and how the game ends,
-by fairy-stockfish's rules (mate, stalemate, perpetual check and perpetual chase
-lose; other third repetitions and 100 plies without a capture draw) and the
---max-plies cap (a draw). Game i always uses the same seed, so an interrupted run
-resumes by appending only the missing games.
-Outputs under --out: games.jsonl (one JSON per game, unique move sequences),
-train/valid/test.txt (one game per line, ICCS moves; split by a hash of the
-moves) and config.json (the settings, checked on resume).
+Every position of every game is labelled with fairy-stockfish's best move at --label-nodes; what is played
+varies, so that the positions cover what the model meets: each game opens with 2-8 random legal plies, then
+is one of three kinds - engine against engine, engine against a uniformly random mover, or engine against a
+noisy engine (a random move 30% of the time) - and any engine move is replaced by a random one 3% of the time.
+Every move is replayed through `edgeinfer.xiangqi`, whose `Board.outcome` decides when and how the game ends,
+by fairy-stockfish's rules (mate, stalemate, perpetual check and perpetual chase lose; other third
+repetitions and 100 plies without a capture draw) and the --max-plies cap (a draw). Game i always uses the
+same seed, so an interrupted run resumes by appending only the missing games.
+Outputs under --out: games.jsonl (one JSON per game: its moves and each position's label, unique move
+sequences), train/valid/test.txt (one game per line, ICCS moves; split by a hash of the moves) and
+config.json (the settings, checked on resume).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import random
 import shutil
 import subprocess
@@ -90,27 +92,38 @@ def game_seed(base_seed: int, index: int, attempt: int) -> int:
     return (base_seed << 40) | (index << 8) | attempt
 
 
-def play_game(engine: UciEngine, seed: int, nodes: int, max_plies: int, opening: tuple[int, int]) -> dict:
-    """One self-play game; raises RuntimeError if the engine plays a move our rules reject."""
+GAME_KINDS = (("engine", 0.5), ("random_opponent", 0.25), ("noisy_opponent", 0.25))
+NOISY_RANDOM_RATE = 0.3  # how often the noisy opponent plays a random move
+EXPLORE_RATE = 0.03  # how often any engine move is replaced by a random one
+
+
+def play_game(engine: UciEngine, seed: int, label_nodes: int, max_plies: int, opening: tuple[int, int]) -> dict:
+    """One labelled game; raises RuntimeError if the engine plays a move our rules reject."""
     rng = random.Random(seed)
     board = Board(max_plies=max_plies)
     random_plies = rng.randint(*opening)
+    kind = rng.choices([k for k, _ in GAME_KINDS], [w for _, w in GAME_KINDS])[0]
+    weak_side = rng.choice(("red", "black"))
     moves: list[str] = []
+    labels: list[str] = []
     uci_moves: list[str] = []  # kept alongside so each engine call does not reconvert the whole game
     engine.new_game()
     while (outcome := board.outcome()) is None:
         try:
-            if len(moves) < random_plies:
-                move = rng.choice(board.legal_moves())
-            else:
-                move = uci_to_iccs(engine.best_move(uci_moves, nodes))
+            label = uci_to_iccs(engine.best_move(uci_moves, label_nodes))
+            weak = board.turn == weak_side
+            random_move = (len(moves) < random_plies or rng.random() < EXPLORE_RATE
+                           or (weak and kind == "random_opponent")
+                           or (weak and kind == "noisy_opponent" and rng.random() < NOISY_RANDOM_RATE))
+            move = rng.choice(board.legal_moves()) if random_move else label
             board.push(move)
         except InputError as exc:
             raise RuntimeError(f"engine and rules disagree (seed {seed}, after {' '.join(moves)!r}): {exc}") from exc
         moves.append(move)
+        labels.append(label)
         uci_moves.append(iccs_to_uci(move))
-    return {"moves": " ".join(moves), "plies": len(moves), "result": outcome.result,
-            "winner": outcome.winner, "reason": outcome.reason}
+    return {"kind": kind, "moves": " ".join(moves), "labels": " ".join(labels), "plies": len(moves),
+            "result": outcome.result, "winner": outcome.winner, "reason": outcome.reason}
 
 
 def load_games(path: Path) -> list[dict]:
@@ -189,9 +202,25 @@ def _exclusive(out: Path) -> Iterator[None]:
         yield
 
 
+_worker: dict = {}  # per worker process: its engine and the settings, set by _start_worker
+
+
+def _start_worker(engine_path: str, settings: tuple) -> None:
+    _worker["engine"] = UciEngine(engine_path)
+    _worker["settings"] = settings
+
+
+def _play_index(index_and_attempt: tuple[int, int]) -> dict:
+    index, attempt = index_and_attempt
+    base_seed, label_nodes, max_plies, opening = _worker["settings"]
+    seed = game_seed(base_seed, index, attempt)
+    return {"index": index, "seed": seed, **play_game(_worker["engine"], seed, label_nodes, max_plies, opening)}
+
+
 def generate(args: argparse.Namespace) -> list[dict]:
+    """Play the missing game indices on --workers engine processes, appending each game as it ends."""
     out: Path = args.out
-    _check_config(out, {"seed": args.seed, "nodes": args.nodes, "max_plies": args.max_plies,
+    _check_config(out, {"seed": args.seed, "label_nodes": args.label_nodes, "max_plies": args.max_plies,
                         "opening_plies": list(args.opening_plies)})
     games_path = out / "games.jsonl"
     games = load_games(games_path)
@@ -200,27 +229,28 @@ def generate(args: argparse.Namespace) -> list[dict]:
     todo = [i for i in range(args.games) if i not in done]
     if not todo:
         return games
-    engine = UciEngine(args.engine)
+    settings = (args.seed, args.label_nodes, args.max_plies, args.opening_plies)
     start = time.perf_counter()
-    try:
-        with games_path.open("a") as f, tqdm(todo, desc="self-play games", unit="game") as bar:
-            for index in bar:
-                for attempt in range(MAX_ATTEMPTS):
-                    seed = game_seed(args.seed, index, attempt)
-                    game = play_game(engine, seed, args.nodes, args.max_plies, args.opening_plies)
-                    if game["moves"] not in seen:
-                        break
-                else:
-                    raise RuntimeError(f"game {index}: {MAX_ATTEMPTS} seeds all repeated earlier games")
-                record = {"index": index, "seed": seed, **game}
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                seen.add(game["moves"])
-                games.append(record)
-    finally:
-        engine.close()
+    with (games_path.open("a") as f, tqdm(total=len(todo), desc="labelled games", unit="game") as bar,
+          multiprocessing.get_context("spawn").Pool(args.workers, _start_worker, (args.engine, settings)) as pool):
+        for record in pool.imap_unordered(_play_index, [(i, 0) for i in todo]):
+            if args.minutes and time.perf_counter() - start > 60 * args.minutes:
+                break  # the games in flight are dropped; a later run plays their indices
+            attempt = 0
+            while record["moves"] in seen:  # a repeated game: the next seeds of its index, until a new one
+                attempt += 1
+                if attempt == MAX_ATTEMPTS:
+                    raise RuntimeError(f"game {record['index']}: {MAX_ATTEMPTS} seeds all repeated earlier games")
+                record = pool.apply(_play_index, ((record["index"], attempt),))
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            seen.add(record["moves"])
+            games.append(record)
+            bar.update()
+            bar.set_postfix(positions=sum(g["plies"] for g in games))
     elapsed = time.perf_counter() - start
-    print(f"played {len(todo)} games in {elapsed:.0f} s ({elapsed / len(todo):.2f} s/game) with {engine.name}")
+    played = len(games) - len(done)
+    print(f"played {played} games in {elapsed:.0f} s ({args.workers * elapsed / max(played, 1):.2f} s/game per worker)")
     return games
 
 
@@ -231,12 +261,15 @@ def _opening(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--games", type=int, default=5000, help="number of game indices to have (default 5000)")
+    parser.add_argument("--games", type=int, default=12000, help="number of game indices to have (default 12000)")
     parser.add_argument("--out", type=Path, default=Path("data/xiangqi"))
-    parser.add_argument("--nodes", type=int, default=100, help="engine node budget per move (default 100)")
+    parser.add_argument("--label-nodes", type=int, default=1000,
+                        help="engine node budget of each position's label move (default 1000)")
+    parser.add_argument("--workers", type=int, default=1, help="engine processes playing games at once")
+    parser.add_argument("--minutes", type=float, help="stop after this long (resume later for the rest)")
     parser.add_argument("--max-plies", type=int, default=DEFAULT_MAX_PLIES, help="draw after this many plies")
-    parser.add_argument("--opening-plies", type=_opening, default=(2, 6), metavar="LO-HI",
-                        help="random legal plies before the engine takes over (default 2-6)")
+    parser.add_argument("--opening-plies", type=_opening, default=(2, 8), metavar="LO-HI",
+                        help="random legal plies before the engine takes over (default 2-8)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; game i uses a seed derived from it and i")
     parser.add_argument("--engine", default=shutil.which("fairy-stockfish") or DEFAULT_ENGINE)
     parser.add_argument("--fixture", type=Path, help="also write sampled FENs here (tests/data/xiangqi_positions.txt)")

@@ -1,4 +1,5 @@
-"""The tree move scorer equals scoring every move by a full run without a cache, keeps its cache, plays legal moves."""
+"""The tree move scorer equals scoring every move by a full run without a cache; the board prompt is seen from the
+side to move; training examples (mirrored too) hold legal moves; a bundle of another prompt is refused."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ import numpy as np
 import pytest
 
 import edgeinfer
-from edgeinfer.errors import InputError
+from edgeinfer.errors import BundleError, InputError
 from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.mover import MoveModel
-from edgeinfer.xiangqi.tokens import TOKEN_ID, VOCAB, encode_moves
+from edgeinfer.xiangqi.tables import BLACK, RED
+from edgeinfer.xiangqi.tokens import (
+    PIECE_OFFSET,
+    PROMPT_TOKENS,
+    VOCAB,
+    board_tokens,
+    move_tokens,
+    oriented_move,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -21,14 +30,15 @@ def movers(request, tmp_path_factory):
     from edgeinfer.export.onnx_export import export_gpt_bundle
 
     torch.manual_seed(2)
-    model = GPT(GPTConfig(vocab_size=len(VOCAB), n_positions=128, n_embd=32, n_layer=2, n_head=4))
+    model = GPT(GPTConfig(vocab_size=len(VOCAB), n_positions=PROMPT_TOKENS + 4, n_embd=32, n_layer=2, n_head=4))
     for p in model.parameters():  # large weights: scores far from uniform
         p.data.mul_(8)
     path = tmp_path_factory.mktemp("xq") / request.param
+    prompt = {"task": "xiangqi", "extra": {"input": "board", "vocab": VOCAB}}
     if request.param == "tree":
-        export_gpt_bundle(model, path, attention="standard", attention_mask="query_key", task="xiangqi")
+        export_gpt_bundle(model, path, attention="standard", attention_mask="query_key", **prompt)
     else:
-        export_gpt_bundle(model, path, attention=request.param, task="xiangqi")
+        export_gpt_bundle(model, path, attention=request.param, **prompt)
     return edgeinfer.load(path, device="cpu")
 
 
@@ -44,9 +54,10 @@ def _random_game(plies: int, seed: int) -> Board:
 
 
 def rerun_scores(model, board: Board) -> dict[str, float]:
-    """The reference: each legal move appended to the whole game, all run at once without a cache."""
+    """The reference: each legal move appended to the position's prompt, all run at once without a cache."""
     moves = board.legal_moves()
-    ids = np.array([encode_moves(board.move_stack) + [TOKEN_ID[c] for c in move] for move in moves])
+    prompt = board_tokens(board.squares, board.side)
+    ids = np.array([prompt + move_tokens(oriented_move(move, board.side)) for move in moves])
     logits = model.logits(ids)[:, -5:-1].astype(np.float64)
     logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
         - logits.max(-1, keepdims=True)
@@ -61,22 +72,58 @@ def test_tree_scores_equal_rerun(movers, plies, seed):
     reference = rerun_scores(movers, board)
     assert sorted(s.move for s in scored) == sorted(reference)
     for s in scored:
-        assert s.logprob == pytest.approx(reference[s.move], abs=1e-4)
+        assert s.logprob == pytest.approx(reference[s.move], rel=1e-5, abs=1e-4)  # sums near -60: float32 rounding
     assert scored[0].move == max(reference, key=reference.get)
     assert sum(s.probability for s in scored) == pytest.approx(1.0)
 
 
-def test_cache_kept_across_turns(movers):
-    mover = MoveModel(movers)
-    board = _random_game(4, 9)
-    mover.score(board)
-    kept = mover._prefix
-    board.push(mover.best(board).move)
-    board.push(board.legal_moves()[0])
-    scored = mover.score(board)
-    assert mover._prefix.token_ids[: len(kept.token_ids)] == kept.token_ids  # extended, not rebuilt
-    fresh = MoveModel(movers).score(board)
-    assert [(s.move, round(s.logprob, 4)) for s in scored] == [(s.move, round(s.logprob, 4)) for s in fresh]
+def flipped(fen: str) -> str:
+    """The same position with the colours swapped and the board turned top to bottom (the other side to move)."""
+    placement, side, *rest = fen.split()
+    rows = [row.swapcase() for row in reversed(placement.split("/"))]
+    return " ".join(["/".join(rows), "w" if side == "b" else "b", *rest])
+
+
+@pytest.mark.parametrize("plies, seed", [(1, 5), (9, 6), (30, 7)])
+def test_prompt_and_moves_are_seen_from_the_side_to_move(plies, seed):
+    board = _random_game(plies, seed)
+    mirror = Board(flipped(board.fen()))
+    assert board.side != mirror.side
+    assert board_tokens(board.squares, board.side) == board_tokens(mirror.squares, mirror.side)
+    assert sorted(oriented_move(m, board.side) for m in board.legal_moves()) == \
+        sorted(oriented_move(m, mirror.side) for m in mirror.legal_moves())
+    assert oriented_move("h9g7", BLACK) == "h0g2" and oriented_move("h9g7", RED) == "h9g7"
+
+
+def test_training_examples_hold_legal_moves_mirrored_or_not():
+    from edgeinfer.export.train_xiangqi import collate, game_positions
+    from edgeinfer.xiangqi.notation import format_placement
+
+    board, moves, labels = Board(max_plies=None), [], []
+    rng = np.random.default_rng(11)
+    while len(moves) < 40:
+        legal = board.legal_moves()
+        labels.append(legal[rng.integers(len(legal))])
+        moves.append(legal[rng.integers(len(legal))])
+        board.push(moves[-1])
+    squares, label_ids = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
+    for mirror in (False, True):
+        ids, targets, _ = collate(squares, label_ids, np.full(len(squares), mirror))
+        assert (targets[:, : PROMPT_TOKENS - 1] == -100).all() and (targets[:, -1] == -100).all()
+        for row in ids.numpy():
+            seen = Board(format_placement(list(row[1:PROMPT_TOKENS] - PIECE_OFFSET)) + " w - - 0 1", max_plies=None)
+            assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in seen.legal_moves()
+
+
+def test_a_bundle_of_another_prompt_is_refused(tmp_path):
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.onnx_export import export_gpt_bundle
+
+    torch.manual_seed(0)
+    export_gpt_bundle(GPT(GPTConfig(vocab_size=20, n_positions=64, n_embd=16, n_layer=1, n_head=2)), tmp_path / "old",
+                      attention="standard", attention_mask="query_key", task="xiangqi")
+    with pytest.raises(BundleError, match="board prompt"):
+        MoveModel(edgeinfer.load(tmp_path / "old", device="cpu"))
 
 
 def test_samples_are_legal_and_game_end_is_refused(movers):
@@ -113,3 +160,13 @@ def test_cli_move_and_play(movers, capsys, monkeypatch):
     assert any(line.startswith("not played:") for line in lines)
     result = json.loads(lines[-1])
     assert result["moves"][0] == "h2e2" and len(result["moves"]) == 2 and result["outcome"] is None
+
+
+def test_a_move_that_loses_by_perpetual_check_is_ranked_last(movers):
+    # red's rook has checked on every move; i8i9 would make the position after its first check occur a 3rd time
+    board = Board.from_moves("d9d8 i9i8 d8d9 i8i9 d9d8 i9i8 d8d9", fen="3k4R/9/9/9/9/9/9/9/9/4K4 b - - 1 1")
+    assert board.outcome() is None and board.turn == "red"
+    scored = MoveModel(movers).score(board)
+    assert scored[-1].move == "i8i9" and len(scored) > 1
+    board.push("i8i9")
+    assert board.outcome().winner == "black"

@@ -1,9 +1,11 @@
-"""Move choice with the Xiangqi GPT: every legal move scored exactly, in a few forward calls.
+"""Move choice with the Xiangqi GPT: every legal move scored exactly, in one forward call.
 
-A move's score is the sum of the log-probabilities of its 4 ICCS characters after the game so far. The legal
-moves are scored together as candidate continuations of the game's kept prefix (`CausalLM.score`: a tree of
-shared characters, one or a few forward calls), and the game's prefix is kept across turns and only extended by
-the new moves. Output is legal by construction: only legal moves are ever scored.
+A move's score is the sum of the log-probabilities of its 4 ICCS characters after the position's prompt (the
+board seen from the side to move, `tokens.board_tokens`). The prompt is run once and the legal moves are scored
+together as its candidate continuations (`CausalLM.score`: a tree of shared characters, one call with the query-key
+mask). Output is legal by construction: only legal moves are ever scored. The prompt holds no history, so the
+rules, which do, have the last word on repetitions: a move that would lose the game at once (a perpetual check
+or chase) is ranked after every other move, whatever its score.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BundleError, InputError
-from ..lm import Prefix
 from ..lm.options import is_number
-from .board import Board
-from .tokens import START, TOKEN_ID, encode_moves
+from .board import REPETITION_COUNT, Board
+from .tokens import VOCAB, board_tokens, move_tokens, oriented_move
 
 
 @dataclass
@@ -27,33 +28,17 @@ class ScoredMove:
 
 
 class MoveModel:
-    """A loaded Xiangqi bundle plus the kept cache of the game being played."""
+    """A loaded Xiangqi bundle that scores the legal moves of a position."""
 
     def __init__(self, model) -> None:
-        if model.manifest["task"] != "xiangqi":
-            raise BundleError(f"moves need a bundle for task 'xiangqi'; this one is for task {model.manifest['task']!r}")
+        manifest = model.manifest
+        if manifest["task"] != "xiangqi":
+            raise BundleError(f"moves need a bundle for task 'xiangqi'; this one is for task {manifest['task']!r}")
+        if manifest.get("input") != "board" or manifest.get("vocab") != VOCAB:
+            raise BundleError(f"bundle {model.folder}: its model does not read the board prompt of this runtime "
+                              f"(manifest 'input' {manifest.get('input')!r}, or a different 'vocab'); re-export it "
+                              "with python -m edgeinfer.export.train_xiangqi --export-only")
         self.model = model
-        self._prefix: Prefix | None = None
-
-    def _context(self, moves: list[str]) -> list[int]:
-        """Tokens for the game so far; over-long games keep their most recent moves that fit."""
-        tokens = encode_moves(moves)
-        room = self.model.max_positions - 4
-        if len(tokens) > room:
-            keep = (room - 1) // 4
-            tokens = [START, *tokens[len(tokens) - 4 * keep :]]
-        return tokens
-
-    def _game_prefix(self, tokens: list[int]) -> Prefix:
-        """The game's cache, reusing the kept one when the game only grew since."""
-        kept = self._prefix
-        if kept is not None and tokens[: len(kept.token_ids)] == kept.token_ids:
-            if len(tokens) > len(kept.token_ids):
-                kept = self.model.prefill(tokens[len(kept.token_ids) :], prefix=kept)
-        else:
-            kept = self.model.prefill(tokens)
-        self._prefix = kept
-        return kept
 
     def score(self, board: Board) -> list[ScoredMove]:
         """Every legal move with its exact sequence score, best first."""
@@ -62,11 +47,13 @@ class MoveModel:
         moves = board.legal_moves()
         if not moves:
             raise InputError(f"no legal moves: the game is over ({board.outcome()})")
-        prefix = self._game_prefix(self._context(board.move_stack))
-        scores = self.model.score(prefix, np.array([[TOKEN_ID[c] for c in move] for move in moves]))
+        prompt = self.model.prefill(board_tokens(board.squares, board.side))
+        candidates = np.array([move_tokens(oriented_move(move, board.side)) for move in moves])
+        scores = self.model.score(prompt, candidates)
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
-        order = np.argsort(-scores, kind="stable")
+        losing = _losing_by_repetition(board, moves)
+        order = sorted(range(len(moves)), key=lambda i: (moves[i] in losing, -scores[i]))
         return [ScoredMove(moves[i], float(scores[i]), float(probs[i])) for i in order]
 
     def best(self, board: Board) -> ScoredMove:
@@ -83,3 +70,16 @@ class MoveModel:
         probs = np.exp((logits - logits.max()) / temperature)  # shifted first: tiny temperatures stay finite
         probs /= probs.sum()
         return scored[int((rng or np.random.default_rng()).choice(len(scored), p=probs))]
+
+
+def _losing_by_repetition(board: Board, moves: list[str]) -> set[str]:
+    """The moves after which the repetition rules end the game as a loss for the side that played them."""
+    mover, losing = board.turn, set()
+    for move in moves:
+        board.push(move)
+        if board.repetitions() >= REPETITION_COUNT:
+            outcome = board.outcome()
+            if outcome is not None and outcome.winner not in (None, mover):
+                losing.add(move)
+        board.pop()
+    return losing

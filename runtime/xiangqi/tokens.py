@@ -1,15 +1,48 @@
-"""The Xiangqi move model's 20 tokens: `[PAD]` (also the start token), digits 0-9 and files a-i.
+"""The Xiangqi move model's 35 tokens and how a position becomes its prompt.
 
-A game is the start token followed by its moves' ICCS characters, one token per character ("h2e2" -> h 2 e 2).
+Tokens: `[PAD]` (also the start token), digits 0-9 and files a-i (a move is its 4 ICCS characters, "h2e2" -> h 2 e 2),
+then one token per square content: the 7 piece kinds of the side to move (written as red's pieces, 帥仕相傌俥炮兵),
+empty ("·"), and the 7 of the other side (written as black's, 將士象馬車砲卒).
+
+A position's prompt is the start token and its 90 squares, rank 0 to 9, file a to i, always seen from the side to
+move: when black moves, the board is flipped top to bottom with the colours swapped, and the ranks of moves are
+flipped the same way (rank r <-> 9 - r). Xiangqi is symmetric under that flip, so the model learns one side's play
+and uses it for both. The legal move's characters follow the prompt; the game's history is not part of it (the
+rules, which see the history, decide repetitions).
 """
 
 from __future__ import annotations
 
-VOCAB = ["[PAD]", *"0123456789", *"abcdefghi"]
+from .tables import BLACK, FILES, RANKS
+
+MOVE_SYMBOLS = ["[PAD]", *"0123456789", *"abcdefghi"]
 START = 0
+PIECE_OFFSET = len(MOVE_SYMBOLS) + 7  # token of square content c (-7..7, own pieces > 0) is PIECE_OFFSET + c
+OWN_PIECES = "帥仕相傌俥炮兵"  # king, advisor, elephant, horse, rook, cannon, pawn (tables.KING .. tables.PAWN)
+OTHER_PIECES = "將士象馬車砲卒"
+VOCAB = [*MOVE_SYMBOLS, *reversed(OTHER_PIECES), "·", *OWN_PIECES]
 TOKEN_ID = {symbol: i for i, symbol in enumerate(VOCAB)}
+PROMPT_TOKENS = 1 + FILES * RANKS
 
 
-def encode_moves(moves: list[str]) -> list[int]:
-    """[START] + one id per character of each ICCS move."""
-    return [START, *(TOKEN_ID[c] for move in moves for c in move)]
+def oriented_squares(squares: list[int], side: int) -> list[int]:
+    """The 90 square contents seen from `side` (a new list): its own pieces positive, its back rank first."""
+    if side != BLACK:
+        return list(squares)
+    return [-squares[(RANKS - 1 - sq // FILES) * FILES + sq % FILES] for sq in range(FILES * RANKS)]
+
+
+def board_tokens(squares: list[int], side: int) -> list[int]:
+    """The prompt of a position: [START] + 90 square tokens, seen from `side` (the side to move)."""
+    return [START, *(PIECE_OFFSET + piece for piece in oriented_squares(squares, side))]
+
+
+def oriented_move(move: str, side: int) -> str:
+    """An ICCS move as the side to move sees it (ranks flipped for black); its own inverse."""
+    if side != BLACK:
+        return move
+    return f"{move[0]}{RANKS - 1 - int(move[1])}{move[2]}{RANKS - 1 - int(move[3])}"
+
+
+def move_tokens(move: str) -> list[int]:
+    return [TOKEN_ID[c] for c in move]
