@@ -43,6 +43,8 @@ ENGINES = {
     "edgeinfer-int8": Engine("engine_edgeinfer.py", False, "edgeinfer-contrib-int8",
                              # random weights give small logits next to int8 error: the gate below judges tokens
                              {"attention": "contrib", "quantize": "int8", "tolerance": 0.5}),
+    "edgeinfer-int4": Engine("engine_edgeinfer.py", False, "edgeinfer-contrib-int4",
+                             {"attention": "contrib", "quantize": "int4", "tolerance": 0.5}),
     "edgeinfer-standard": Engine("engine_edgeinfer.py", False, "edgeinfer-standard", {"attention": "standard"}),
     "edgeinfer-unfused": Engine("engine_edgeinfer.py", False, "edgeinfer-unfused", {"attention": "unfused"}),
     "hf-torch": Engine("engine_hf_torch.py", False),

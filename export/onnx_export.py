@@ -2,6 +2,9 @@
 
 A decoder is any module with `export.gpt.GPT`'s forward signature, `cfg` (n_layer, n_kv_head, head_dim,
 vocab_size, n_positions, n_segments), `training_logits` and `manifest_fields`: the GPT and the Llama family.
+A GPT with synthesizer attention (`cfg.attention_kind`) exports its scores as plain ops over a concatenated cache
+(the standard target's layout); the dense and random kinds cache values only, and the manifest's
+`kv_cache.past_key` and `present_key` are null.
 
 Export refuses to write a bundle whose parity error (max |logit difference| against the reference
 PyTorch model, prefill and a cached decode step) exceeds the tolerance.
@@ -29,7 +32,7 @@ from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translati
 from .gpt import GPT
 from .llama import Llama
 from .progress import step
-from .quantize import INT8, QUANTIZATIONS, quantize_int8
+from .quantize import QUANTIZATIONS, RECORDS, quantize_weights
 
 OPSET = 23
 FUSED_OP_TYPES = ("Attention", "GroupQueryAttention", "RotaryEmbedding", "RMSNormalization", "Gelu", "QuickGelu")
@@ -59,9 +62,19 @@ class _Flat(torch.nn.Module):
         return (logits, *presents)
 
 
-def io_names(n_layer: int, segments: bool) -> tuple[list[str], list[str]]:
-    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+def cache_parts(model: Decoder) -> tuple[str, ...]:
+    """What each layer caches: ("key", "value"), or ("value",) for attention whose scores read no keys."""
+    return getattr(model.cfg, "cache_parts", ("key", "value"))
+
+
+def synthesized(model: Decoder) -> bool:
+    """Whether the model's attention scores are synthesized (export/synthesizer.py) rather than dot products only."""
+    return getattr(model.cfg, "attention_kind", "dot") != "dot"
+
+
+def io_names(n_layer: int, segments: bool, parts: tuple[str, ...] = ("key", "value")) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in parts]
+    present = [f"present.{i}.{kv}" for i in range(n_layer) for kv in parts]
     inputs = ["input_ids", "position_ids", "attention_mask", "logits_positions", *past]
     return inputs + (["token_type_ids"] if segments else []), ["logits", *present]
 
@@ -83,7 +96,7 @@ def _example_inputs(model: Decoder, batch: int, seq: int, past_len: int, seed: i
         "attention_mask": torch.ones(batch, total, dtype=torch.int64),
         "logits_positions": torch.arange(seq).expand(batch, seq).contiguous(),
         "past": [torch.randn(batch, cfg.n_kv_head, past_len, cfg.head_dim, generator=g)
-                 for _ in range(2 * cfg.n_layer)],
+                 for _ in range(len(cache_parts(model)) * cfg.n_layer)],
     }
     if cfg.n_segments:
         inputs["token_type_ids"] = torch.randint(0, cfg.n_segments, (batch, seq), generator=g)
@@ -181,12 +194,12 @@ def measure_parity(
             "reference_abs_max": float(max(np.abs(ref_prompt).max(), np.abs(ref_step).max()))}
 
 
-# int8: a trained 4x128 Xiangqi GPT measures 0.058, GPT-2-small-shaped random weights 0.05
-DEFAULT_TOLERANCE = {"none": 1e-4, "int8": 0.1}
+# int8: a trained 4x128 Xiangqi GPT measures 0.058, GPT-2-small-shaped random weights 0.05; int4: TOL4
+DEFAULT_TOLERANCE = {"none": 1e-4, "int8": 0.1, "int4": 0.2}
 
 
 def check_parity(parity: dict, quantize: str, tolerance: float | None, reference_name: str) -> dict:
-    """Refuse a graph that strays from the reference: fp32 graphs by an absolute logit error, int8 ones by the error
+    """Refuse a graph that strays from the reference: fp32 graphs by an absolute logit error, quantized ones by the error
     relative to the largest reference logit (quantization error scales with the logits). Returns the parity record."""
     tolerance = DEFAULT_TOLERANCE[quantize] if tolerance is None else tolerance
     relative = quantize != "none"
@@ -206,16 +219,16 @@ def check_quantization(quantize: str) -> None:
 
 
 def quantization_record(quantize: str) -> dict | None:
-    return INT8 if quantize == "int8" else None
+    return RECORDS.get(quantize)
 
 
 def quantized(onnx_path: Path, proto: onnx.ModelProto, quantize: str) -> tuple[Path, onnx.ModelProto]:
-    """The graph to ship and its proto: `onnx_path` itself, or an int8 copy beside it."""
+    """The graph to ship and its proto: `onnx_path` itself, or a quantized copy beside it."""
     if quantize == "none":
         return onnx_path, proto
-    out = onnx_path.with_name("model.int8.onnx")
-    with step("quantize int8"):
-        quantize_int8(onnx_path, out)
+    out = onnx_path.with_name(f"model.{quantize}.onnx")
+    with step(f"quantize {quantize}"):
+        quantize_weights(onnx_path, out, quantize)
         return out, onnx.load(str(out), load_external_data=False)
 
 
@@ -235,6 +248,9 @@ def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -
         raise ExportError(f"attention mask {mask!r} is not available with attention {attention!r}; "
                           f"expected one of {MASK_KINDS}, query_key with the standard target only")
     cfg = model.cfg
+    if synthesized(model) and (attention == "contrib" or mask != "key"):
+        raise ExportError(f"synthesizer attention ({cfg.attention_kind}) exports with attention 'standard' or "
+                          "'unfused' and a key mask: its scores are plain ops over a concatenated cache")
     if attention == "contrib" and cfg.head_dim % contrib_head_multiple(model):
         raise ExportError(
             f"the contrib target (GroupQueryAttention) needs a head size that is a multiple of "
@@ -242,7 +258,7 @@ def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -
             f"{cfg.head_dim}: export with attention 'standard'"
         )
     example = _example_inputs(model, batch=2, seq=3, past_len=4, mask=mask)
-    input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
+    input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments), cache_parts(model))
     auto = torch.export.Dim.AUTO
     dynamic = {
         "input_ids": {0: auto, 1: auto},
@@ -300,16 +316,16 @@ def export_gpt_bundle(
     can score a tree of continuations in one call (Xiangqi move scoring); standard attention only.
 
     other_files (manifest role -> file) are copied into the bundle under their own names (a CPM checkpoint's
-    spiece.model). quantize="int8" ships int8 weights (export/quantize.py); tolerance defaults per quantization (DEFAULT_TOLERANCE).
+    spiece.model). quantize="int8" or "int4" ships quantized weights (export/quantize.py); tolerance defaults per quantization (DEFAULT_TOLERANCE).
 
     attention="auto" picks "contrib" (in-place cache, the faster per decode step in benchmarks/decode_step.py)
-    when the head size allows it, else "standard".
+    when the head size allows it, else "standard" (always for synthesizer attention).
     """
     model = model.eval()
     cfg = model.cfg
     check_quantization(quantize)
     if attention == "auto":
-        attention = "standard" if cfg.head_dim % contrib_head_multiple(model) else "contrib"
+        attention = "standard" if cfg.head_dim % contrib_head_multiple(model) or synthesized(model) else "contrib"
     out_dir = Path(out_dir)
     if reference is None:
         reference_name = f"edgeinfer {type(model).__name__} (PyTorch eager)"
@@ -334,7 +350,9 @@ def export_gpt_bundle(
                 shutil.copyfile(source, out_dir / source.name)
             census = op_census(proto)
             fields = model.manifest_fields()
-            input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments))
+            parts = cache_parts(model)
+            input_names, output_names = io_names(cfg.n_layer, bool(cfg.n_segments), parts)
+            cached_keys = "key" in parts
             manifest = Manifest.new(task, {
                 "files": {"model": "model.onnx", "tokenizer": "tokenizer.json" if tokenizer_file else None,
                           **{role: source.name for role, source in (other_files or {}).items()}},
@@ -348,9 +366,9 @@ def export_gpt_bundle(
                     "layout": "shared_buffer" if attention == "contrib" else "concat",
                     "padding_side": "right" if attention == "contrib" else "left",
                     "dims": ["batch", "heads", "length", "head_dim"],
-                    "past_key": "past_key_values.{layer}.key",
+                    "past_key": "past_key_values.{layer}.key" if cached_keys else None,
                     "past_value": "past_key_values.{layer}.value",
-                    "present_key": "present.{layer}.key",
+                    "present_key": "present.{layer}.key" if cached_keys else None,
                     "present_value": "present.{layer}.value",
                 },
                 "fused_ops": {op: n for op, n in census.items() if op in FUSED_OP_TYPES},

@@ -144,8 +144,8 @@ def test_int8_parity_gate_is_relative(tmp_path, hf_gpt2):
 
     with pytest.raises(ParityError, match=r"relative to max \|reference logit\| error .* over the tolerance 1e-06"):
         export_hf_checkpoint(hf_gpt2, tmp_path / "b", quantize="int8", tolerance=1e-6)
-    with pytest.raises(ExportError, match="unknown quantization 'int4'"):
-        export_hf_checkpoint(hf_gpt2, tmp_path / "b", quantize="int4")
+    with pytest.raises(ExportError, match="unknown quantization 'int3'"):
+        export_hf_checkpoint(hf_gpt2, tmp_path / "b", quantize="int3")
     assert not (tmp_path / "b").exists()
 
 
