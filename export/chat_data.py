@@ -16,10 +16,11 @@ at inference). A single turn longer than ``max_len - 2`` tokens becomes its own 
 the left like ``chat_format.fit_turns``.
 
 Output in ``--out``: ``{train,valid,test}.npz`` holding ragged examples flat:
-``input_ids`` (int32) and ``segment_ids`` (int8) concatenated, ``offsets`` (int64, example
+``input_ids`` (int16: the vocabulary is under 32k) and ``segment_ids`` (int8) concatenated, ``offsets`` (int64, example
 ``i`` is ``[offsets[i], offsets[i+1])``), ``source`` (int8 index into ``sources``),
-``conversation`` (int32 index into ``conversation_ids``); plus ``tokenizer.json`` and
-``stats.json``. Run: ``python -m edgeinfer.export.chat_data --out data/chat``.
+``conversation`` (int32 index into ``conversation_ids``); plus ``tokenizer.json`` (WordPiece trained on the
+train split's utterances, ``chat_tokenizer``) and ``stats.json``. These files are all that training reads.
+Run: ``python -m edgeinfer.export.chat_data --out data/chat``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from edgeinfer.chat.format import assemble, encode_turns, fit_turns, special_ids
 
-from .chat_tokenizer import UNK_TOKEN, build_tokenizer
+from .chat_tokenizer import UNK_TOKEN, VOCAB_SIZE, train_tokenizer
 
 SOURCES = ("chitchat", "chatterbot_zh")
 SPLITS = ("train", "valid", "test")
@@ -159,7 +160,7 @@ def save_split(path: Path, data: SplitData) -> None:
     lengths = [len(ids) for ids, _ in data.examples]
     np.savez_compressed(
         path,
-        input_ids=np.fromiter((t for ids, _ in data.examples for t in ids), dtype=np.int32),
+        input_ids=np.fromiter((t for ids, _ in data.examples for t in ids), dtype=np.int16),
         segment_ids=np.fromiter((s for _, segs in data.examples for s in segs), dtype=np.int8),
         offsets=np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]),
         source=np.asarray(data.source, dtype=np.int8),
@@ -169,12 +170,12 @@ def save_split(path: Path, data: SplitData) -> None:
     )
 
 
-def build(out: Path, max_len: int, seed: int) -> dict:
+def build(out: Path, max_len: int, seed: int, vocab_size: int = VOCAB_SIZE) -> dict:
     """Produce every file of the data set in ``out`` and return the stats written."""
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    tokenizer.save(str(out / "tokenizer.json"))
     splits = split_conversations(load_chitchat() + load_chatterbot_chinese(), seed)
+    tokenizer = train_tokenizer((u for conv in splits["train"] for u in conv.utterances), vocab_size)
+    tokenizer.save(str(out / "tokenizer.json"))
     stats: dict = {"max_len": max_len, "seed": seed, "vocab_size": tokenizer.get_vocab_size(), "splits": {}}
     for name in SPLITS:
         data, counts = build_split(tokenizer, splits[name], max_len, desc=name)
@@ -189,8 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/chat"))
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
     args = parser.parse_args(argv)
-    build(args.out, args.max_len, args.seed)
+    build(args.out, args.max_len, args.seed, args.vocab_size)
 
 
 if __name__ == "__main__":

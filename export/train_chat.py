@@ -1,11 +1,18 @@
 """Train the DialoGPT-style chat GPT (segment ids per speaker), optionally with TeaForN, and export it.
 
-    python -m edgeinfer.export.chat_data --out data/chat                       # the conversations (once)
-    python -m edgeinfer.export.train_chat --data data/chat --out runtime/bundles/chat [--teaforn 2]
+    python -m edgeinfer.export.chat_data --out data/chat                                      # data (once, CPU)
+    python -m edgeinfer.export.train_chat --data data/chat --work build/chat --device cuda   # train: model.pt
+    python -m edgeinfer.export.train_chat --data data/chat --work build/chat --export-only --out runtime/bundles/chat
+
+Without `--export-only` the script trains and then exports; training reads only the files `chat_data` wrote
+(pre-tokenized .npz splits and tokenizer.json) and imports only torch, numpy, tqdm and tokenizers, so it runs on a
+machine without the data sources. Rows of a batch are drawn per source: `--zh-share` of them from the Chinese
+conversations, which hold under 1% of the tokens and would otherwise barely be seen.
 
 TeaForN (Teacher-Forcing with N-grams): after the usual teacher-forced pass, the model's output distribution at
 each position is turned into an expected embedding (softmax(logits) @ token embeddings) and fed back, shifted
-one position, through the same model to predict the token after next; N passes in all, loss Σ λᵢ·CEᵢ.
+one position, through the same model to predict the token after next; N passes in all, loss Σ λᵢ·CEᵢ. A step
+costs about N plain steps, so `--teaforn 2 --steps S/2` is the same compute as `--steps S`.
 """
 
 from __future__ import annotations
@@ -15,30 +22,37 @@ import itertools
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .chat_tokenizer import save_tokenizer
+from .chat_tokenizer import load_tokenizer, special_token_ids
 from .gpt import GPT, GPTConfig
-from .onnx_export import export_gpt_bundle
 from .train_gpt import TrainConfig, evaluate, train
 
-PAD, CLS, SEP = 0, 101, 102
+MAX_POSITIONS = 256
+# Decoding defaults written into the bundle's generation block (chosen with benchmarks/chat_goals.py): nucleus
+# sampling, and a repetition penalty against the loops greedy and top-k decoding fell into.
+GENERATION = {"do_sample": True, "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.2, "max_new_tokens": 40}
+
+Example = tuple[np.ndarray, np.ndarray]
 
 
-def load_split(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+def load_split(path: Path) -> tuple[list[Example], np.ndarray, list[str]]:
+    """Examples (ids, segments), each one's source index, and the source names."""
     with np.load(path) as data:  # each key access of an .npz re-reads the array: read each once
         ids, segments, offsets = data["input_ids"].astype(np.int64), data["segment_ids"].astype(np.int64), data["offsets"]
-    return [(ids[a:b], segments[a:b]) for a, b in itertools.pairwise(offsets)]
+        source, names = data["source"].astype(np.int64), [str(s) for s in data["sources"]]
+    return [(ids[a:b], segments[a:b]) for a, b in itertools.pairwise(offsets)], source, names
 
 
-def collate(examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, next-token targets (-100 on padding and on the [CLS] context start), segments."""
+def collate(examples: list[Example], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, next-token targets (-100 on padding and after the last token), segments."""
     width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), PAD, dtype=torch.long)
+    ids = torch.full((len(examples), width), pad, dtype=torch.long)
     segments = torch.zeros((len(examples), width), dtype=torch.long)
     targets = torch.full((len(examples), width), -100, dtype=torch.long)
     for row, (tokens, segs) in enumerate(examples):
@@ -49,9 +63,12 @@ def collate(examples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ids, targets, segments
 
 
-def batches(examples, batch_size: int, rng: random.Random):
+def batches(examples: list[Example], source: np.ndarray, batch_size: int, zh_share: float, zh_source: int,
+            pad: int, rng: random.Random):
+    """Endless random batches; each row comes from the Chinese pool with probability `zh_share`."""
+    pools = [[e for e, s in zip(examples, source) if s != zh_source], [e for e, s in zip(examples, source) if s == zh_source]]
     while True:
-        yield collate(rng.sample(examples, batch_size))
+        yield collate([rng.choice(pools[rng.random() < zh_share and bool(pools[1])]) for _ in range(batch_size)], pad)
 
 
 def teaforn_loss(model: GPT, batch, weights: list[float]) -> torch.Tensor:
@@ -61,65 +78,110 @@ def teaforn_loss(model: GPT, batch, weights: list[float]) -> torch.Tensor:
     for i, weight in enumerate(weights):
         logits = model.training_logits(ids, segments, embeds)
         shifted = targets[:, i:] if i == 0 else torch.cat([targets[:, i:], targets[:, :i] * 0 - 100], dim=1)
-        loss = loss + weight * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+        loss = loss + weight * F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
                                                ignore_index=-100)
         if i + 1 < len(weights):
-            expected = F.softmax(logits, dim=-1) @ model.wte.weight  # (batch, seq, embd)
+            expected = F.softmax(logits.float(), dim=-1).to(model.wte.weight.dtype) @ model.wte.weight
             first = model.wte(ids[:, :1])
-            embeds = torch.cat([first, expected[:, :-1]], dim=1)  # the prediction for t+1 is the input at t+1
+            embeds = torch.cat([first, expected[:, :-1].to(first.dtype)], dim=1)  # prediction for t+1 is input at t+1
     return loss
+
+
+def eval_batches(examples: list[Example], pad: int, size: int = 32):
+    return lambda: (collate(examples[i : i + size], pad) for i in range(0, len(examples), size))
+
+
+def per_source_perplexity(model: GPT, split: tuple[list[Example], np.ndarray, list[str]], pad: int) -> dict[str, float]:
+    """Validation perplexity of each source on its own (the overall figure is almost all English)."""
+    examples, source, names = split
+    return {name: round(math.exp(evaluate(model, eval_batches([e for e, s in zip(examples, source) if s == i], pad))), 2)
+            for i, name in enumerate(names) if (source == i).any()}
+
+
+def train_model(args: argparse.Namespace, work: Path) -> None:
+    """Train on `args.device` and write model.pt and training.json into `work`."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.data / "tokenizer.json")
+    pad = special_token_ids(tokenizer)["pad"]
+    (train_examples, train_source, names), valid = load_split(args.data / "train.npz"), load_split(args.data / "valid.npz")
+    print(f"train {len(train_examples)} examples, valid {len(valid[0])}, sources {names}", flush=True)
+    cfg = GPTConfig(vocab_size=tokenizer.get_vocab_size(), n_positions=MAX_POSITIONS, n_embd=args.embd,
+                    n_layer=args.layers, n_head=args.heads, n_segments=2, gelu="tanh", dropout=args.dropout)
+    model = GPT(cfg)
+    weights = [args.teaforn_decay**i for i in range(args.teaforn)]
+    rows = batches(train_examples, train_source, args.batch_size, args.zh_share, names.index("chatterbot_zh"), pad,
+                   random.Random(args.seed))
+    log = train(model, rows, eval_batches(valid[0], pad),
+                TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, seed=args.seed,
+                            eval_every=args.eval_every, device=args.device,
+                            max_seconds=args.max_minutes * 60 if args.max_minutes else None),
+                work, loss_fn=lambda m, b: teaforn_loss(m, b, weights))
+    log.update(command=" ".join(["python -m edgeinfer.export.train_chat", *sys.argv[1:]]),
+               teaforn=args.teaforn, teaforn_weights=weights, steps=log["steps_run"], batch_size=args.batch_size,
+               zh_share=args.zh_share, n_parameters=sum(p.numel() for p in model.parameters()))
+    (work / "training.json").write_text(json.dumps(log) + "\n")
+    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict()}, work / "model.pt")
+
+
+def export_model(args: argparse.Namespace, work: Path) -> dict:
+    """Turn `work`'s model.pt into the bundle at `args.out`, with perplexities measured here on the CPU."""
+    from .onnx_export import export_gpt_bundle  # onnx is needed by the export step only
+
+    torch.set_num_threads(args.threads)
+    checkpoint = torch.load(work / "model.pt", map_location="cpu")
+    model = GPT(GPTConfig(**{**checkpoint["config"], "dropout": 0.0}))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    log = json.loads((work / "training.json").read_text())
+    tokenizer = load_tokenizer(args.data / "tokenizer.json")
+    special = special_token_ids(tokenizer)
+    valid, test = load_split(args.data / "valid.npz"), load_split(args.data / "test.npz")
+    valid_loss = evaluate(model, eval_batches(valid[0], special["pad"]))
+    figures = {"teaforn": log["teaforn"], "teaforn_weights": log["teaforn_weights"], "steps": log["steps"],
+               "batch_size": log["batch_size"], "zh_share": log["zh_share"], "device": log["config"]["device"],
+               "seconds": log["seconds"], "valid_loss": round(valid_loss, 4),
+               "valid_perplexity": round(math.exp(valid_loss), 2),
+               "valid_perplexity_by_source": per_source_perplexity(model, valid, special["pad"]),
+               "test_loss": round(evaluate(model, eval_batches(test[0], special["pad"])), 4)}
+    manifest = export_gpt_bundle(
+        model, args.out, task="chat", tokenizer_file=args.data / "tokenizer.json", special_tokens=special,
+        generation={**GENERATION, "stop_token_ids": [special["sep"]]}, extra={"training": figures},
+    )
+    print(f"wrote {args.out}: valid ppl {figures['valid_perplexity']} {figures['valid_perplexity_by_source']}, "
+          f"parity {manifest['parity']['max_abs_diff']:.2e}", flush=True)
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/chat", type=Path)
     parser.add_argument("--out", default="runtime/bundles/chat", type=Path)
-    parser.add_argument("--work", default=None, type=Path, help="checkpoint and log folder (default build/chat-…)")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--embd", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--work", default=None, type=Path, help="model.pt and training.json (default build/chat-…)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 autocast); export is always on the CPU")
+    parser.add_argument("--export-only", action="store_true", help="export --work's model.pt without training")
+    parser.add_argument("--no-export", action="store_true", help="train only (a machine without onnx)")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="time budget: the schedule decays over it and training stops there if steps remain")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--embd", type=int, default=192)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--zh-share", type=float, default=0.2, help="share of batch rows from Chinese conversations")
     parser.add_argument("--teaforn", type=int, default=1, help="N passes (1 = plain teacher forcing)")
     parser.add_argument("--teaforn-decay", type=float, default=0.5, help="λᵢ = decay**i")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     work = args.work or Path(f"build/chat-teaforn{args.teaforn}")
-    splits = {name: load_split(args.data / f"{name}.npz") for name in ("train", "valid", "test")}
-    print({name: len(v) for name, v in splits.items()}, flush=True)
-    cfg = GPTConfig(vocab_size=21128, n_positions=256, n_embd=args.embd, n_layer=args.layers, n_head=args.heads,
-                    n_segments=2, gelu="tanh")
-    model = GPT(cfg)
-    weights = [args.teaforn_decay**i for i in range(args.teaforn)]
-
-    def eval_batches(name):
-        examples = splits[name]
-        return lambda: (collate(examples[i : i + 32]) for i in range(0, len(examples), 32))
-
-    log = train(model, batches(splits["train"], args.batch_size, random.Random(args.seed)), eval_batches("valid"),
-                TrainConfig(steps=args.steps, lr=2e-3, min_lr=2e-4, seed=args.seed, eval_every=250), work,
-                loss_fn=lambda m, b: teaforn_loss(m, b, weights))
-    log["valid_perplexity"] = round(math.exp(log["final_valid_loss"]), 2)
-    log["test_loss"] = round(evaluate(model, eval_batches("test")), 4)
-    (work / "training.json").write_text(json.dumps(log) + "\n")
-    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict()}, work / "model.pt")
-
-    tokenizer = work / "tokenizer.json"
-    save_tokenizer(tokenizer)
-    manifest = export_gpt_bundle(
-        model, args.out, task="chat", tokenizer_file=tokenizer,
-        special_tokens={"cls": CLS, "sep": SEP, "pad": PAD, "unk": 100, "eos": SEP},
-        generation={"do_sample": True, "top_k": 5, "max_new_tokens": 32, "stop_token_ids": [SEP]},
-        extra={"training": {"teaforn": args.teaforn, "teaforn_weights": weights, "steps": args.steps,
-                            "batch_size": args.batch_size, "seconds": log["seconds"],
-                            "valid_loss": log["final_valid_loss"], "valid_perplexity": log["valid_perplexity"],
-                            "test_loss": log["test_loss"]}},
-    )
-    print(f"wrote {args.out}: valid ppl {log['valid_perplexity']}, parity {manifest['parity']['max_abs_diff']:.2e}")
+    if not args.export_only:
+        train_model(args, work)
+    if not args.no_export:
+        export_model(args, work)
 
 
 if __name__ == "__main__":

@@ -1,55 +1,74 @@
-"""Dialogue layout, truncation and the BERT-Chinese tokenizer (torch-free)."""
+"""Dialogue layout, truncation and the corpus-trained WordPiece tokenizer (torch-free)."""
 
 from __future__ import annotations
 
 import pytest
 from tokenizers import Tokenizer
 
+from edgeinfer.chat import tidy
 from edgeinfer.chat.format import encode_dialogue, reply_segment_id
 from edgeinfer.errors import InputError
 from edgeinfer.export.chat_data import windows
 from edgeinfer.export.chat_tokenizer import (
-    VOCAB_PATH,
-    VOCAB_SIZE,
-    build_tokenizer,
-    save_tokenizer,
+    SPECIAL_TOKENS,
+    load_tokenizer,
+    special_token_ids,
+    train_tokenizer,
 )
 
-PAD, UNK, CLS, SEP, MASK = 0, 100, 101, 102, 103
-HELLO, NI, HAO, OK = 8701, 872, 1962, 8270
-HOW, ARE, YOU, QMARK = 9510, 8995, 8357, 136
+CORPUS = ["hello, how are you? (fine)", "i'm fine, thanks! and you?", "ok, what's your favourite movie?",
+          "你好，你好吗？", "我很好，谢谢。", "a b c d e f g h", "i've got it's awesome.", "thanks thanks thanks"] * 3
 
 
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
-    return build_tokenizer()
+    return train_tokenizer(CORPUS, vocab_size=120)
 
 
-def test_vocab_file_and_special_ids(tok: Tokenizer) -> None:
-    lines = VOCAB_PATH.read_text(encoding="utf-8").rstrip("\n").split("\n")  # not splitlines: U+2028 is a token
-    assert len(lines) == VOCAB_SIZE == tok.get_vocab_size()
-    ids = [tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
-    assert ids == [PAD, UNK, CLS, SEP, MASK]
+@pytest.fixture(scope="module")
+def ids(tok: Tokenizer) -> dict[str, int]:
+    return {t: tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "你", "好", "ok", "how",
+                                             "are", "you", "?", "f", "g", "h")}
 
 
-def test_tokenizer_basic_strings(tok: Tokenizer) -> None:
-    assert tok.encode("Hello", add_special_tokens=False).ids == [HELLO]  # lowercased
-    assert tok.encode("你好", add_special_tokens=False).ids == [NI, HAO]  # one id per CJK char
-    assert tok.encode("how are you?", add_special_tokens=False).ids == [HOW, ARE, YOU, QMARK]
-    assert tok.encode("Café", add_special_tokens=False).tokens == ["cafe"]  # accents stripped
-    assert tok.encode("thanks", add_special_tokens=False).tokens == ["than", "##ks"]
-    assert tok.encode("hello", add_special_tokens=True).ids == [HELLO]  # no template: layout is ours
+def test_special_tokens_come_first(tok: Tokenizer) -> None:
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert special_token_ids(tok) == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "eos": 3}
+    assert tok.get_vocab_size() <= 120
+
+
+def test_every_corpus_character_is_a_piece(tok: Tokenizer) -> None:
+    text = " ".join(CORPUS)
+    assert tok.token_to_id("[UNK]") not in tok.encode(text, add_special_tokens=False).ids
+
+
+def test_tokenizer_basic_strings(tok: Tokenizer, ids: dict[str, int]) -> None:
+    assert tok.encode("Hello", add_special_tokens=False).ids == [ids["hello"]]  # lowercased
+    assert tok.encode("你好", add_special_tokens=False).ids == [ids["你"], ids["好"]]  # one id per CJK char
+    assert tok.encode("how are you?", add_special_tokens=False).ids == [ids[t] for t in ("how", "are", "you", "?")]
+    assert tok.encode("Hélló", add_special_tokens=False).tokens == ["hello"]  # accents stripped
+    assert tok.encode("hello", add_special_tokens=True).ids == [ids["hello"]]  # no template: layout is ours
 
 
 def test_tokenizer_json_round_trip(tmp_path, tok: Tokenizer) -> None:
-    loaded = Tokenizer.from_file(str(save_tokenizer(tmp_path / "tokenizer.json")))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
     text = "Hello 你好, how are you? 😎"
     assert loaded.encode(text).ids == tok.encode(text).ids
 
 
-def test_three_utterances_exact(tok: Tokenizer) -> None:
-    ids, segs = encode_dialogue(tok, ["hello", "你好", "how are you?"], max_len=64)
-    assert ids == [CLS, HELLO, SEP, NI, HAO, SEP, HOW, ARE, YOU, QMARK, SEP]
+@pytest.mark.parametrize("text", ["i'm fine, thanks!", "what's your favourite movie?", "你好，你好吗？",
+                                  "i've got it's awesome", "ok, hello. how are you? (fine)"])
+def test_decoding_then_tidying_gives_the_text_back(tok: Tokenizer, text: str) -> None:
+    """Apostrophes and punctuation come back as typed once `tidy` closes the decoder's gaps."""
+    assert tidy(tok.decode(tok.encode(text, add_special_tokens=False).ids)) == text
+
+
+def test_three_utterances_exact(tok: Tokenizer, ids: dict[str, int]) -> None:
+    CLS, SEP, HELLO, NI, HAO = ids["[CLS]"], ids["[SEP]"], ids["hello"], ids["你"], ids["好"]
+    HOW, ARE, YOU, QMARK = ids["how"], ids["are"], ids["you"], ids["?"]
+    got, segs = encode_dialogue(tok, ["hello", "你好", "how are you?"], max_len=64)
+    assert got == [CLS, HELLO, SEP, NI, HAO, SEP, HOW, ARE, YOU, QMARK, SEP]
     assert segs == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
     assert reply_segment_id(segs) == 1
 
@@ -60,23 +79,23 @@ def test_reply_segment_alternates(tok: Tokenizer) -> None:
     assert reply_segment_id(segs) == 0
 
 
-def test_truncation_drops_oldest_whole_turns(tok: Tokenizer) -> None:
+def test_truncation_drops_oldest_whole_turns(tok: Tokenizer, ids: dict[str, int]) -> None:
+    CLS, SEP, HELLO, NI, HAO, OK = ids["[CLS]"], ids["[SEP]"], ids["hello"], ids["你"], ids["好"], ids["ok"]
     history = ["how are you?", "hello", "你好", "ok"]
     # Full layout is 1 + 5 + 2 + 3 + 2 = 13 tokens; 8 fits the last three turns exactly.
-    ids, segs = encode_dialogue(tok, history, max_len=8)
-    assert ids == [CLS, HELLO, SEP, NI, HAO, SEP, OK, SEP]
+    got, segs = encode_dialogue(tok, history, max_len=8)
+    assert got == [CLS, HELLO, SEP, NI, HAO, SEP, OK, SEP]
     assert segs == [0, 0, 0, 1, 1, 1, 0, 0]  # alternation restarts at the first kept turn
     # One token less: "hello" no longer fits, so it goes whole (never a partial old turn).
-    ids, segs = encode_dialogue(tok, history, max_len=7)
-    assert ids == [CLS, NI, HAO, SEP, OK, SEP]
+    got, segs = encode_dialogue(tok, history, max_len=7)
+    assert got == [CLS, NI, HAO, SEP, OK, SEP]
     assert segs == [0, 0, 0, 0, 1, 1]
     assert reply_segment_id(segs) == 0
 
 
-def test_long_last_utterance_keeps_its_end(tok: Tokenizer) -> None:
-    ids, segs = encode_dialogue(tok, ["hello", "a b c d e f g h"], max_len=5)
-    f, g, h = 148, 149, 150
-    assert ids == [CLS, f, g, h, SEP]
+def test_long_last_utterance_keeps_its_end(tok: Tokenizer, ids: dict[str, int]) -> None:
+    got, segs = encode_dialogue(tok, ["hello", "a b c d e f g h"], max_len=5)
+    assert got == [ids["[CLS]"], ids["f"], ids["g"], ids["h"], ids["[SEP]"]]
     assert segs == [0, 0, 0, 0, 0]
 
 
@@ -93,9 +112,11 @@ def test_bad_arguments_raise(tok: Tokenizer) -> None:
         encode_dialogue(tok, ["hello"], max_len=2)
 
 
-def test_emoji_mixed_script_and_unknown(tok: Tokenizer) -> None:
-    ids, segs = encode_dialogue(tok, ["Hello 你好 😎", "𠀀 🦄 ok"], max_len=32)
-    assert ids == [CLS, HELLO, NI, HAO, 8105, SEP, UNK, UNK, OK, SEP]
+def test_emoji_mixed_script_and_unknown(tok: Tokenizer, ids: dict[str, int]) -> None:
+    """Characters the corpus never had are [UNK] (the emoji too: this corpus has none)."""
+    CLS, SEP, UNK = ids["[CLS]"], ids["[SEP]"], ids["[UNK]"]
+    got, segs = encode_dialogue(tok, ["Hello 你好 😎", "𠀀 🦄 ok"], max_len=32)
+    assert got == [CLS, ids["hello"], ids["你"], ids["好"], UNK, SEP, UNK, UNK, ids["ok"], SEP]
     assert segs == [0] * 6 + [1] * 4
 
 

@@ -14,22 +14,29 @@ from edgeinfer.errors import InputError
 torch = pytest.importorskip("torch")
 
 
+CORPUS = ["hello there, how are you?", "i'm fine, thanks! what's new?", "tell me more about it.",
+          "你好吗？我很好。", "message number one with several words in it", "0 1 2 3 4 5 6 7 8 9"] * 2
+CLS, SEP = 2, 3  # the trained tokenizer's special ids
+
+
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory):
-    from edgeinfer.export.chat_tokenizer import save_tokenizer
+    from edgeinfer.export.chat_tokenizer import special_token_ids, train_tokenizer
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle
 
     root = tmp_path_factory.mktemp("chat")
-    save_tokenizer(root / "tokenizer.json")
+    tokenizer = train_tokenizer(CORPUS, vocab_size=150)
+    tokenizer.save(str(root / "tokenizer.json"))
     torch.manual_seed(5)
-    model = GPT(GPTConfig(vocab_size=21128, n_positions=48, n_embd=32, n_layer=2, n_head=4, n_segments=2))
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), n_positions=48, n_embd=32, n_layer=2, n_head=4,
+                          n_segments=2))
     for p in model.parameters():
         p.data.mul_(10)
     with torch.no_grad():  # make [SEP] likely after a few tokens so replies end by themselves
-        model.lm_head.weight[102] *= 1.5
+        model.lm_head.weight[SEP] *= 1.5
     export_gpt_bundle(model, root / "bundle", task="chat", tokenizer_file=root / "tokenizer.json",
-                      special_tokens={"cls": 101, "sep": 102, "eos": 102})
+                      special_tokens=special_token_ids(tokenizer))
     return edgeinfer.load(root / "bundle", device="cpu")
 
 
@@ -52,12 +59,28 @@ def test_truncation_keeps_replying(chat_model):
 
 def test_reply_stops_at_sep(chat_model):
     chat = Chat(chat_model, do_sample=True, seed=1, max_new_tokens=20)
-    events = list(chat_model.stream([[101, 8701, 102]], segment_ids=[[0, 0, 0]], reply_segment=1,
-                                    stop_token_ids=[102], max_new_tokens=20, do_sample=True, seed=1, top_k=5))
+    hello = chat_model.tokenizer.token_to_id("hello")
+    events = list(chat_model.stream([[CLS, hello, SEP]], segment_ids=[[0, 0, 0]], reply_segment=1,
+                                    stop_token_ids=[SEP], max_new_tokens=20, do_sample=True, seed=1, top_k=5))
     assert events[-1].finished in ("stop_token", "length")
     if events[-1].finished == "stop_token":
-        assert events[-1].token_id == 102 and all(e.token_id != 102 for e in events[:-1])
+        assert events[-1].token_id == SEP and all(e.token_id != SEP for e in events[:-1])
     assert "[SEP]" not in chat.reply("hi")
+
+
+def test_finish_reason_tells_a_cut_reply(chat_model):
+    """A reply that reaches max_new_tokens reports "length"; one that ends at [SEP] reports "stop_token"."""
+    reasons = set()
+    for seed in range(6):
+        for limit in (1, 20):
+            chat = Chat(chat_model, seed=seed, max_new_tokens=limit)
+            reply = chat.reply("hello there")
+            n = len(chat_model.tokenizer.encode(reply, add_special_tokens=False).ids)
+            assert chat.finish_reason == ("length" if n >= limit else "stop_token")
+            reasons.add(chat.finish_reason)
+    assert reasons == {"length", "stop_token"}
+    chat.reset()
+    assert chat.finish_reason is None
 
 
 def test_seeded_sampling_is_reproducible(chat_model):
@@ -119,8 +142,9 @@ def test_replies_with_apostrophes_are_whole():
 
     model = edgeinfer.load(default_bundle("chat"), device="cpu")
     for message in ("what's your favourite movie?", "how are you?"):
-        ids, segments = encode_dialogue(model.tokenizer, ["hi", "hello", message], model.max_positions - 33)
+        budget = model.max_positions - model.manifest["generation"]["max_new_tokens"] - 1
+        ids, segments = encode_dialogue(model.tokenizer, ["hi", "hello", message], budget)
         whole = model.generate([ids], segment_ids=[segments], reply_segment=reply_segment_id(segments),
-                               do_sample=False, stop_token_ids=[102])[0].text
+                               do_sample=False, stop_token_ids=[model.tokenizer.token_to_id("[SEP]")])[0].text
         reply = Chat(model, do_sample=False, history=["hi", "hello"]).reply(message)
         assert reply == tidy(whole) and len(reply) > 3

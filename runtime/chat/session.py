@@ -24,13 +24,14 @@ from .format import (
 
 _CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef]) (?=[\u3000-\u9fff\uff00-\uffef])")
 _BEFORE_PUNCT = re.compile(r" (?=[,.!?;:%)\]}])")
+_AFTER_OPEN = re.compile(r"(?<=[(\[{]) ")
 _APOSTROPHE = re.compile(r"(?<=\w) ' (?=\w)")
 MAX_MESSAGE_CHARS = 10_000
 
 
 def tidy(text: str) -> str:
-    """WordPiece decoding puts spaces between Chinese characters, before punctuation and around apostrophes."""
-    return _APOSTROPHE.sub("'", _BEFORE_PUNCT.sub("", _CJK_GAP.sub("", text))).strip()
+    """WordPiece decoding puts spaces between Chinese characters, around punctuation and around apostrophes."""
+    return _APOSTROPHE.sub("'", _AFTER_OPEN.sub("", _BEFORE_PUNCT.sub("", _CJK_GAP.sub("", text)))).strip()
 
 
 def longest_reply(model) -> int:
@@ -90,11 +91,12 @@ class Chat:
         check_utterances(history or [])
         self.seed = seed
         self.turns = 0
+        self.finish_reason: str | None = None  # how the last reply ended: "stop_token" ([SEP]) or "length" (cut)
         self.history: list[str] = list(history or [])
         self._kept: Prefix | None = None
 
     def reset(self) -> None:
-        self.history, self._kept, self.turns = [], None, 0
+        self.history, self._kept, self.turns, self.finish_reason = [], None, 0, None
 
     def _layout(self, message: str) -> tuple[list[int], list[int]]:
         if not isinstance(message, str):
@@ -125,6 +127,7 @@ class Chat:
             piece = shown.push(event.text, bool(event.finished))
             if piece:
                 yield piece
+            self.finish_reason = event.finished  # set on the last event
         self._kept, self.turns = kept, self.turns + 1
         self.history += [message.strip(), shown.shown]
 
