@@ -1,8 +1,14 @@
-"""onnxruntime sessions: provider choice (CUDA when present and asked for, else CPU) and bundle checks."""
+"""onnxruntime sessions: provider choice (CUDA when present and asked for, else CPU), the optimized-graph cache, and
+bundle checks."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +24,8 @@ CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 # onnxruntime's CUDA provider computes float32 MatMuls in TF32 unless told not to: logits then differ from the CPU's
 # by ~5e-3, beyond the 1e-4 a float32 bundle is exported to. A manifest's session.provider_options may turn it on.
 CUDA_DEFAULTS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+# Graphs at least this large open from the optimized-graph cache (GraphCache); smaller ones optimize in milliseconds.
+CACHE_MIN_BYTES = 32 << 20
 
 
 def onnxruntime():
@@ -83,11 +91,16 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     on_cpu = choice.providers == ["CPUExecutionProvider"]
     disabled = settings.get("disabled_optimizers", CPU_DISABLED_FUSIONS if on_cpu else None)
     provider_options = {**CUDA_DEFAULTS, **settings.get("provider_options", {})}
+
+    def create(path: Path, options):
+        return ort.InferenceSession(str(path), options, providers=choice.providers,
+                                    provider_options=[provider_options.get(p, {}) for p in choice.providers],
+                                    disabled_optimizers=disabled)
+
+    cache = GraphCache.for_session(model_path, manifest, disabled) if on_cpu else None
     try:
         with signals_to_main_thread():  # onnxruntime's thread pool starts here
-            session = ort.InferenceSession(str(model_path), options, providers=choice.providers,
-                                           provider_options=[provider_options.get(p, {}) for p in choice.providers],
-                                           disabled_optimizers=disabled)
+            session = cache.open(options, create) if cache else create(model_path, options)
     except Exception as exc:  # onnxruntime raises several unrelated types for unreadable models
         raise BundleError(f"onnxruntime cannot load {model_path}: {first_line(exc)}") from exc
     for side, actual in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
@@ -103,3 +116,88 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     used = session.get_providers()[0]
     reason = choice.reason if used == choice.name else f"{choice.name} failed to start; fell back to {used}"
     return session, ProviderChoice(session.get_providers(), reason)
+
+
+def cache_root() -> Path | None:
+    """Where optimized graphs are kept: EDGEINFER_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, under edgeinfer/graphs;
+    None when EDGEINFER_GRAPH_CACHE is "0"."""
+    if os.environ.get("EDGEINFER_GRAPH_CACHE", "1") == "0":
+        return None
+    if os.environ.get("EDGEINFER_CACHE_DIR"):
+        return Path(os.environ["EDGEINFER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgeinfer" / "graphs"
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux), part of the cache key: an optimized CPU graph may use what this CPU has."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class GraphCache:
+    """A CPU bundle graph as onnxruntime optimized it (level ORT_ENABLE_ALL), with its weights as an external data
+    file, kept per machine and reopened with optimizations off.
+
+    Why: opening the GPT-2-small graph spends most of its time parsing 500 MB of inline weights and running the
+    graph optimizers (folding the tied head's transpose among them); the cached form is memory-mapped and needs
+    neither (benchmarks/cold_start.py). The key covers the graph's bytes (its manifest sha256, else size and
+    modification time), onnxruntime's version, the disabled optimizers and this CPU's flags, so a stale entry is never
+    read; a graph written while another process reads is renamed into place whole.
+    """
+
+    model_path: Path
+    folder: Path
+
+    @classmethod
+    def for_session(cls, model_path: Path, manifest: dict, disabled: list[str] | None) -> GraphCache | None:
+        """The cache entry of the bundle graph `model_path`, or None: no cache, or a graph too small to need one."""
+        root = cache_root()
+        try:
+            stat = model_path.stat()
+        except OSError:
+            return None
+        if root is None or stat.st_size < CACHE_MIN_BYTES:
+            return None
+        ort = onnxruntime()
+        digests = manifest.get("sha256")
+        digest = digests.get(manifest["files"]["model"]) if isinstance(digests, dict) else None
+        source = digest if isinstance(digest, str) else f"{model_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        disabled = tuple(sorted(disabled or ()))
+        key = json.dumps([source, ort.__version__, disabled, _cpu_flags()])
+        return cls(model_path, root / hashlib.sha256(key.encode()).hexdigest()[:32])
+
+    def open(self, options, create: Callable):
+        """`create(path, options)`'s session: on the cached graph with optimizations off when the cache holds it, else
+        on the bundle's graph, storing the optimized graph on the way when the cache folder is writable."""
+        ort = onnxruntime()
+        cached = self.folder / "model.onnx"
+        if cached.is_file():
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                return create(cached, options)
+            except Exception:  # noqa: BLE001  onnxruntime refused a damaged entry: drop it and optimize again
+                shutil.rmtree(self.folder, ignore_errors=True)
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.folder.parent))
+        except OSError:
+            return create(self.model_path, options)
+        try:
+            options.optimized_model_filepath = str(work / "model.onnx")
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             "model.onnx.data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+            session = create(self.model_path, options)
+            try:
+                os.replace(work, self.folder)
+            except OSError:
+                pass  # another process renamed its copy into place first, or the disk is full: this session stands
+            return session
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
