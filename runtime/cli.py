@@ -26,7 +26,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import EdgeInferError
 
-SUBCOMMANDS = ["export", "info", "generate", "chat", "perft", "move", "play", "qa", "serve", "bench"]
+SUBCOMMANDS = ["export", "info", "generate", "chat", "perft", "move", "play", "qa", "cloze", "serve", "bench"]
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 BROKEN_PIPE = 141  # 128 + SIGPIPE
 
