@@ -41,6 +41,38 @@ def load_reader(folder: Path) -> DGCNNReader:
     return model.eval()
 
 
+def reader_from_bundle(folder: str | Path, tolerance: float = 1e-4) -> tuple[DGCNNReader, dict]:
+    """The PyTorch reader and vocab.json of a DGCNN bundle: a warm start for training on new data.
+
+    Named initializers load by name; the exporter stores Linear weights transposed under generated
+    names, which are matched by shape in graph order (the question's pool before the passage's). The
+    result must reproduce the bundle's outputs, else ParityError.
+    """
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    keys = set(DGCNNConfig.__dataclass_fields__)
+    model = DGCNNReader(DGCNNConfig(**{k: v for k, v in manifest["model"].items() if k in keys}))
+    proto = onnx.load(str(folder / manifest["files"]["model"]))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    consumed = [x for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") for x in n.input if x in weights]
+    state = model.state_dict()
+    for name, value in state.items():
+        if name in weights:
+            state[name] = torch.from_numpy(weights[name].copy())
+            continue
+        match = next((x for x in consumed if weights[x].shape == tuple(value.T.shape)), None)
+        if match is None:
+            raise ParityError(f"bundle {folder} has no weight for {name}")
+        consumed = [x for x in consumed if x != match]
+        state[name] = torch.from_numpy(weights[match].T.copy())
+    model.load_state_dict(state)
+    model.eval()
+    diff = measure_parity(folder / manifest["files"]["model"], model)
+    if not diff <= tolerance:
+        raise ParityError(f"reader rebuilt from {folder} differs from its graph by {diff:.3g}")
+    return model, json.loads((folder / manifest["files"]["vocab"]).read_text(encoding="utf-8"))
+
+
 def example_batch(config: DGCNNConfig, batch: int, q_len: int, p_len: int, seed: int) -> dict[str, torch.Tensor]:
     """Random ids with ragged rows (right padding), the shapes bucketed batches have."""
     g = torch.Generator().manual_seed(seed)

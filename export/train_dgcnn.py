@@ -116,11 +116,12 @@ def epoch_rows(pairs: Pairs, negatives: int, rng: np.random.Generator) -> np.nda
     Balanced pairs keep an epoch affordable while every question and, over epochs, most of its passages are seen.
     """
     groups: dict[int, list[int]] = {}
-    for r in rng.permutation(len(pairs.qid)).tolist():
-        groups.setdefault(int(pairs.qid[r]), []).append(r)
+    qid, answered = pairs.qid.tolist(), pairs.answered.tolist()
+    for r in rng.permutation(len(qid)).tolist():
+        groups.setdefault(qid[r], []).append(r)
     out: list[int] = []
     for rows in groups.values():
-        out += [r for r in rows if pairs.answered[r]][:1] + [r for r in rows if not pairs.answered[r]][:negatives]
+        out += [r for r in rows if answered[r]][:1] + [r for r in rows if not answered[r]][:negatives]
     return np.array(out)
 
 
@@ -187,14 +188,13 @@ def scores(examples: list[dict], predictions: list[tuple[str, float]], threshold
 
 
 def calibrate(examples: list[dict], predictions: list[tuple[str, float]]) -> float:
-    """The span-probability threshold that maximises dev's mean of F1 (answerable) and 1[null] (unanswerable)."""
-    candidates = np.unique(np.quantile([b for _, b in predictions], np.linspace(0, 1, 201)))
-
-    def utility(t: float) -> float:
-        s = scores(examples, predictions, t)
-        return s["f1"] * s["answerable"] + s["no_answer_acc"] * s["unanswerable"]
-
-    return float(max(candidates, key=utility))
+    """The span-probability threshold that maximises dev's summed F1 (answerable) and 1[null] (unanswerable)."""
+    best = np.array([b for _, b in predictions])
+    gain = np.array([char_f1(p, ex["answer"]) if ex["answer"] else -1.0 for ex, (p, _) in zip(examples, predictions, strict=True)])
+    candidates = np.unique(np.r_[np.quantile(best, np.linspace(0, 1, 201)), best.max() + 1e-6])
+    # answering keeps an answerable question's F1 and costs an unanswerable one its point
+    utility = [gain[(best >= t) & (gain > 0)].sum() + (gain[best < t] < 0).sum() for t in candidates]
+    return float(candidates[int(np.argmax(utility))])
 
 
 def autocast(device: str):
@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--negatives", type=int, default=2, help="answerless passages per question per epoch")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this DGCNN bundle's weights and vocabularies (the sizes below are then its own)")
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--word-dim", type=int, default=64)
     parser.add_argument("--max-chars", type=int, default=5000)
@@ -231,14 +233,22 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     texts, data = load(args.data)
-    seen = [texts[i] for i in sorted(train_texts(data["train"]))]
-    chars = build_vocab(Counter(c for ws in seen for w in ws for c in w), 2, args.max_chars)
-    words = build_vocab(Counter(w for ws in seen for w in ws), 3, args.max_words)
+    if args.init:
+        from .qa_bundle import reader_from_bundle  # onnx, only for a warm start
+
+        model, vocab = reader_from_bundle(args.init)
+        chars, words, config = vocab["chars"], vocab["words"], model.config
+        model.train()
+    else:
+        seen = [texts[i] for i in sorted(train_texts(data["train"]))]
+        chars = build_vocab(Counter(c for ws in seen for w in ws for c in w), 2, args.max_chars)
+        words = build_vocab(Counter(w for ws in seen for w in ws), 3, args.max_words)
+        config = DGCNNConfig(len(chars), len(words), dim=args.dim, word_dim=args.word_dim)
+        model = DGCNNReader(config)
+    model = model.to(args.device)
     enc = encode_texts(texts, chars, words)
     train = make_pairs(data["train"])
 
-    config = DGCNNConfig(len(chars), len(words), dim=args.dim, word_dim=args.word_dim)
-    model = DGCNNReader(config).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     curve: list[dict[str, float]] = []
     running, step, epoch, started = 0.0, 0, 0, time.time()

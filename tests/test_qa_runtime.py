@@ -179,9 +179,17 @@ def test_bad_texts_and_options(reader, kwargs: dict, message: str) -> None:
 def test_cli_question_json(reader, capsys) -> None:
     assert main(["qa", "--json", "--question", SANGUO_Q, "--context", SANGUO]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["answers"][0]["text"] == "刘备"
+    assert result["answers"][0]["text"] == result["answer"]["text"] == "刘备"
     assert main(["qa", "--json", "--question", "谁？", "--context", ""]) == 2
     assert "is empty" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_cli_says_when_there_is_no_answer(reader, capsys) -> None:
+    assert main(["qa", "--json", "--question", SANGUO_Q, "--context", SANGUO, "--threshold", "1.01"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["answer"] is None and result["answers"] == []
+    assert main(["qa", "--question", SANGUO_Q, "--context", SANGUO, "--threshold", "1.01"]) == 0
+    assert capsys.readouterr().out.strip() == "(no answer: no span of the context reached the threshold 1.01)"
 
 
 def test_cli_jsonl_round_trip(reader, tmp_path, capsys) -> None:
