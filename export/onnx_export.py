@@ -194,8 +194,9 @@ def measure_parity(
             "reference_abs_max": float(max(np.abs(ref_prompt).max(), np.abs(ref_step).max()))}
 
 
-# int8: a trained 4x128 Xiangqi GPT measures 0.058, GPT-2-small-shaped random weights 0.05; int4: TOL4
-DEFAULT_TOLERANCE = {"none": 1e-4, "int8": 0.1, "int4": 0.2}
+# int8: a trained 4x128 Xiangqi GPT measures 0.058, GPT-2-small-shaped random weights 0.05; int4: the Xiangqi GPT
+# measures 0.13 (median of 20 held-out games, worst 0.20) against the fp32 bundle
+DEFAULT_TOLERANCE = {"none": 1e-4, "int8": 0.1, "int4": 0.25}
 
 
 def check_parity(parity: dict, quantize: str, tolerance: float | None, reference_name: str) -> dict:
