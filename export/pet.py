@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edgeinfer.cloze import Template, label_words
+from edgeinfer.errors import InputError
 
 from .bert import BertMLM
 from .train_mlm import CLS, MASK, PAD, SEP, export_bundle, load, new_model
@@ -71,7 +72,7 @@ def padded(rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, (ids != PAD).long()
 
 
-class Cloze:
+class PetPattern:
     """A pattern and label words on a tokenizer: the rows PET trains and predicts on, and their label scores."""
 
     def __init__(self, tokenizer: Tokenizer, pattern: str, labels: dict[str, str], max_length: int) -> None:
@@ -82,7 +83,7 @@ class Cloze:
         self.template = Template(pattern, encode)
         words = label_words(labels, encode, tokenizer.token_to_id("[UNK]"))
         if len({len(ids) for ids in words.values()}) != 1:
-            raise ValueError("PET training takes label words of one token length")
+            raise InputError("PET training takes label words of one token length")
         self.names = sorted(set(labels.values()))
         self.words = [(ids, self.names.index(labels[w])) for w, ids in words.items()]
         self.length = len(self.words[0][0])
@@ -177,7 +178,7 @@ def run_pet(work: Path, tokenizer: Tokenizer, train: list[Example], test: list[E
             settings: Settings, pattern: str = PATTERN, labels: dict[str, str] = LABELS) -> tuple[float, BertMLM]:
     """Test accuracy of PET fine-tuned on `train` (none: zero-shot), and the model."""
     model = load(work)
-    cloze = Cloze(tokenizer, pattern, labels, model.cfg.max_positions)
+    cloze = PetPattern(tokenizer, pattern, labels, model.cfg.max_positions)
     scores = lambda texts: cloze.label_scores(model, texts)
     if train:
         fit(model, scores, train, cloze.names, settings.steps, settings.lr, settings.batch_size, seed)

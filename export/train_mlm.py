@@ -5,7 +5,8 @@ numpy, tqdm and tokenizers, so it runs on a GPU machine with none of the data to
 autocast, the data held on the GPU). Whole-word masking happens at each step from the stored jieba word starts:
 each word is picked with probability ``--mask-prob`` and all its tokens are masked together (80% [MASK], 10% a
 random token, 10% kept), as the Chinese BERTs do. ``--work`` receives ``model.pt`` (config and weights) and
-``training.json`` (loss curve, held-out masked-token loss and accuracy, the command).
+``training.json`` (loss curve, held-out masked-token loss and accuracy, the command; ``benchmarks/training_curves.py``
+plots it).
 
 Export (``--export-only``, or after training when ``--out`` is given) writes the weights as a transformers
 `BertForMaskedLM` checkpoint and exports that with `bert.export_bert_mlm_bundle`, the path an imported checkpoint
@@ -120,7 +121,7 @@ def train(args: argparse.Namespace) -> dict:
     args.work.mkdir(parents=True, exist_ok=True)
     log = {"command": shlex.join(["python", "-m", "edgeinfer.export.train_mlm", *sys.argv[1:]]),
            "model": asdict(model.cfg), "n_parameters": sum(p.numel() for p in model.parameters()),
-           "train_rows": len(train_ids), "train": [], "valid": []}
+           "train_rows": len(train_ids), "train": [], "valid": [], "valid_accuracy": []}
     started = time.perf_counter()
     progress = tqdm(range(args.steps), desc="pretrain", unit="step", mininterval=2.0)
     smoothed = None
@@ -144,7 +145,8 @@ def train(args: argparse.Namespace) -> dict:
             progress.set_postfix(loss=f"{smoothed:.3f}")
         if (step + 1) % args.eval_every == 0 or last:
             valid = evaluate(model, valid_ids, valid_starts, args.mask_prob, args.batch_size)
-            log["valid"].append([step + 1, valid["loss"], valid["accuracy"]])
+            log["valid"].append([step + 1, valid["loss"]])
+            log["valid_accuracy"].append([step + 1, valid["accuracy"]])
             progress.write(f"step {step + 1}: train {smoothed:.4f} valid loss {valid['loss']:.4f} "
                            f"masked-token accuracy {valid['accuracy']:.4f}")
             log |= {"steps_done": step + 1, "seconds": round(time.perf_counter() - started, 1), "final_valid": valid}

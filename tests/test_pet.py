@@ -92,7 +92,7 @@ def test_fine_tuned_model_serves_the_same_scores(model, tokenizer, tmp_path) -> 
     import edgeinfer
 
     labels = {"好": "positive", "坏": "negative"}
-    cloze = pet.Cloze(tokenizer, "{text}这是___事。", labels, model.cfg.max_positions)
+    cloze = pet.PetPattern(tokenizer, "{text}这是___事。", labels, model.cfg.max_positions)
     examples = [pet.Example("电影很好看", "positive"), pet.Example("他做了坏事", "negative")]
     before = cloze.label_scores(model, [e.text for e in examples]).detach()
     pet.fit(model, lambda texts: cloze.label_scores(model, texts), examples, cloze.names, steps=5, lr=1e-2,
