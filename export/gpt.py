@@ -2,7 +2,9 @@
 
 One model covers the checkpoints we train (dialogue with segment ids, Xiangqi moves) and imported GPT-2s:
 pre-LN or post-LN, learned positions, optional segment (token-type) embeddings, tied or untied LM head,
-GELU form as a config choice. The forward signature is the ONNX graph's signature.
+GELU form as a config choice, and the attention kind (`attention_kind`: dot-product, or the synthesizers of
+`synthesizer.py`, whose dense and random kinds cache values only). The forward signature is the ONNX graph's
+signature.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeinfer.kernels.modules import Gelu, causal_attention
+
+from .synthesizer import VALUE_ONLY_KINDS, SynthesizerAttention, check_attention_kind
 
 
 @dataclass
@@ -29,6 +33,11 @@ class GPTConfig:
     gelu: str = "tanh"
     layer_norm_eps: float = 1e-5
     dropout: float = 0.0
+    attention_kind: str = "dot"  # "dot", "dense", "random", "dense+dot" (synthesizer.py)
+    synth_rank: int = 0  # random synthesizer: rank of its factorized score matrix (0: the full matrix)
+
+    def __post_init__(self) -> None:
+        check_attention_kind(self.attention_kind)
 
     @property
     def head_dim(self) -> int:
@@ -38,6 +47,12 @@ class GPTConfig:
     def n_kv_head(self) -> int:
         """Heads in the KV cache: every query head has its own."""
         return self.n_head
+
+    @property
+    def cache_parts(self) -> tuple[str, ...]:
+        """What each layer caches per token, in graph order: keys and values, or values only (synthesizers whose
+        scores do not read keys)."""
+        return ("value",) if self.attention_kind in VALUE_ONLY_KINDS else ("key", "value")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,10 +68,10 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, past_k, past_v, attention_mask):
+    def forward(self, x, past, attention_mask):
         q, k, v = self.qkv(x).split(x.shape[-1], dim=-1)
-        y, present_k, present_v = causal_attention(q, k, v, past_k, past_v, attention_mask, self.n_head)
-        return self.dropout(self.proj(y)), present_k, present_v
+        y, present_k, present_v = causal_attention(q, k, v, past[0], past[1], attention_mask, self.n_head)
+        return self.dropout(self.proj(y)), [present_k, present_v]
 
 
 class MLP(nn.Module):
@@ -76,18 +91,18 @@ class Block(nn.Module):
         super().__init__()
         self.pre_ln = cfg.pre_ln
         self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
-        self.attn = SelfAttention(cfg)
+        self.attn = SelfAttention(cfg) if cfg.attention_kind == "dot" else SynthesizerAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, past_k, past_v, attention_mask):
+    def forward(self, x, past, attention_mask):
         if self.pre_ln:
-            a, present_k, present_v = self.attn(self.ln_1(x), past_k, past_v, attention_mask)
+            a, presents = self.attn(self.ln_1(x), past, attention_mask)
             x = x + a
-            return x + self.mlp(self.ln_2(x)), present_k, present_v
-        a, present_k, present_v = self.attn(x, past_k, past_v, attention_mask)
+            return x + self.mlp(self.ln_2(x)), presents
+        a, presents = self.attn(x, past, attention_mask)
         x = self.ln_1(x + a)
-        return self.ln_2(x + self.mlp(x)), present_k, present_v
+        return self.ln_2(x + self.mlp(x)), presents
 
 
 class GPT(nn.Module):
@@ -127,14 +142,15 @@ class GPT(nn.Module):
                 "n_segments": cfg.n_segments,
                 "pre_ln": cfg.pre_ln,
                 "tied_lm_head": cfg.tied_lm_head,
+                **({"attention_kind": cfg.attention_kind} if cfg.attention_kind != "dot" else {}),
             },
             "gelu": cfg.gelu,
         }
 
     def empty_cache(self, batch: int) -> list[torch.Tensor]:
-        """Past key/value tensors of length 0, interleaved [k0, v0, k1, v1, ...]."""
+        """Past cache tensors of length 0, layer by layer in `cfg.cache_parts` order ([k0, v0, k1, v1, ...])."""
         shape = (batch, self.cfg.n_head, 0, self.cfg.head_dim)
-        return [torch.zeros(shape) for _ in range(2 * self.cfg.n_layer)]
+        return [torch.zeros(shape) for _ in range(len(self.cfg.cache_parts) * self.cfg.n_layer)]
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor, token_type_ids=None, inputs_embeds=None):
         """Token (or given) embeddings plus position and segment embeddings."""
@@ -159,10 +175,11 @@ class GPT(nn.Module):
         for the rest.
         """
         x = self.embed(input_ids, position_ids, token_type_ids)
+        parts = len(self.cfg.cache_parts)
         presents = []
         for i, block in enumerate(self.blocks):
-            x, present_k, present_v = block(x, past[2 * i], past[2 * i + 1], attention_mask)
-            presents += [present_k, present_v]
+            x, present = block(x, past[parts * i : parts * (i + 1)], attention_mask)
+            presents += present
         x = self.ln_f(x)
         index = logits_positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         return self.lm_head(torch.gather(x, 1, index)), presents
@@ -176,9 +193,10 @@ class GPT(nn.Module):
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         mask = torch.ones_like(input_ids)
         x = self.embed(input_ids, positions, token_type_ids, inputs_embeds)
-        empty = torch.zeros(batch, self.cfg.n_head, 0, self.cfg.head_dim, device=input_ids.device)
+        empty = [torch.zeros(batch, self.cfg.n_head, 0, self.cfg.head_dim, device=input_ids.device)] * len(
+            self.cfg.cache_parts)
         for block in self.blocks:
-            x, _, _ = block(x, empty, empty, mask)
+            x, _ = block(x, empty, mask)
         return self.lm_head(self.ln_f(x))
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, token_type_ids=None) -> torch.Tensor:

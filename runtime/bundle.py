@@ -10,6 +10,8 @@ followed) inside the folder, and its sha256, recorded by `write`, is checked by 
 
 Optional blocks: `generation` holds the default decoding options of a decoder bundle (`GENERATION_FIELDS`);
 `session` holds onnxruntime session settings (`SESSION_FIELDS`) that a caller's arguments override.
+A decoder's `kv_cache.past_key` and `present_key` are null when its attention reads no keys (the dense and random
+synthesizers): the cache then holds values only.
 """
 
 from __future__ import annotations
@@ -56,9 +58,7 @@ _CAUSAL_LM_SCHEMA: dict[str, Any] = {
     "kv_cache": {
         "layout": str,
         "padding_side": str,
-        "past_key": str,
         "past_value": str,
-        "present_key": str,
         "present_value": str,
     },
     "attention": str,
@@ -111,6 +111,24 @@ def layer_names(pattern: Any, where: str, n_layer: int) -> list[str]:
     return [pattern.format(layer=i) for i in range(n_layer)]
 
 
+def cache_parts(kv: dict) -> tuple[str, ...]:
+    """What a decoder caches per layer, in graph order: ("key", "value"), or ("value",) when the key patterns are
+    null."""
+    return ("value",) if kv["past_key"] is None else ("key", "value")
+
+
+def _check_key_patterns(kv: dict) -> None:
+    for part in ("past_key", "present_key"):
+        if part not in kv:
+            raise BundleError(f"manifest field 'kv_cache.{part}' is missing")
+        if kv[part] is not None and not isinstance(kv[part], str):
+            raise BundleError(f"manifest field 'kv_cache.{part}' must be str or null (a cache of values only), "
+                              f"got {kv[part]!r}")
+    if (kv["past_key"] is None) != (kv["present_key"] is None):
+        raise BundleError("manifest fields 'kv_cache.past_key' and 'kv_cache.present_key' must both be null "
+                          "(a cache of values only) or both name tensors")
+
+
 def _check_decoder(data: dict) -> None:
     """Numbers and names of a decoder manifest that hold without the graph (session checks do the rest)."""
     model = data["model"]
@@ -120,9 +138,12 @@ def _check_decoder(data: dict) -> None:
         raise BundleError(f"manifest model.max_positions is {model['max_positions']}: a decoder needs 2 or more "
                           "(a prompt token and the one it generates)")
     kv = data["kv_cache"]
-    for side, parts in (("inputs", ("past_key", "past_value")), ("outputs", ("present_key", "present_value"))):
+    _check_key_patterns(kv)
+    cached = cache_parts(kv)
+    for side, prefix in (("inputs", "past"), ("outputs", "present")):
+        parts = [f"{prefix}_{part}" for part in cached]
         names = {spec["name"] for spec in data[side]}
-        if 2 * model["n_layer"] > len(names):  # before formatting n_layer names: n_layer may be huge
+        if len(parts) * model["n_layer"] > len(names):  # before formatting n_layer names: n_layer may be huge
             raise BundleError(f"manifest model.n_layer is {model['n_layer']} but the graph has only "
                               f"{len(names)} {side}")
         for part in parts:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import load_tokenizer
+from ..bundle import cache_parts, load_tokenizer
 from ..errors import InputError
 from ..session import open_session
 from . import generate as front_door
@@ -52,7 +52,7 @@ class CausalLM:
         self.shared_cache = kv["layout"] == "shared_buffer"
         # "query_key": the graph takes (batch, seq, total) masks, so callers may pass any pattern (tree scoring)
         self.query_key_mask = manifest.get("attention_mask", "key") == "query_key"
-        layers = [(i, part) for i in range(self.n_layer) for part in ("key", "value")]
+        layers = [(i, part) for i in range(self.n_layer) for part in cache_parts(kv)]  # values only: synthesizers
         self.past_names = [kv[f"past_{part}"].format(layer=i) for i, part in layers]
         self.present_names = [kv[f"present_{part}"].format(layer=i) for i, part in layers]
         self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
