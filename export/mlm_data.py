@@ -13,7 +13,9 @@ altogether, so no test explanation is ever seen by the MLM.
 Everything the training step needs is written under ``--out`` (default ``data/mlm``): ``tokenizer.json`` (WordPiece,
 CJK characters one token each, trained on the corpus), ``train.npz`` / ``valid.npz`` (``ids``: uint16 (rows, seq)
 [CLS] text [SEP] rows padded with 0; ``word_start``: bit-packed, 1 where a token begins a jieba word, which is what
-whole-word masking needs at training time), ``sentiment.jsonl`` and ``stats.json``. The split is per document
+whole-word masking needs at training time), ``sentiment.jsonl`` and ``stats.json``. The vocabulary is trained here
+rather than taken from BERT-Chinese's vocab.txt (cn-clip's copy): on the held-out documents it left 0.09% of the
+tokens unknown against 1.34%, with 8,139 embedding rows against 21,128 (at width 128, 4.2 MB against 10.8 MB). The split is per document
 (a chapter paragraph, an idiom, a fortune, a manual paragraph). Run ``python -m edgeinfer.export.mlm_data``.
 """
 
@@ -234,7 +236,8 @@ def build(out: Path, vocab_size: int, seq: int, valid_frac: float, seed: int) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/mlm"))
-    parser.add_argument("--vocab-size", type=int, default=6000)
+    parser.add_argument("--vocab-size", type=int, default=6000,
+                        help="WordPiece target size; every character of the training text is kept even past it")
     parser.add_argument("--seq", type=int, default=128, help="tokens per row, [CLS] and [SEP] included")
     parser.add_argument("--valid-frac", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=0)
