@@ -1,0 +1,124 @@
+"""What int8 and int4 weights cost the shipped decoders: validation perplexity at fp32, int8 and int4 side by side.
+
+    python benchmarks/quantized_quality.py [--sequences 100]
+
+Quantizes each shipped decoder bundle's graph as `edgeinfer export --quantize` would (export/quantize.py) into
+build/quality/<bundle>-<int8|int4>/, then scores the same held-out sequences with all three through
+`CausalLM.logits` (per-token cross-entropy, teacher-forced):
+- xiangqi: games of data/xiangqi/games.jsonl (the last `--sequences`), as the bundle reads them: the start token,
+  then each move's four ICCS characters, at most max_positions tokens;
+- chat: dialogues of data/chat/valid.npz, each turn's text re-encoded with the bundle's own tokenizer as
+  [CLS] turn [SEP] turn [SEP] ... with the turn's speaker segment, at most max_positions tokens.
+Also reports the top-1 agreement of each quantized bundle with fp32's next-token choice. Writes
+results/quantized_quality.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+from driver import ROOT, write_results
+from tokenizers import Tokenizer
+
+import edgeinfer
+from edgeinfer.bundle import Manifest
+from edgeinfer.export.quantize import RECORDS, quantize_weights
+from edgeinfer.loader import default_bundle
+
+WORK = ROOT / "build" / "quality"
+
+
+def quantized_copy(bundle: Path, kind: str) -> Path:
+    """`bundle` with `kind` weights, made once under build/quality/."""
+    out = WORK / f"{bundle.name}-{kind}"
+    if (out / "manifest.json").exists():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle, out)
+    quantize_weights(bundle / "model.onnx", out / "model.onnx", kind)
+    _, manifest = Manifest.read(out, verify=False)
+    manifest["quantization"] = RECORDS[kind]
+    manifest.write(out)
+    return out
+
+
+def xiangqi_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], None]]:
+    vocab = json.loads((bundle / "manifest.json").read_text())["vocab"]
+    ids = {symbol: i for i, symbol in enumerate(vocab)}
+    lines = (ROOT / "data" / "xiangqi" / "games.jsonl").read_text().splitlines()[-n:]
+    return [([0, *(ids[c] for c in json.loads(line)["moves"].replace(" ", ""))][:limit], None) for line in lines]
+
+
+def chat_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], list[int]]]:
+    data = np.load(ROOT / "data" / "chat" / "valid.npz")
+    source = Tokenizer.from_file(str(ROOT / "data" / "chat" / "tokenizer.json"))
+    target = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    special = json.loads((bundle / "manifest.json").read_text())["special_tokens"]
+    offsets, ids, segments = data["offsets"], data["input_ids"], data["segment_ids"]
+    out = []
+    for start, end in itertools.pairwise(offsets[: n + 1]):
+        row, seg = ids[start:end].astype(int), segments[start:end].astype(int)
+        tokens, types = [special["cls"]], [int(seg[0])]
+        cuts = [0, *np.flatnonzero(np.diff(seg)) + 1, len(seg)]
+        for a, b in itertools.pairwise(cuts):
+            text = source.decode(row[a:b].tolist(), skip_special_tokens=True)
+            turn = target.encode(text, add_special_tokens=False).ids + [special["sep"]]
+            tokens += turn
+            types += [int(seg[a])] * len(turn)
+        out.append((tokens[:limit], types[:limit]))
+    return out
+
+
+def score(model, sequences) -> tuple[float, list[np.ndarray]]:
+    """Mean next-token cross-entropy (nats) over all sequences, and each sequence's next-token choices."""
+    total, count, choices = 0.0, 0, []
+    for tokens, types in sequences:
+        ids = np.array([tokens])
+        logits = model.logits(ids, token_type_ids=None if types is None else np.array([types]))[0, :-1]
+        logits = logits - logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].sum())
+        count += len(tokens) - 1
+        choices.append(logits.argmax(-1))
+    return total / count, choices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sequences", type=int, default=100)
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    args = parser.parse_args()
+    readers = {"xiangqi": xiangqi_sequences, "chat": chat_sequences}
+    report, rows = {"sequences": args.sequences, "bundles": {}, "skipped": {}}, []
+    for name, read in readers.items():
+        bundle = default_bundle(name)
+        limit = json.loads((bundle / "manifest.json").read_text())["model"]["max_positions"]
+        sequences = read(bundle, args.sequences, limit)
+        results, reference = {}, None
+        for kind in ("none", "int8", "int4"):
+            folder = bundle if kind == "none" else quantized_copy(bundle, kind)
+            loss, choices = score(edgeinfer.load(folder, device="cpu"), sequences)
+            reference = reference or choices
+            agree = float(np.mean(np.concatenate([a == b for a, b in zip(choices, reference, strict=True)])))
+            size = (folder / "model.onnx").stat().st_size
+            results[kind] = {"loss": loss, "perplexity": math.exp(loss), "top1_agreement_with_fp32": agree,
+                             "model_bytes": size}
+            rows.append(f"| {name} | {kind if kind != 'none' else 'fp32'} | {loss:.4f} | {math.exp(loss):.3f} | "
+                        f"{agree:.3f} | {size / 1e6:.2f} |")
+            print(rows[-1], flush=True)
+        report["bundles"][name] = {"tokens": sum(len(t) - 1 for t, _ in sequences), **results}
+    table = "\n".join(["| bundle | weights | loss (nats/token) | perplexity | top-1 = fp32's | model MB |",
+                       "|---|---|---|---|---|---|", *rows])
+    note = (f"{args.sequences} held-out sequences per bundle (xiangqi: data/xiangqi/games.jsonl, chat: "
+            "data/chat/valid.npz re-encoded), teacher-forced")
+    write_results(args.results, "quantized_quality", report, table, note)
+
+
+if __name__ == "__main__":
+    main()
