@@ -35,8 +35,9 @@ WORK = ROOT / "build" / "quality"
 
 
 def quantized_copy(bundle: Path, kind: str) -> Path:
-    """`bundle` with `kind` weights, made once under build/quality/."""
-    out = WORK / f"{bundle.name}-{kind}"
+    """`bundle` with `kind` weights, made once per graph under build/quality/."""
+    digest = json.loads((bundle / "manifest.json").read_text())["sha256"]["model.onnx"][:12]
+    out = WORK / f"{bundle.name}-{digest}-{kind}"
     if (out / "manifest.json").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
