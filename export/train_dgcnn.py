@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--negatives", type=int, default=2, help="answerless passages per question per epoch")
+    parser.add_argument("--template-share", type=float, default=1.0,
+                        help="share of the template questions (idiom, 三国 cloze, fortune) kept for training; "
+                             "below 1 a warm start spends its steps on the reading questions")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this DGCNN bundle's weights and vocabularies (the sizes below are then its own)")
     parser.add_argument("--dim", type=int, default=96)
@@ -233,6 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     texts, data = load(args.data)
+    templates = {"idiom", "sanguo", "fortune"}  # the kinds of the template sources (qa_data)
+    keep = random.Random(args.seed)
+    data["train"] = [ex for ex in data["train"] if ex["kind"] not in templates or keep.random() < args.template_share]
     if args.init:
         from .qa_bundle import reader_from_bundle  # onnx, only for a warm start
 
