@@ -5,7 +5,8 @@ the Python API).
     python benchmarks/cold_start.py [--repeats 5] [--cases ...]
 
 Every sample is a new interpreter; its time runs from just before the parent starts it to the moment the child has
-its first token or answer, so interpreter start-up and imports count. The child also reports its phases (import,
+its first token or answer, so interpreter start-up and imports count. The process's CPU time (user + system, to its
+exit) is reported too: on a shared machine it moves far less with the load than the wall time does. The child also reports its phases (import,
 load, first call). Cases run interleaved, once untimed first (which fills the optimized-graph cache of the cached
 cases and the page cache of all of them), and the medians are reported. The GPT-2-small artifacts are the ones
 `benchmarks/decode_peers.py` prepares under build/bench/peers/hf-gpt2-small/ (run it first); CTranslate2 runs in
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,15 +91,18 @@ def cases(cache_dir: Path) -> dict[str, tuple[list[str], dict]]:
 def sample(argv: list[str], extra: dict, threads: int) -> dict:
     """One fresh process: its phases (seconds since the parent started it), or the end of the process for the CLI."""
     env = {**os.environ, **extra, "EDGEINFER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     proc = subprocess.run(argv, env={**env, "COLD_START": repr(start)}, capture_output=True, text=True, check=False,
                           cwd=ROOT)
     ended = round(time.time() - start, 4)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 4)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]}
     last = proc.stdout.strip().splitlines()[-1]
     phases = json.loads(last) if last.startswith("{\"started\"") else {}
-    return {**phases, "first": phases.get("first", ended), "exited": ended}
+    return {**phases, "first": phases.get("first", ended), "exited": ended, "cpu": cpu}
 
 
 def main() -> None:
@@ -127,11 +132,12 @@ def main() -> None:
     for name, samples in runs.items():
         good = [s for s in samples if "error" not in s]
         summary[name] = {key: statistics.median(s[key] for s in good)
-                         for key in ("started", "imported", "loaded", "first") if good and key in good[0]}
+                         for key in ("started", "imported", "loaded", "first", "cpu") if good and key in good[0]}
     rows = [f"| {name} | {s.get('started', float('nan')):.2f} | {s.get('imported', float('nan')):.2f} | "
-            f"{s.get('loaded', float('nan')):.2f} | {s['first']:.2f} |" for name, s in summary.items() if "first" in s]
-    table_md = "\n".join(["| case | interpreter up s | imported s | loaded s | first token / answer s |",
-                          "|---|---|---|---|---|", *rows])
+            f"{s.get('loaded', float('nan')):.2f} | {s['first']:.2f} | {s['cpu']:.2f} |"
+            for name, s in summary.items() if "first" in s]
+    table_md = "\n".join(["| case | interpreter up s | imported s | loaded s | first token / answer s | process CPU s |",
+                          "|---|---|---|---|---|---|", *rows])
     note = (f"seconds from process start, medians of {args.repeats} interleaved fresh processes after one untimed "
             f"each; {args.threads} threads; load average before {before['loadavg']}, after {machine()['loadavg']}")
     report = {"repeats": args.repeats, "threads": args.threads, "machine_before": before, "machine_after": machine(),
