@@ -264,7 +264,7 @@ def _edit(folder, change) -> None:
 
 def test_chat_takes_its_defaults_from_the_generation_block(chat_copy):
     shipped = Chat(edgeinfer.load(chat_copy, device="cpu"), seed=1)
-    assert shipped.settings.sampling.do_sample and shipped.settings.sampling.top_k == 5
+    assert shipped.settings.sampling.do_sample and shipped.settings.sampling.top_p == 0.9
     _edit(chat_copy, lambda m: m["generation"].update(do_sample=False, max_new_tokens=3))
     model = edgeinfer.load(chat_copy, device="cpu")
     chat = Chat(model, seed=1)
