@@ -5,8 +5,9 @@
 Quantizes each shipped decoder bundle's graph as `edgeinfer export --quantize` would (export/quantize.py) into
 build/quality/<bundle>-<int8|int4>/, then scores the same held-out sequences with all three through
 `CausalLM.logits` (per-token cross-entropy, teacher-forced):
-- xiangqi: games of data/xiangqi/games.jsonl (the last `--sequences`), as the bundle reads them: the start token,
-  then each move's four ICCS characters, at most max_positions tokens;
+- xiangqi: one position from each of the first `--sequences` test-split games of data/xiangqi/games.jsonl, as the bundle reads
+  it: the position's prompt (the board seen from the side to move), then fairy-stockfish's move; only the move's
+  four characters are scored;
 - chat: dialogues of data/chat/valid.npz, each turn's text re-encoded with the bundle's own tokenizer as
   [CLS] turn [SEP] turn [SEP] ... with the turn's speaker segment, at most max_positions tokens.
 Also reports the top-1 agreement of each quantized bundle with fp32's next-token choice. Writes
@@ -29,7 +30,10 @@ from tokenizers import Tokenizer
 import edgeinfer
 from edgeinfer.bundle import Manifest
 from edgeinfer.export.quantize import RECORDS, quantize_weights
+from edgeinfer.export.xiangqi_data import load_games, split_of
 from edgeinfer.loader import default_bundle
+from edgeinfer.xiangqi import Board
+from edgeinfer.xiangqi.tokens import board_tokens, move_tokens, oriented_move
 
 WORK = ROOT / "build" / "quality"
 
@@ -49,14 +53,19 @@ def quantized_copy(bundle: Path, kind: str) -> Path:
     return out
 
 
-def xiangqi_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], None]]:
-    vocab = json.loads((bundle / "manifest.json").read_text())["vocab"]
-    ids = {symbol: i for i, symbol in enumerate(vocab)}
-    lines = (ROOT / "data" / "xiangqi" / "games.jsonl").read_text().splitlines()[-n:]
-    return [([0, *(ids[c] for c in json.loads(line)["moves"].replace(" ", ""))][:limit], None) for line in lines]
+def xiangqi_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], None, int]]:
+    """(prompt + label move, no segments, index of the first scored token) for the middle position of each game."""
+    out = []
+    games = [g for g in load_games(ROOT / "data" / "xiangqi" / "games.jsonl") if split_of(g["moves"]) == "test"]
+    for game in games[:n]:
+        moves, labels = game["moves"].split(), game["labels"].split()
+        board = Board.from_moves(moves[: len(moves) // 2], max_plies=None)
+        prompt = board_tokens(board.squares, board.side)
+        out.append((prompt + move_tokens(oriented_move(labels[len(moves) // 2], board.side)), None, len(prompt)))
+    return out
 
 
-def chat_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], list[int]]]:
+def chat_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], list[int], int]]:
     data = np.load(ROOT / "data" / "chat" / "valid.npz")
     source = Tokenizer.from_file(str(ROOT / "data" / "chat" / "tokenizer.json"))
     target = Tokenizer.from_file(str(bundle / "tokenizer.json"))
@@ -72,20 +81,21 @@ def chat_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], li
             turn = target.encode(text, add_special_tokens=False).ids + [special["sep"]]
             tokens += turn
             types += [int(seg[a])] * len(turn)
-        out.append((tokens[:limit], types[:limit]))
+        out.append((tokens[:limit], types[:limit], 1))
     return out
 
 
 def score(model, sequences) -> tuple[float, list[np.ndarray]]:
-    """Mean next-token cross-entropy (nats) over all sequences, and each sequence's next-token choices."""
+    """Mean next-token cross-entropy (nats) over the scored tokens of all sequences (from each one's `start`), and
+    each sequence's next-token choices there."""
     total, count, choices = 0.0, 0, []
-    for tokens, types in sequences:
+    for tokens, types, start in sequences:
         ids = np.array([tokens])
-        logits = model.logits(ids, token_type_ids=None if types is None else np.array([types]))[0, :-1]
+        logits = model.logits(ids, token_type_ids=None if types is None else np.array([types]))[0, start - 1 : -1]
         logits = logits - logits.max(-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        total -= float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].sum())
-        count += len(tokens) - 1
+        total -= float(log_probs[np.arange(len(tokens) - start), tokens[start:]].sum())
+        count += len(tokens) - start
         choices.append(logits.argmax(-1))
     return total / count, choices
 
@@ -113,7 +123,7 @@ def main() -> None:
             rows.append(f"| {name} | {kind if kind != 'none' else 'fp32'} | {loss:.4f} | {math.exp(loss):.3f} | "
                         f"{agree:.3f} | {size / 1e6:.2f} |")
             print(rows[-1], flush=True)
-        report["bundles"][name] = {"tokens": sum(len(t) - 1 for t, _ in sequences), **results}
+        report["bundles"][name] = {"tokens": sum(len(t) - start for t, _, start in sequences), **results}
     table = "\n".join(["| bundle | weights | loss (nats/token) | perplexity | top-1 = fp32's | model MB |",
                        "|---|---|---|---|---|---|", *rows])
     note = (f"{args.sequences} held-out sequences per bundle (xiangqi: data/xiangqi/games.jsonl, chat: "

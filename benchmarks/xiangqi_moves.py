@@ -1,6 +1,7 @@
 """Xiangqi move model: speed of move choice, agreement with the engine, and match results, in one command.
 
     python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1,100,1000]
+        [--parts latency,agreement,random,engine] [--out results/xiangqi_moves.json]
 
 1. latency of choosing a move at plies 10, 40 and 80 of test games: the tree scorer (the prompt once, every legal
    move in one call) against one full forward pass per legal move (prompt + move, no cache), same bundle;
@@ -13,7 +14,7 @@
    and its game end) as well as by `edgeinfer.xiangqi`, and a disagreement stops the run. In the random-mover
    games, how often the model takes a free capture (a capture the opponent cannot answer by recapturing) and plays
    mate in one when it has them.
-Writes results/xiangqi_moves.json.
+Writes --out (results/xiangqi_moves.json).
 """
 
 from __future__ import annotations
@@ -174,39 +175,49 @@ def play_match(mover: MoveModel, opponent, games: int, seed: int, count_tactics:
     return tally
 
 
+PARTS = ("latency", "agreement", "random", "engine")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--data", default="data/xiangqi", type=Path)
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--nodes", default="1,100,1000", help="fairy-stockfish node budgets to play against")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} to run")
     parser.add_argument("--positions", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/xiangqi_moves.json"))
     args = parser.parse_args()
+    parts = args.parts.split(",")
 
     from edgeinfer.loader import default_bundle
 
     model = edgeinfer.load(args.bundle or default_bundle("xiangqi"), device="cpu")
     mover = MoveModel(model)
     test_games = [g for g in load_games(args.data / "games.jsonl") if split_of(g["moves"]) == "test"]
-    results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d"),
-               "latency": latency(model, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats)}
-    results["agreement"] = agreement(model, test_games, args.positions, args.seed)
-    print(results["agreement"], flush=True)
-    results["vs_random"] = play_match(mover, lambda board, rng: rng.choice(board.legal_moves()), args.games,
-                                      args.seed, count_tactics=True)
-    print("vs random", results["vs_random"], flush=True)
-    engine = UciEngine(DEFAULT_ENGINE)
-    for nodes in [int(n) for n in args.nodes.split(",")]:
-        def stockfish(board, rng, nodes=nodes):
-            return uci_to_iccs(engine.best_move([iccs_to_uci(m) for m in board.move_stack], nodes))
+    results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d")}
+    if "latency" in parts:
+        results["latency"] = latency(model, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats)
+    if "agreement" in parts:
+        results["agreement"] = agreement(model, test_games, args.positions, args.seed)
+        print(results["agreement"], flush=True)
+    if "random" in parts:
+        results["vs_random"] = play_match(mover, lambda board, rng: rng.choice(board.legal_moves()), args.games,
+                                          args.seed, count_tactics=True)
+        print("vs random", results["vs_random"], flush=True)
+    if "engine" in parts:
+        engine = UciEngine(DEFAULT_ENGINE)
+        for nodes in [int(n) for n in args.nodes.split(",")]:
+            def stockfish(board, rng, nodes=nodes):
+                return uci_to_iccs(engine.best_move([iccs_to_uci(m) for m in board.move_stack], nodes))
 
-        results[f"vs_fairy_stockfish_nodes{nodes}"] = play_match(mover, stockfish, args.games, args.seed)
-        print(f"vs fairy-stockfish nodes {nodes}", results[f"vs_fairy_stockfish_nodes{nodes}"], flush=True)
-    engine.close()
-    Path("results").mkdir(exist_ok=True)
-    Path("results/xiangqi_moves.json").write_text(json.dumps(results, indent=1) + "\n")
+            results[f"vs_fairy_stockfish_nodes{nodes}"] = play_match(mover, stockfish, args.games, args.seed)
+            print(f"vs fairy-stockfish nodes {nodes}", results[f"vs_fairy_stockfish_nodes{nodes}"], flush=True)
+        engine.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
 
