@@ -333,9 +333,11 @@ def test_score_refuses_junk_and_foreign_prefixes_and_positions_past_the_model(ch
     for prefix in ("x", chat_model.prefill([101, 872])):
         with pytest.raises(InputError, match="prefix must be a Prefix from this model's prefill"):
             xiangqi.score(prefix, [[1, 2]])
-    with pytest.raises(InputError, match="a prefix of 1020 tokens and candidates of 10 leave the model's 1024"):
-        xiangqi.score(xiangqi.prefill([1] * 1020), [[1] * 10])
-    assert xiangqi.score(xiangqi.prefill([1] * 1020), [[1] * 5]).shape == (1,)  # the last token is never fed
+    positions = xiangqi.max_positions
+    with pytest.raises(InputError, match=f"a prefix of {positions - 4} tokens and candidates of 10 leave the model's "
+                                         f"{positions}"):
+        xiangqi.score(xiangqi.prefill([1] * (positions - 4)), [[1] * 10])
+    assert xiangqi.score(xiangqi.prefill([1] * (positions - 4)), [[1] * 5]).shape == (1,)  # the last token is never fed
 
 
 @pytest.mark.parametrize("prompt", ["\udcff", "a\udcffb"])

@@ -34,10 +34,11 @@ class MoveModel:
         manifest = model.manifest
         if manifest["task"] != "xiangqi":
             raise BundleError(f"moves need a bundle for task 'xiangqi'; this one is for task {manifest['task']!r}")
-        if manifest.get("input") != "board" or manifest.get("vocab") != VOCAB:
+        why = ("manifest 'input' is {!r}, not 'board'".format(manifest.get("input")) if manifest.get("input") != "board"
+               else "manifest 'vocab' is not the board prompt's 35 tokens" if manifest.get("vocab") != VOCAB else None)
+        if why:
             raise BundleError(f"bundle {model.folder}: its model does not read the board prompt of this runtime "
-                              f"(manifest 'input' {manifest.get('input')!r}, or a different 'vocab'); re-export it "
-                              "with python -m edgeinfer.export.train_xiangqi --export-only")
+                              f"({why}); retrain it with python -m edgeinfer.export.train_xiangqi")
         self.model = model
 
     def score(self, board: Board) -> list[ScoredMove]:
