@@ -35,7 +35,7 @@ def apply_repetition_penalty(logits: np.ndarray, seen: list[np.ndarray], penalty
     for row, tokens in enumerate(seen):
         if tokens.size:
             values = logits[row, tokens]
-            with np.errstate(over="ignore"):
+            with np.errstate(over="ignore", divide="ignore"):  # a penalty below float32's range divides by 0
                 logits[row, tokens] = np.clip(np.where(values > 0, values / penalty, values * penalty), -largest, largest)
 
 
