@@ -10,18 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import edgeinfer
-
-
-def char_f1(pred: str, gold: str) -> float:
-    common = sum((Counter(pred) & Counter(gold)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(gold)
-    return 2 * precision * recall / (precision + recall)
+from edgeinfer.export.qa_data import char_f1
 
 
 def evaluate(reader, examples: list[dict], threshold: float | None) -> dict:

@@ -84,6 +84,15 @@ def crop(text: str, center: int, width: int) -> str:
     return text[start : start + width]
 
 
+def char_f1(pred: str, gold: str) -> float:
+    """Character-overlap F1, the usual metric for Chinese extractive QA."""
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
 def cjk_ratio(text: str) -> float:
     """Share of CJK ideographs: filters out the technical (gdb, shell) fortunes."""
     return len(CJK.findall(text)) / max(1, len(text))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from edgeinfer.qa.spans import top_spans, vote_totals
 
 from .dgcnn import PAD, UNK, DGCNNConfig, DGCNNReader, encode, reader_loss
+from .qa_data import char_f1
 from .qa_questions import MAX_ANSWER, MAX_QUESTION
 from .qa_reading import MAX_PASSAGE
 from .qa_segment import load
@@ -130,15 +131,6 @@ def batches(enc: Encoded, pairs: Pairs, rows: np.ndarray, batch_size: int, rng: 
     rows = rows[np.argsort(enc.lengths[pairs.passage[rows]] + rng.random(len(rows)) * 8)]
     chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     return [chunks[i] for i in rng.permutation(len(chunks))]
-
-
-def char_f1(pred: str, gold: str) -> float:
-    """Character-overlap F1, the usual metric for Chinese extractive QA."""
-    common = sum((Counter(pred) & Counter(gold)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(gold)
-    return 2 * precision * recall / (precision + recall)
 
 
 @torch.no_grad()
