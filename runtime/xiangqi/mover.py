@@ -76,6 +76,9 @@ class MoveModel:
 def _losing_by_repetition(board: Board, moves: list[str]) -> set[str]:
     """The moves after which the repetition rules end the game as a loss for the side that played them."""
     mover, losing = board.turn, set()
+    # a 3rd occurrence needs two cycles of 4+ plies, none a capture, all played on this board
+    if min(board.halfmove, len(board.move_stack)) + 1 < 4 * (REPETITION_COUNT - 1):
+        return losing
     for move in moves:
         board.push(move)
         if board.repetitions() >= REPETITION_COUNT:
