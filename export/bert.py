@@ -331,6 +331,15 @@ def _export_encoder(source, task: str, out_dir: Path, tolerance: float | None, q
     return manifest
 
 
+def reader_layout(cfg: BertConfig, max_seq_len: int = 384, stride: int = 128) -> dict[str, int]:
+    """How the runtime windows text for a BERT reader of this shape: tokens per window, tokens shared by neighbouring
+    windows, the longest question kept and the separators after it (training builds its windows the same way)."""
+    window = min(max_seq_len, cfg.max_length)
+    separators = SEPARATORS[cfg.architecture]
+    return {"window": window, "stride": min(stride, window // 4),
+            "max_question_len": min(64, (window - 2 - separators) // 2), "separators": separators}
+
+
 def export_bert_qa_bundle(
     source,
     out_dir: str | Path,
@@ -341,26 +350,26 @@ def export_bert_qa_bundle(
     max_seq_len: int = 384,
     stride: int = 128,
     max_answer_len: int = 30,
+    threshold: float = 0.0,
+    null_token: bool = False,
 ) -> dict:
     """Export a BERT, DistilBERT or RoBERTa QA checkpoint (folder or in-memory model) to an extractive-QA bundle;
     returns the manifest.
 
     attention "contrib" is onnxruntime's MultiHeadAttention, with its own CPU and CUDA kernels; "standard" is opset-23
     Attention, for any provider. At sequence 384 on this CPU they measured the same (1.83 and 1.81 sequences/s for
-    BERT-base, benchmarks/qa_peers.py): the matrix products dominate there.
+    BERT-base, benchmarks/qa_peers.py): the matrix products dominate there. `threshold` is the reader's default span
+    probability below which it answers nothing; `null_token` marks a reader trained to point at [CLS] when a window
+    holds no answer (the runtime then normalises span probabilities against that token).
     """
 
     def reader_fields(model: BertEncoder) -> dict:
-        window = min(max_seq_len, model.cfg.max_length)
-        separators = SEPARATORS[model.cfg.architecture]
         return {"reader": "bert", "qa": {
             "unit": "token",
-            "window": window,
-            "stride": min(stride, window // 4),
+            **reader_layout(model.cfg, max_seq_len, stride),
             "max_answer_len": max_answer_len,
-            "max_question_len": min(64, (window - 2 - separators) // 2),
-            "separators": separators,
-            "threshold": 0.0,
+            "threshold": threshold,
+            "null_token": null_token,
             "batch_size": 8,
             "batch_tokens": 2048,  # most tokens per session call: see Reader.answer
             "span_score": "start_logit + end_logit (reported as exp of the window's log-softmaxes)",

@@ -84,6 +84,16 @@ def crop(text: str, center: int, width: int) -> str:
     return text[start : start + width]
 
 
+TEMPLATE_KINDS = frozenset({"idiom", "sanguo", "fortune"})  # the kinds of the template sources below
+
+
+def reading_share(examples: list[dict], template_share: float, seed: int) -> list[dict]:
+    """The examples with only a seeded `template_share` of the template questions kept, so that training spends its
+    steps on the reading questions."""
+    keep = random.Random(seed)
+    return [ex for ex in examples if ex["kind"] not in TEMPLATE_KINDS or keep.random() < template_share]
+
+
 def char_f1(pred: str, gold: str) -> float:
     """Character-overlap F1, the usual metric for Chinese extractive QA."""
     common = sum((Counter(pred) & Counter(gold)).values())

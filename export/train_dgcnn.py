@@ -27,7 +27,7 @@ from tqdm import tqdm
 from edgeinfer.qa.spans import top_spans, vote_totals
 
 from .dgcnn import PAD, UNK, DGCNNConfig, DGCNNReader, encode, reader_loss
-from .qa_data import char_f1
+from .qa_data import char_f1, reading_share
 from .qa_questions import MAX_ANSWER, MAX_QUESTION
 from .qa_reading import MAX_PASSAGE
 from .qa_segment import load
@@ -228,9 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     texts, data = load(args.data)
-    templates = {"idiom", "sanguo", "fortune"}  # the kinds of the template sources (qa_data)
-    keep = random.Random(args.seed)
-    data["train"] = [ex for ex in data["train"] if ex["kind"] not in templates or keep.random() < args.template_share]
+    data["train"] = reading_share(data["train"], args.template_share, args.seed)
     if args.init:
         from .qa_bundle import reader_from_bundle  # onnx, only for a warm start
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .bert import BertConfig, BertMLM
+from .bert import BertConfig, BertMLM, BertQA
 from .mlm_data import SPECIAL_TOKENS, load_rows
 from .train_gpt import autocast
 
@@ -170,30 +170,37 @@ def load(work: Path) -> BertMLM:
     return model.eval()
 
 
-def to_transformers(model: BertMLM):
-    """The same weights as a transformers `BertForMaskedLM` (the inverse of `hf_import.import_bert_mlm`)."""
+def to_transformers(model: BertMLM | BertQA):
+    """The same weights as a transformers `BertForMaskedLM` or `BertForQuestionAnswering` (the inverse of
+    `hf_import.import_bert_mlm` and `import_bert_qa`)."""
     import transformers
 
     from .hf_import import BERT_LAYER, _encoder_modules
 
     cfg = model.cfg
-    hf = transformers.BertForMaskedLM(transformers.BertConfig(
+    config = transformers.BertConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
         intermediate_size=cfg.intermediate, max_position_embeddings=cfg.max_positions,
         type_vocab_size=cfg.type_vocab_size, layer_norm_eps=cfg.layer_norm_eps, hidden_act="gelu", pad_token_id=PAD,
-        tie_word_embeddings=True))
-    modules = _encoder_modules(model, "bert", "encoder.layer", BERT_LAYER) | {
-        "transform": ("cls.predictions.transform.dense",), "transform_norm": ("cls.predictions.transform.LayerNorm",),
-        "": ("cls.predictions",)}
+        tie_word_embeddings=True)
+    modules = _encoder_modules(model, "bert", "encoder.layer", BERT_LAYER)
+    if isinstance(model, BertQA):
+        hf, tied = transformers.BertForQuestionAnswering(config), set()
+        modules |= {"qa": ("qa_outputs",)}
+    else:
+        hf, tied = transformers.BertForMaskedLM(config), {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+        modules |= {"transform": ("cls.predictions.transform.dense",),
+                    "transform_norm": ("cls.predictions.transform.LayerNorm",), "": ("cls.predictions",)}
     state = {}
     for name, tensor in model.state_dict().items():
         module, _, part = name.rpartition(".")
         state[f"{modules[module][0]}.{part}"] = tensor
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    left = set(missing) - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    left = set(missing) - tied
     if left or unexpected:
-        raise RuntimeError(f"weights do not map onto BertForMaskedLM: missing {sorted(left)}, unexpected {unexpected}")
-    hf.tie_weights()
+        raise RuntimeError(f"weights do not map onto {type(hf).__name__}: missing {sorted(left)}, unexpected {unexpected}")
+    if tied:
+        hf.tie_weights()
     return hf.eval()
 
 

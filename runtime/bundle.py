@@ -192,6 +192,8 @@ def validate_manifest(data: Any) -> dict:
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                       or isinstance(threshold, float) and math.isnan(threshold)):
             raise BundleError(f"manifest field 'qa.threshold' must be a number, got {threshold!r}")
+        if not isinstance(data["qa"].get("null_token", False), bool):
+            raise BundleError(f"manifest field 'qa.null_token' must be true or false, got {data['qa']['null_token']!r}")
     session = data.get("session", {})
     if not isinstance(session, dict):
         raise BundleError("manifest field 'session' must be an object")

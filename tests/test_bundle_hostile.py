@@ -217,6 +217,7 @@ def test_broken_qa_vocab_names_the_file(tmp_path, content, message):
     (lambda m: m["qa"].update(max_question_len=0), "'qa.max_question_len' must be an integer >= 1, got 0"),
     (lambda m: m["qa"].update(stride=200), r"'qa.stride' \(200\) must be below qa.window"),
     (lambda m: m["qa"].update(threshold="high"), "'qa.threshold' must be a number"),
+    (lambda m: m["qa"].update(null_token="yes"), "'qa.null_token' must be true or false, got 'yes'"),
     (lambda m: m["model"].update(char_vocab=9000), "graph fails on a full window"),
     (lambda m: m["model"].pop("word_vocab"), "'model.word_vocab' must be an integer >= 2"),
 ])

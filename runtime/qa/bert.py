@@ -6,7 +6,9 @@ The graph takes (input_ids, attention_mask) and, when its architecture has token
 question, 1 for the window); it returns start/end logits per token.
 Spans are ranked by start + end logit; the logits are log-softmaxed over each window's passage tokens
 first, which shifts every span of a row by the same constant (same ranking) and makes exp(score) the
-span's probability, a positive score that voting can add up across windows and passages.
+span's probability, a positive score that voting can add up across windows and passages. A reader trained
+to point at the first token when a window holds no answer (SQuAD 2.0 style; manifest `qa.null_token`) has
+that token's logit in the normaliser too, so a window without an answer gives every span a low probability.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from ..errors import BundleError
 from .units import Encoded, Window, pad_rows
 
 
-def _log_softmax(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _log_softmax(x: np.ndarray, valid: np.ndarray, null: np.ndarray | None = None) -> np.ndarray:
+    """Log-softmax of each row's valid entries; `null` (one logit per row), when given, joins the normaliser only."""
     x = np.where(valid, x, -np.inf)
-    peak = np.max(x, axis=1, keepdims=True)
+    pool = x if null is None else np.concatenate([x, null[:, None]], axis=1)
+    peak = np.max(pool, axis=1, keepdims=True)
     peak = np.where(np.isfinite(peak), peak, 0.0)
-    shifted = x - peak
-    return shifted - np.log(np.maximum(np.exp(shifted).sum(axis=1, keepdims=True), np.finfo(np.float64).tiny))
+    total = np.exp(pool - peak).sum(axis=1, keepdims=True)
+    return x - peak - np.log(np.maximum(total, np.finfo(np.float64).tiny))
 
 
 class BertFeatures:
@@ -66,6 +70,7 @@ class BertFeatures:
                               f"[0, {self.vocab_size}) (manifest special_tokens)")
         self.cls, self.sep, self.pad = special["cls"], special["sep"], special["pad"]
         self.max_question_len = manifest["qa"]["max_question_len"]
+        self.null_token = manifest["qa"].get("null_token", False)
 
     def _encode(self, text: str) -> Encoded:
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
@@ -108,6 +113,9 @@ class BertFeatures:
         units = np.arange(max(row.length for row in rows))[None, :]
         valid = units < np.array([row.length for row in rows])[:, None]
         index = np.minimum(first + units, feeds["input_ids"].shape[1] - 1)
-        start = np.take_along_axis(outputs["start_logits"].astype(np.float64), index, axis=1)
-        end = np.take_along_axis(outputs["end_logits"].astype(np.float64), index, axis=1)
-        return _log_softmax(start, valid), _log_softmax(end, valid), valid
+        start_logits, end_logits = (outputs[name].astype(np.float64) for name in ("start_logits", "end_logits"))
+        start = np.take_along_axis(start_logits, index, axis=1)
+        end = np.take_along_axis(end_logits, index, axis=1)
+        if not self.null_token:
+            return _log_softmax(start, valid), _log_softmax(end, valid), valid
+        return _log_softmax(start, valid, start_logits[:, 0]), _log_softmax(end, valid, end_logits[:, 0]), valid

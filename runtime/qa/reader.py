@@ -9,6 +9,7 @@ across a question's passages by Σs²/(1+Σs).
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,9 +117,10 @@ class Reader:
         if isinstance(opts["stride"], bool) or not isinstance(opts["stride"], int) or not 0 <= opts["stride"] < opts["window"]:
             raise InputError(f"stride must be an int in [0, window={opts['window']}), got {opts['stride']!r}")
         threshold = self.defaults.get("threshold") if threshold is None else threshold
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or isinstance(threshold, float) and math.isnan(threshold)):
+        if threshold is not None and (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
+                                      or math.isnan(threshold)):
             raise InputError(f"threshold must be a number, got {threshold!r}")
+        threshold = None if threshold is None else float(threshold)
 
         rows = self._windows(questions, groups, opts["window"], opts["stride"])
         found = self._decode(rows, opts["batch_size"], opts["batch_tokens"], opts["max_answer_len"], top_k, threshold)
