@@ -167,8 +167,14 @@ def _read_until(stream, marker: bytes, seconds: float) -> bytes:
 
 
 def test_ctrl_c_at_the_chat_prompt_exits_130_without_a_traceback():
-    proc = subprocess.Popen([*CLI, "chat"], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A shell starts background jobs with Ctrl-C ignored, and an ignored SIGINT stays ignored across exec: when the
+    # suite runs in the background, handle it here while the child starts, so it starts as a terminal's program does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([*CLI, "chat"], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         _read_until(proc.stdout, b"you> ", 60)
         proc.send_signal(signal.SIGINT)
