@@ -38,7 +38,7 @@ KV_LAYOUTS = ("concat", "shared_buffer")
 # decoding options a generation block may set (a logits processor is code, so only callers pass one)
 GENERATION_FIELDS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
                      "repetition_penalty", "stop_token_ids", "stop_strings")
-SESSION_FIELDS = {"threads": int, "disabled_optimizers": list, "provider_options": dict}
+SESSION_FIELDS = {"threads": int, "allow_spinning": bool, "disabled_optimizers": list, "provider_options": dict}
 MAX_THREADS = 1024  # onnxruntime starts every thread it is told to; no machine this runs on has more cores
 INT64_MAX = 2**63 - 1  # ids, positions and sizes reach the graph as int64
 MAX_QA_WINDOW = 2**16  # units of one QA model call (shipped: 200 characters; BERT: 384 tokens); load probes one
@@ -201,7 +201,7 @@ def validate_manifest(data: Any) -> dict:
         expected = SESSION_FIELDS.get(key)
         if expected is None:
             raise BundleError(f"manifest field 'session.{key}' is unknown (known: {', '.join(SESSION_FIELDS)})")
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise BundleError(f"manifest field 'session.{key}' must be {expected.__name__}, got {value!r}")
     _check_at_least(session, "session", ("threads",), minimum=0, maximum=MAX_THREADS)
     bad = next((name for name, options in session.get("provider_options", {}).items() if not isinstance(options, dict)),

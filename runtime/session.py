@@ -69,8 +69,10 @@ def choose_providers(device: str = "auto") -> ProviderChoice:
 def open_session(model_path: Path, manifest: dict, device: str = "auto", threads: int | None = None):
     """An InferenceSession whose inputs and outputs match the manifest, or a BundleError naming the mismatch.
 
-    Settings, first found wins: the caller's arguments, the EDGEINFER_THREADS environment variable (threads), the
-    manifest's `session` block (threads, disabled_optimizers, provider_options), this module's CPU defaults.
+    Settings, first found wins: the caller's arguments, the EDGEINFER_THREADS and EDGEINFER_ALLOW_SPINNING ("0" or
+    "1") environment variables, the manifest's `session` block (threads, allow_spinning, disabled_optimizers,
+    provider_options), this module's CPU defaults. allow_spinning false makes onnxruntime's idle intra-op threads
+    sleep instead of spin: a little slower on an idle machine, far faster on one whose cores other processes use.
     """
     ort = onnxruntime()
 
@@ -88,6 +90,12 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     threads = threads or (int(from_env) if from_env.isascii() and from_env.isdigit() else 0) or settings.get("threads")
     if threads:
         options.intra_op_num_threads = threads
+    spin = os.environ.get("EDGEINFER_ALLOW_SPINNING", "")
+    if spin not in ("", "0", "1"):
+        raise InputError(f"EDGEINFER_ALLOW_SPINNING must be 0 or 1, got {spin!r}")
+    spin = spin == "1" if spin else settings.get("allow_spinning")
+    if spin is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     on_cpu = choice.providers == ["CPUExecutionProvider"]
     disabled = settings.get("disabled_optimizers", CPU_DISABLED_FUSIONS if on_cpu else None)
     provider_options = {**CUDA_DEFAULTS, **settings.get("provider_options", {})}

@@ -243,6 +243,8 @@ def test_damaged_files_load_or_are_refused(workspace, scale):
     ("chat", ("model", "n_segments"), 2**70, "'model.n_segments' must be at most"),
     ("xiangqi", ("model", "max_positions"), 1, "model.max_positions is 1: a decoder needs 2 or more"),
     ("chat", ("session",), {"threads": 2**70}, "'session.threads' must be at most 1024"),
+    ("chat", ("session",), {"allow_spinning": 1}, "'session.allow_spinning' must be bool, got 1"),
+    ("chat", ("session",), {"threads": True}, "'session.threads' must be int, got True"),
     ("chat", ("session",), {"provider_options": {"CPUExecutionProvider": 5}},
      "'session.provider_options.CPUExecutionProvider' must be an object"),
     ("qa", ("qa", "window"), 2 * 10**8, "'qa.window' must be at most 65536"),
@@ -266,3 +268,20 @@ def test_thread_counts_beyond_any_machine_are_refused(monkeypatch):
     monkeypatch.setenv("EDGEINFER_THREADS", str(2**70))
     with pytest.raises(InputError, match="EDGEINFER_THREADS must be at most 1024"):
         edgeinfer.load(BUNDLES / "xiangqi", device="cpu")
+
+
+def test_spinning_follows_the_environment_then_the_manifest(monkeypatch, tmp_path):
+    def spinning(model) -> str:
+        return model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    folder = tmp_path / "xiangqi"
+    shutil.copytree(BUNDLES / "xiangqi", folder)
+    data = json.loads((folder / MANIFEST_FILE).read_text())
+    (folder / MANIFEST_FILE).write_text(json.dumps({**data, "session": {**data.get("session", {}), "allow_spinning": False}}))
+    monkeypatch.delenv("EDGEINFER_ALLOW_SPINNING", raising=False)
+    assert spinning(edgeinfer.load(folder, device="cpu")) == "0"
+    monkeypatch.setenv("EDGEINFER_ALLOW_SPINNING", "1")
+    assert spinning(edgeinfer.load(folder, device="cpu")) == "1"
+    monkeypatch.setenv("EDGEINFER_ALLOW_SPINNING", "yes")
+    with pytest.raises(InputError, match="EDGEINFER_ALLOW_SPINNING must be 0 or 1, got 'yes'"):
+        edgeinfer.load(folder, device="cpu")

@@ -39,9 +39,11 @@ def load(spec: dict, options=None) -> Generate:
         t0 = time.perf_counter()
         extra = options(rows) if options else {}
         for event in model.stream(rows, max_new_tokens=n, min_new_tokens=n, stop_token_ids=[], **extra):
-            if event.request == 0:  # every row gets a token per step: row 0's marks the step
-                arrivals.append(time.perf_counter() - t0)
             ids[event.request].append(event.token_id)
+            # step k is done when every row has its k-th token: the engine admits a burst of prompts over several
+            # prefill rounds, so row 0's first token comes before the last rows are prefilled
+            while len(arrivals) < min(map(len, ids)):
+                arrivals.append(time.perf_counter() - t0)
         return ids, arrivals, time.perf_counter() - t0
 
     return generate
