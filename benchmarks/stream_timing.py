@@ -21,13 +21,14 @@ def timing(model, batch: int, prompt_len: int, new: int, repeats: int) -> dict:
     per_token, first_token = [], []
     for _ in range(repeats):
         prompts = rng.integers(200, model.vocab_size - 1, (batch, prompt_len)).tolist()
-        start, times = time.perf_counter(), []
-        for _event in model.stream(prompts, max_new_tokens=new, min_new_tokens=new, stop_token_ids=[],
-                                   do_sample=False):
-            times.append(time.perf_counter())
-        first = times[batch - 1]  # the prefill round hands out one token per row
-        first_token.append(first - start)
-        per_token.append((times[-1] - first) / (new - 1))
+        start, counts, steps = time.perf_counter(), [0] * batch, []
+        for event in model.stream(prompts, max_new_tokens=new, min_new_tokens=new, stop_token_ids=[],
+                                  do_sample=False):
+            counts[event.request] += 1
+            if len(steps) < min(counts):  # step k is done when every row has its k-th token (a burst of
+                steps.append(time.perf_counter())  # prompts is prefilled over several rounds)
+        first_token.append(steps[0] - start)
+        per_token.append((steps[-1] - steps[0]) / (new - 1))
     return {"ms_per_token": round(1e3 * statistics.median(per_token), 3),
             "ttft_ms": round(1e3 * statistics.median(first_token), 2)}
 
