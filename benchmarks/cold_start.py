@@ -1,6 +1,6 @@
 """Cold start: a fresh process to its first result, for the GPT-2-small bundle (first generated token) against
-CTranslate2 on the same checkpoint, and for extractive QA on the shipped DGCNN bundle (the `edgeinfer qa` command and
-the Python API).
+CTranslate2 on the same checkpoint, and for extractive QA on the shipped readers (the `edgeinfer qa` command and the
+Python API; the default BERT reader and the DGCNN one).
 
     python benchmarks/cold_start.py [--repeats 5] [--cases ...]
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from driver import BENCH, ROOT, VENV_PYTHON, machine, write_results
 
 ARTIFACTS = BENCH / "peers" / "hf-gpt2-small"
+BUNDLES = ROOT / "runtime" / "bundles"
 QA_QUESTION = "「画蛇添足」出自哪部典籍"
 QA_CONTEXT = "画蛇添足，出自《战国策·齐策二》，比喻做了多余的事，反而不恰当。"
 PROMPT = list(range(100, 116))
@@ -55,7 +56,7 @@ print(json.dumps(t))
 EDGEINFER_QA = CLOCK + """t = {"started": mark()}
 import edgeinfer
 t["imported"] = mark()
-reader = edgeinfer.load(edgeinfer.loader.default_bundle("qa"))
+reader = edgeinfer.load(edgeinfer.loader.default_bundle(READER))
 t["loaded"] = mark()
 reader.answer([QUESTION], context=[CONTEXT])
 t["first"] = mark()
@@ -82,9 +83,10 @@ def cases(cache_dir: Path) -> dict[str, tuple[list[str], dict]]:
         if artifact.exists() and VENV_PYTHON.exists():
             script = header + f"BUNDLE = {str(artifact)!r}\nQUANT = {quant!r}\n" + CT2_GPT2
             found[f"gpt2 ctranslate2 {quant}"] = ([str(VENV_PYTHON), "-c", script], {})
-    found["qa python API"] = ([sys.executable, "-c", header + EDGEINFER_QA], {})
-    found["qa `edgeinfer qa`"] = ([sys.executable, "-m", "edgeinfer", "qa", "--question", QA_QUESTION, "--context",
-                                   QA_CONTEXT, "--json"], {})
+    for reader in ("qa", "qa-dgcnn"):
+        found[f"{reader} python API"] = ([sys.executable, "-c", header + f"READER = {reader!r}\n" + EDGEINFER_QA], {})
+        found[f"{reader} `edgeinfer qa`"] = ([sys.executable, "-m", "edgeinfer", "qa", "--bundle", str(BUNDLES / reader),
+                                             "--question", QA_QUESTION, "--context", QA_CONTEXT, "--json"], {})
     return found
 
 

@@ -146,7 +146,7 @@ def write_tables(report: dict) -> str:
                   qa_peers.markdown(qa["engines"], qa["shape"]["batches"]), f"Skipped: {qa['skipped'] or 'none'}."]
     if "dgcnn" in jobs:
         d = jobs["dgcnn"]
-        parts.append("### DGCNN reader (default QA bundle), passages/s")
+        parts.append("### DGCNN reader (runtime/bundles/qa-dgcnn), passages/s")
         if "skipped" in d:
             parts.append(f"Skipped: {d['skipped']}")
         else:

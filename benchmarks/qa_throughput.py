@@ -3,7 +3,7 @@
 Both run the same padded batches of dev-set (question, passage) pairs, featurised once up front and
 length-bucketed as `Reader.answer` does, on the same number of threads; only the model calls are timed.
 Without the training folder (`--weights`, train_dgcnn's --work) only the bundle is timed.
-    python benchmarks/qa_throughput.py [--bundle runtime/bundles/qa] [--weights build/dgcnn] [--threads 1]
+    python benchmarks/qa_throughput.py [--bundle runtime/bundles/qa-dgcnn] [--weights build/dgcnn] [--threads 1]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def measure(bundle: str, weights: Path, data: Path, passages: int, threads: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", default="runtime/bundles/qa")
+    parser.add_argument("--bundle", default="runtime/bundles/qa-dgcnn")
     parser.add_argument("--weights", type=Path, default=Path("build/dgcnn"))
     parser.add_argument("--data", type=Path, default=Path("data/qa/dev.jsonl"))
     parser.add_argument("--passages", type=int, default=512)

@@ -88,7 +88,7 @@ def dgcnn(args) -> dict:
     from edgeinfer.loader import default_bundle
 
     sizes = (1, 8) if args.quick else (1, 8, 32, 128)
-    table = qa_throughput.measure(str(default_bundle("qa")), weights, data, 32 if args.quick else 512, 1, sizes)
+    table = qa_throughput.measure(str(default_bundle("qa-dgcnn")), weights, data, 32 if args.quick else 512, 1, sizes)
     return {"threads": 1, "table": table}
 
 

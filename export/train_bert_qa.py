@@ -1,6 +1,7 @@
 """Fine-tune the pretrained Chinese BERT (`train_mlm`'s model.pt) as an extractive-QA reader on data/qa, and export it.
 
-    python -m edgeinfer.export.train_bert_qa --mlm build/mlm --data data/qa --work build/bert-qa --max-minutes 25
+    python -m edgeinfer.export.train_bert_qa --mlm build/mlm --data data/qa --work build/bert-qa --max-minutes 30 \
+        --out runtime/bundles/qa
 
 Training windows are the ones the runtime's BERT reader reads ([CLS] question [SEP] passage window [SEP], laid out
 by `bert.reader_layout` and cut by the runtime's `windows`). A window that does not hold a whole answer points start
@@ -8,9 +9,11 @@ and end at [CLS], as SQuAD 2.0 readers do, and the bundle says so (`qa.null_toke
 probabilities against it. Each epoch takes every window holding an answer and `--negatives` times as many without one.
 
 After training, the weights go out through transformers' `BertForQuestionAnswering` (the path an imported checkpoint
-takes: fused graph, parity against transformers) to `--work`/bundle; the runtime `Reader` then reads dev to calibrate
-the no-answer threshold (as `train_dgcnn` does), which is written into the manifest. ``training.json`` keeps the
-command, the loss curve and the threshold; `benchmarks/qa_quality.py --bundle build/bert-qa/bundle` scores it.
+takes: fused graph, parity against transformers) to `--work`/checkpoint; the runtime `Reader` reads dev through an
+fp32 bundle of it to calibrate the no-answer threshold (as `train_dgcnn` does). ``training.json`` keeps the command,
+the loss curve and the threshold. With ``--out`` (after training, or alone with ``--export-only``) the checkpoint is
+exported there with ``--quantize`` weights and the threshold, and its dev, test and ood scores, read through the
+runtime, go into the manifest; `benchmarks/qa_quality.py --bundle OUT --splits test ood outside` scores it again.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from edgeinfer.bundle import Manifest
 from edgeinfer.qa.windows import windows
 
 from .bert import BertQA, export_bert_qa_bundle, reader_layout
 from .qa_data import reading_share
+from .quantize import QUANTIZATIONS
 from .train_dgcnn import calibrate, scores
 from .train_mlm import CLS, PAD, SEP, learning_rate, to_transformers
 from .train_mlm import load as load_mlm
@@ -144,24 +149,9 @@ def read_split(data: Path, split: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mlm", type=Path, default=Path("build/mlm"), help="train_mlm's folder (model.pt)")
-    parser.add_argument("--tokenizer", type=Path, default=Path("data/mlm/tokenizer.json"))
-    parser.add_argument("--data", type=Path, default=Path("data/qa"))
-    parser.add_argument("--work", type=Path, default=Path("build/bert-qa"))
-    parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--max-minutes", type=float, default=math.inf, help="stop training after this long")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--negatives", type=float, default=1.0, help="answerless windows per answered one, per epoch")
-    parser.add_argument("--template-share", type=float, default=0.2,
-                        help="share of the template questions (idiom, 三国 cloze, fortune) kept for training")
-    parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
+def train(args: argparse.Namespace) -> dict:
+    """Fine-tune, write the transformers checkpoint to --work/checkpoint, calibrate the threshold on dev through an
+    fp32 bundle; returns the training record (also written to --work/training.json)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -169,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = Tokenizer.from_file(str(args.tokenizer))
     model = reader_from_mlm(args.mlm).train()
     layout = reader_layout(model.cfg)
-    train = build_windows(reading_share(read_split(args.data, "train"), args.template_share, args.seed), tokenizer, layout)
-    print(f"{len(train.ids)} training windows, {int(train.answered.sum())} with an answer", file=sys.stderr)
+    train_set = build_windows(reading_share(read_split(args.data, "train"), args.template_share, args.seed), tokenizer,
+                              layout)
+    print(f"{len(train_set.ids)} training windows, {int(train_set.answered.sum())} with an answer", file=sys.stderr)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     curve, running, step, started = [], 0.0, 0, time.time()
@@ -183,11 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     with tqdm(total=args.steps, desc="fine-tune", mininterval=10) as bar:
         while progress() < 1:
             if not plan:
-                rows = epoch_rows(train, args.negatives, rng)
+                rows = epoch_rows(train_set, args.negatives, rng)
                 plan = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)][::-1]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(progress(), args.lr)
-            loss = qa_loss(model, batch_tensors(train, plan.pop(), layout["separators"]))
+            loss = qa_loss(model, batch_tensors(train_set, plan.pop(), layout["separators"]))
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -201,22 +192,80 @@ def main(argv: list[str] | None = None) -> None:
                 running = 0.0
     train_seconds = time.time() - started
 
-    checkpoint, bundle = args.work / "checkpoint", args.work / "bundle"
+    checkpoint, calibration = args.work / "checkpoint", args.work / "bundle-fp32"
     to_transformers(model.eval()).save_pretrained(checkpoint)
     shutil.copyfile(args.tokenizer, checkpoint / "tokenizer.json")
-    export_bert_qa_bundle(checkpoint, bundle, max_seq_len=layout["window"], null_token=True)
+    export_bert_qa_bundle(checkpoint, calibration, max_seq_len=layout["window"], null_token=True)
     dev = read_split(args.data, "dev")
-    dev_predictions = predictions(bundle, dev, args.threads)
-    threshold = calibrate(dev, dev_predictions)
-    export_bert_qa_bundle(checkpoint, bundle, max_seq_len=layout["window"], null_token=True, threshold=threshold)
     record = {
         "command": " ".join(["python -m edgeinfer.export.train_bert_qa", *sys.argv[1:]]),
-        "steps": step, "train_seconds": round(train_seconds, 1), "train_windows": len(train.ids),
-        "parameters": sum(p.numel() for p in model.parameters()), "threshold": threshold,
-        "dev": scores(dev, dev_predictions, threshold), "curve": curve,
+        "steps": step, "train_seconds": round(train_seconds, 1), "train_windows": len(train_set.ids),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threshold": calibrate(dev, predictions(calibration, dev, args.threads)), "curve": curve,
     }
     (args.work / "training.json").write_text(json.dumps(record, indent=1))
-    print(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1))
+    return record
+
+
+def export(args: argparse.Namespace) -> dict:
+    """--work's checkpoint as a bundle at --out (--quantize weights, the calibrated threshold), with its dev, test and
+    ood scores measured through the runtime; returns the manifest."""
+    record = json.loads((args.work / "training.json").read_text())
+    checkpoint = args.work / "checkpoint"
+    window = reader_layout(reader_from_checkpoint_config(checkpoint))["window"]
+    export_bert_qa_bundle(checkpoint, args.out, max_seq_len=window, null_token=True, threshold=record["threshold"],
+                          quantize=args.quantize)
+    metrics = {}
+    for split in ("dev", "test", "ood"):
+        examples = read_split(args.data, split)
+        metrics[split] = scores(examples, predictions(args.out, examples, args.threads), record["threshold"])
+    _, manifest = Manifest.read(args.out)
+    manifest["qa"]["calibration"] = ("threshold on the best span probability maximising dev's F1 (answerable) + "
+                                     "no-answer accuracy (unanswerable); below it no answer is returned")
+    manifest["metrics"] = metrics
+    manifest["training"] = {k: record[k] for k in ("command", "steps", "train_seconds", "train_windows")}
+    manifest.write(args.out)
+    return manifest
+
+
+def reader_from_checkpoint_config(checkpoint: Path):
+    """The BertConfig of a saved BertForQuestionAnswering folder (for its window layout)."""
+    import transformers
+
+    from .bert import config_from_hf
+
+    return config_from_hf(transformers.AutoConfig.from_pretrained(checkpoint))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mlm", type=Path, default=Path("build/mlm"), help="train_mlm's folder (model.pt)")
+    parser.add_argument("--tokenizer", type=Path, default=Path("data/mlm/tokenizer.json"))
+    parser.add_argument("--data", type=Path, default=Path("data/qa"))
+    parser.add_argument("--work", type=Path, default=Path("build/bert-qa"))
+    parser.add_argument("--out", type=Path, help="export the bundle here after training (or with --export-only)")
+    parser.add_argument("--export-only", action="store_true", help="export --work's checkpoint to --out; no training")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="int8",
+                        help="weights of the exported bundle (int8: same answers here, 1.5x the passages/s of fp32)")
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--max-minutes", type=float, default=math.inf, help="stop training after this long")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--negatives", type=float, default=1.0, help="answerless windows per answered one, per epoch")
+    parser.add_argument("--template-share", type=float, default=0.2,
+                        help="share of the template questions (idiom, 三国 cloze, fortune) kept for training")
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.export_only and args.out is None:
+        parser.error("--export-only needs --out")
+    if not args.export_only:
+        record = train(args)
+        print(json.dumps({k: v for k, v in record.items() if k != "curve"}, indent=1))
+    if args.out is not None:
+        manifest = export(args)
+        print(json.dumps({"bundle": str(args.out), "metrics": manifest["metrics"]}, indent=1))
 
 
 if __name__ == "__main__":

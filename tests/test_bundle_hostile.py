@@ -61,7 +61,7 @@ def test_tokenizer_or_vocab_pointing_at_system_files_is_refused(gpt, tmp_path):
     _edit(gpt, _files(tokenizer="/etc/passwd"))
     with pytest.raises(BundleError, match="'files.tokenizer' is '/etc/passwd'"):
         edgeinfer.load(gpt)
-    qa = _shipped("qa", tmp_path)
+    qa = _shipped("qa-dgcnn", tmp_path)
     _edit(qa, _files(vocab="../../../../../../etc/passwd"))
     with pytest.raises(BundleError, match="'files.vocab'.*without '..'"):
         edgeinfer.load(qa)
@@ -129,7 +129,7 @@ def test_missing_digests_need_the_opt_out(gpt, monkeypatch):
 def test_export_records_a_digest_per_file(gpt2_bundles):
     manifest = json.loads((gpt2_bundles["standard"] / "manifest.json").read_text())
     assert sorted(manifest["sha256"]) == ["model.onnx"]
-    for name in ("chat", "qa", "xiangqi"):
+    for name in ("chat", "qa", "qa-dgcnn", "xiangqi"):
         shipped = json.loads((SHIPPED / name / "manifest.json").read_text())
         assert sorted(shipped["sha256"]) == sorted(n for n in shipped["files"].values() if n)
 
@@ -206,7 +206,7 @@ def test_tokenizer_ids_beyond_the_embedding(gpt):
     (b'{"chars": {"a": true}, "words": {}}', "'chars' gives 'a' the id True"),
 ])
 def test_broken_qa_vocab_names_the_file(tmp_path, content, message):
-    qa = _shipped("qa", tmp_path)
+    qa = _shipped("qa-dgcnn", tmp_path)
     (qa / "vocab.json").write_bytes(content)
     _edit(qa, lambda m: None, rehash=True)
     with pytest.raises(BundleError, match=message):
@@ -222,12 +222,12 @@ def test_broken_qa_vocab_names_the_file(tmp_path, content, message):
     (lambda m: m["model"].pop("word_vocab"), "'model.word_vocab' must be an integer >= 2"),
 ])
 def test_qa_numbers_are_checked(tmp_path, edit, message):
-    qa = _shipped("qa", tmp_path)
+    qa = _shipped("qa-dgcnn", tmp_path)
     _edit(qa, edit)
     with pytest.raises(BundleError, match=message):
         edgeinfer.load(qa)
 
 
 def test_shipped_bundles_pass_every_check():
-    for name in ("chat", "qa", "xiangqi"):
+    for name in ("chat", "qa", "qa-dgcnn", "xiangqi"):
         assert edgeinfer.load(SHIPPED / name, device="cpu").provider == "CPUExecutionProvider"

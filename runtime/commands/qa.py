@@ -14,7 +14,8 @@ HELP = "answer a question from a context (or a JSON-lines file of them) with an 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped DGCNN reader)")
+    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped BERT reader; "
+                        "runtime/bundles/qa-dgcnn is the faster DGCNN reader)")
     parser.add_argument("--question", help="the question")
     parser.add_argument("--context", help="the text to answer from")
     parser.add_argument("--jsonl", metavar="FILE", help='one {"question": ..., "context": ... or "passages": [...]} '
