@@ -1,8 +1,11 @@
 """Answer quality of an extractive-QA bundle through the runtime `Reader`, per split of data/qa.
 
 EM and character F1 on answerable questions (no answer counts 0), no-answer accuracy on unanswerable ones
-(the reader returned nothing), and (EM+F1)/2; `ood` is the source kept out of training.
-    python benchmarks/qa_quality.py [--bundle runtime/bundles/qa] [--splits test ood] [--limit 1000]
+(the reader returned nothing), and (EM+F1)/2. `ood` is the source kept out of training; `outside` is manpages-zh,
+which nothing here trains on (`python -m edgeinfer.export.qa_data --outside` writes it); `everyday` is
+benchmarks/data/qa_everyday.jsonl: 30 questions written by hand as a user asks them (encyclopedic, news, how-to; 6
+without an answer in their context), not by the question generator the other splits come from.
+    python benchmarks/qa_quality.py [--bundle runtime/bundles/qa] [--splits test ood outside everyday] [--limit 1000]
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import edgeinfer
 from edgeinfer.export.qa_data import char_f1
+
+EVERYDAY = Path(__file__).parent / "data" / "qa_everyday.jsonl"
 
 
 def evaluate(reader, examples: list[dict], threshold: float | None) -> dict:
@@ -42,6 +47,17 @@ def evaluate(reader, examples: list[dict], threshold: float | None) -> dict:
             "f1_by_kind": {k: round(sum(v) / len(v), 3) for k, v in sorted(by_kind.items()) if len(v) >= 10}}
 
 
+def read_split(data: Path, split: str) -> list[dict]:
+    """A split of data/qa, or the hand-written `everyday` questions (one context each) in the same form."""
+    path = EVERYDAY if split == "everyday" else data / f"{split}.jsonl"
+    with path.open(encoding="utf-8") as f:
+        examples = [json.loads(line) for line in f]
+    if split == "everyday":
+        examples = [{"question": ex["question"], "answer": ex["answer"], "kind": "everyday",
+                     "passages": [{"text": ex["context"]}]} for ex in examples]
+    return examples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="runtime/bundles/qa")
@@ -55,8 +71,7 @@ def main() -> None:
     reader = edgeinfer.load(args.bundle, device="cpu", threads=args.threads)
     results = {"bundle": args.bundle, "threshold": reader.defaults.get("threshold") if args.threshold is None else args.threshold}
     for split in args.splits:
-        with (args.data / f"{split}.jsonl").open(encoding="utf-8") as f:
-            examples = [json.loads(line) for line in f]
+        examples = read_split(args.data, split)
         examples = random.Random(0).sample(examples, min(args.limit, len(examples)))
         results[split] = evaluate(reader, examples, args.threshold)
     print(json.dumps(results, ensure_ascii=False, indent=1))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -43,6 +44,8 @@ from .train_dgcnn import calibrate, scores
 from .train_mlm import CLS, PAD, SEP, learning_rate, to_transformers
 from .train_mlm import load as load_mlm
 
+SENTENCE_END = re.compile(r"[。！？；!?;]")
+
 
 @dataclass
 class Windows:
@@ -53,6 +56,7 @@ class Windows:
     question_len: np.ndarray
     start: np.ndarray
     end: np.ndarray
+    kind: np.ndarray  # the question's kind (qa_questions' types, or a template source)
 
     @property
     def answered(self) -> np.ndarray:
@@ -65,36 +69,61 @@ def token_span(offsets: list[tuple[int, int]], char_start: int, char_end: int) -
     return (inside[0], inside[-1]) if inside else None
 
 
-def build_windows(examples: list[dict], tokenizer: Tokenizer, layout: dict[str, int]) -> Windows:
-    """Every window of every (question, passage) pair, with its target."""
+def answer_sentence(passage: dict) -> dict | None:
+    """The passage cut to the sentence holding its first answer (offsets moved with it), or None: a short context,
+    as users give one, beside the long windows of running text the generated passages are."""
+    if not passage["answers"]:
+        return None
+    a, b = passage["answers"][0]
+    text = passage["text"]
+    start = max((m.end() for m in SENTENCE_END.finditer(text, 0, a)), default=0)
+    end = next((m.end() for m in SENTENCE_END.finditer(text, b)), len(text))
+    if (start, end) == (0, len(text)):
+        return None
+    spans = [[s - start, e - start] for s, e in passage["answers"] if start <= s and e <= end]
+    return {"text": text[start:end], "answers": spans}
+
+
+def build_windows(examples: list[dict], tokenizer: Tokenizer, layout: dict[str, int], short: bool = False) -> Windows:
+    """Every window of every (question, passage) pair, with its target; `short` adds, per passage holding the
+    answer, that passage cut to the answer's sentence."""
     window, separators = layout["window"], layout["separators"]
-    questions = tokenizer.encode_batch([ex["question"] for ex in examples], add_special_tokens=False)
-    passages = tokenizer.encode_batch([p["text"] for ex in examples for p in ex["passages"]], add_special_tokens=False)
-    rows, lengths, starts, ends = [], [], [], []
-    k = 0
-    for ex, question in tqdm(list(zip(examples, questions, strict=True)), desc="windows", mininterval=5):
+    pairs = [(ex, p) for ex in examples for p in ex["passages"]]
+    if short:
+        pairs += [(ex, cut) for ex, p in pairs if (cut := answer_sentence(p)) is not None]
+    questions = tokenizer.encode_batch([ex["question"] for ex, _ in pairs], add_special_tokens=False)
+    passages = tokenizer.encode_batch([p["text"] for _, p in pairs], add_special_tokens=False)
+    rows, lengths, starts, ends, kinds = [], [], [], [], []
+    for (ex, passage), question, encoded in tqdm(list(zip(pairs, questions, passages, strict=True)), desc="windows",
+                                                 mininterval=5):
         q = question.ids[: layout["max_question_len"]]
         size = window - len(q) - 2 - separators
         first = len(q) + 1 + separators  # sequence position of a window's first passage token
-        for passage in ex["passages"]:
-            encoded = passages[k]
-            k += 1
-            spans = [token_span(encoded.offsets, a, b) for a, b in passage["answers"]]
-            for a, b in windows(len(encoded.ids), size, min(layout["stride"], size // 2)):
-                target = next(((s - a + first, e - a + first) for s, e in filter(None, spans) if a <= s and e < b), (0, 0))
-                rows.append([CLS, *q, *[SEP] * separators, *encoded.ids[a:b], SEP])
-                lengths.append(len(q))
-                starts.append(target[0])
-                ends.append(target[1])
+        spans = [token_span(encoded.offsets, a, b) for a, b in passage["answers"]]
+        for a, b in windows(len(encoded.ids), size, min(layout["stride"], size // 2)):
+            target = next(((s - a + first, e - a + first) for s, e in filter(None, spans) if a <= s and e < b), (0, 0))
+            rows.append([CLS, *q, *[SEP] * separators, *encoded.ids[a:b], SEP])
+            lengths.append(len(q))
+            starts.append(target[0])
+            ends.append(target[1])
+            kinds.append(ex.get("kind", ""))
     ids = np.full((len(rows), window), PAD, np.int16)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = row
-    return Windows(ids, np.array(lengths), np.array(starts), np.array(ends))
+    return Windows(ids, np.array(lengths), np.array(starts), np.array(ends), np.array(kinds))
 
 
-def epoch_rows(data: Windows, negatives: float, rng: np.random.Generator) -> np.ndarray:
-    """Every answered window and `negatives` times as many answerless ones (redrawn each epoch), shuffled."""
+def epoch_rows(data: Windows, negatives: float, rng: np.random.Generator, balance: float = 0.0) -> np.ndarray:
+    """The answered windows and `negatives` times as many answerless ones (redrawn each epoch), shuffled.
+
+    balance > 0 redraws the answered windows (as many as there are) with each kind weighted by its count to the
+    power -balance: 0.5 halves the gap between a common kind (a noun) and a rare one (a number, a reason).
+    """
     answered, empty = np.flatnonzero(data.answered), np.flatnonzero(~data.answered)
+    if balance > 0:
+        _, index, counts = np.unique(data.kind[answered], return_inverse=True, return_counts=True)
+        weight = counts[index].astype(np.float64) ** -balance
+        answered = rng.choice(answered, size=len(answered), p=weight / weight.sum())
     drawn = rng.choice(empty, size=min(len(empty), int(negatives * len(answered))), replace=False)
     return rng.permutation(np.concatenate([answered, drawn]))
 
@@ -134,6 +163,14 @@ def reader_from_mlm(mlm_work: Path) -> BertQA:
     return model
 
 
+def reader_from_checkpoint(checkpoint: Path) -> BertQA:
+    """A BertQA with the weights of a saved BertForQuestionAnswering folder (a warm start)."""
+    from .hf_import import import_checkpoint
+
+    model, _ = import_checkpoint(checkpoint, "qa")
+    return model
+
+
 def predictions(bundle: Path, examples: list[dict], threads: int) -> list[tuple[str, float]]:
     """(best answer, its best window-span probability) per question, read by the runtime with no threshold."""
     import edgeinfer
@@ -157,10 +194,10 @@ def train(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_file(str(args.tokenizer))
-    model = reader_from_mlm(args.mlm).train()
+    model = (reader_from_checkpoint(args.init) if args.init else reader_from_mlm(args.mlm)).train()
     layout = reader_layout(model.cfg)
     train_set = build_windows(reading_share(read_split(args.data, "train"), args.template_share, args.seed), tokenizer,
-                              layout)
+                              layout, short=args.short_contexts)
     print(f"{len(train_set.ids)} training windows, {int(train_set.answered.sum())} with an answer", file=sys.stderr)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -174,7 +211,7 @@ def train(args: argparse.Namespace) -> dict:
     with tqdm(total=args.steps, desc="fine-tune", mininterval=10) as bar:
         while progress() < 1:
             if not plan:
-                rows = epoch_rows(train_set, args.negatives, rng)
+                rows = epoch_rows(train_set, args.negatives, rng, args.balance_kinds)
                 plan = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)][::-1]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(progress(), args.lr)
@@ -252,6 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--negatives", type=float, default=1.0, help="answerless windows per answered one, per epoch")
+    parser.add_argument("--init", type=Path, help="start from this BertForQuestionAnswering folder instead of --mlm")
+    parser.add_argument("--balance-kinds", type=float, default=0.0,
+                        help="draw answered windows with each question kind weighted by count**-B (0: as generated)")
+    parser.add_argument("--short-contexts", action="store_true",
+                        help="also train on each answer's passage cut to the answer's sentence")
     parser.add_argument("--template-share", type=float, default=0.2,
                         help="share of the template questions (idiom, 三国 cloze, fortune) kept for training")
     parser.add_argument("--log-every", type=int, default=50)

@@ -98,3 +98,27 @@ def test_served_span_probability_is_normalised_against_cls(trained) -> None:
     found = reader.answer([QUESTION], [[PASSAGE]], threshold=0.0, top_k=1)[0]
     assert found and found[0].span_score == pytest.approx(best, rel=1e-4)
     assert reader.answer([QUESTION], [[PASSAGE]], threshold=best * 1.01)[0] == []
+
+
+def test_answer_sentence_is_a_short_context_with_the_answer() -> None:
+    text = "曹操在赤壁被打败。诸葛亮住在隆中，刘备三顾茅庐。后来他们联合孙权。"
+    start = text.index(ANSWER)
+    cut = train_bert_qa.answer_sentence({"text": text, "answers": [[start, start + len(ANSWER)]]})
+    assert cut["text"] == "诸葛亮住在隆中，刘备三顾茅庐。"
+    (s, e), = cut["answers"]
+    assert cut["text"][s:e] == ANSWER
+    assert train_bert_qa.answer_sentence({"text": text, "answers": []}) is None
+    assert train_bert_qa.answer_sentence({"text": "住在隆中。", "answers": [[2, 4]]}) is None  # already one sentence
+
+
+def test_balanced_epochs_draw_rare_kinds_as_often_as_common_ones() -> None:
+    n = 1000
+    kinds = np.array(["thing"] * 900 + ["number"] * 100)
+    answered = np.ones(n, dtype=np.int64)
+    answered[::2] = 0  # half the windows hold no answer
+    data = train_bert_qa.Windows(np.zeros((n, 4), np.int16), np.ones(n, np.int64), answered, answered, kinds)
+    plain = train_bert_qa.epoch_rows(data, 1.0, np.random.default_rng(0))
+    assert sorted(plain[data.answered[plain]]) == list(np.flatnonzero(data.answered))
+    balanced = train_bert_qa.epoch_rows(data, 1.0, np.random.default_rng(0), balance=1.0)
+    share = (kinds[balanced[data.answered[balanced]]] == "number").mean()
+    assert 0.4 < share < 0.6 and (~data.answered[balanced]).sum() == data.answered.sum()
