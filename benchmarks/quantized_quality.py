@@ -1,9 +1,9 @@
 """What int8 and int4 weights cost the shipped decoders: validation perplexity at fp32, int8 and int4 side by side.
 
-    python benchmarks/quantized_quality.py [--sequences 100]
+    python benchmarks/quantized_quality.py [--sequences 100] [--int4-blocks 32 64 128]
 
 Quantizes each shipped decoder bundle's graph as `edgeinfer export --quantize` would (export/quantize.py) into
-build/quality/<bundle>-<int8|int4>/, then scores the same held-out sequences with all three through
+build/quality/<bundle>-<int8|int4BLOCK>/, then scores the same held-out sequences with all three through
 `CausalLM.logits` (per-token cross-entropy, teacher-forced):
 - xiangqi: one position from each of the first `--sequences` test-split games of data/xiangqi/games.jsonl, as the bundle reads
   it: the position's prompt (the board seen from the side to move), then fairy-stockfish's move; only the move's
@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 
 import edgeinfer
 from edgeinfer.bundle import Manifest
-from edgeinfer.export.quantize import RECORDS, quantize_weights
+from edgeinfer.export.quantize import INT4_BLOCK, INT4_BLOCKS, RECORDS, quantize_weights
 from edgeinfer.export.xiangqi_data import load_games, split_of
 from edgeinfer.loader import default_bundle
 from edgeinfer.xiangqi import Board
@@ -38,15 +38,15 @@ from edgeinfer.xiangqi.tokens import board_tokens, move_tokens, oriented_move
 WORK = ROOT / "build" / "quality"
 
 
-def quantized_copy(bundle: Path, kind: str) -> Path:
-    """`bundle` with `kind` weights, made once per graph under build/quality/."""
+def quantized_copy(bundle: Path, kind: str, int4_block: int | None = None) -> Path:
+    """`bundle` with `kind` weights (int4 in blocks of `int4_block`), made once per graph under build/quality/."""
     digest = json.loads((bundle / "manifest.json").read_text())["sha256"]["model.onnx"][:12]
-    out = WORK / f"{bundle.name}-{digest}-{kind}"
+    out = WORK / f"{bundle.name}-{digest}-{kind}{int4_block or ''}"
     if (out / "manifest.json").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(bundle, out)
-    quantize_weights(bundle / "model.onnx", out / "model.onnx", kind)
+    quantize_weights(bundle / "model.onnx", out / "model.onnx", kind, int4_block or INT4_BLOCK)
     _, manifest = Manifest.read(out, verify=False)
     manifest["quantization"] = RECORDS[kind]
     manifest.write(out)
@@ -104,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequences", type=int, default=100)
     parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--int4-blocks", type=int, nargs="+", default=[INT4_BLOCK], choices=INT4_BLOCKS)
     args = parser.parse_args()
     readers = {"xiangqi": xiangqi_sequences, "chat": chat_sequences}
     report, rows = {"sequences": args.sequences, "bundles": {}, "skipped": {}}, []
@@ -112,15 +113,16 @@ def main() -> None:
         limit = json.loads((bundle / "manifest.json").read_text())["model"]["max_positions"]
         sequences = read(bundle, args.sequences, limit)
         results, reference = {}, None
-        for kind in ("none", "int8", "int4"):
-            folder = bundle if kind == "none" else quantized_copy(bundle, kind)
+        for kind, block in [("none", None), ("int8", None), *(("int4", b) for b in args.int4_blocks)]:
+            folder = bundle if kind == "none" else quantized_copy(bundle, kind, block)
+            label = {"none": "fp32", "int8": "int8"}.get(kind, f"int4 b{block}")
             loss, choices = score(edgeinfer.load(folder, device="cpu"), sequences)
             reference = reference or choices
             agree = float(np.mean(np.concatenate([a == b for a, b in zip(choices, reference, strict=True)])))
             size = (folder / "model.onnx").stat().st_size
-            results[kind] = {"loss": loss, "perplexity": math.exp(loss), "top1_agreement_with_fp32": agree,
+            results[label] = {"loss": loss, "perplexity": math.exp(loss), "top1_agreement_with_fp32": agree,
                              "model_bytes": size}
-            rows.append(f"| {name} | {kind if kind != 'none' else 'fp32'} | {loss:.4f} | {math.exp(loss):.3f} | "
+            rows.append(f"| {name} | {label} | {loss:.4f} | {math.exp(loss):.3f} | "
                         f"{agree:.3f} | {size / 1e6:.2f} |")
             print(rows[-1], flush=True)
         report["bundles"][name] = {"tokens": sum(len(t) - start for t, _, start in sequences), **results}

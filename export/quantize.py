@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 QUANTIZATIONS = ("none", "int8", "int4")
 INT4_BLOCK = 32
+INT4_BLOCKS = (32, 64, 128)  # MatMulNBits block sizes (powers of two from 16; these are the ones measured)
 # MatMulNBits' accuracy_level: the type its kernel computes in (1 fp32, 2 fp16, 3 bf16, 4 int8 activations)
 INT4_ACCURACY_LEVELS = (1, 2, 3, 4)
 INT4_ACCURACY_LEVEL = 4
@@ -61,9 +62,12 @@ def fold_weight_transposes(proto: onnx.ModelProto) -> int:
     return len(folded)
 
 
-def quantize_weights(src: Path, dst: Path, kind: str) -> None:
-    """Write `src` with `kind` ("int8" or "int4") weights to `dst`."""
-    {"int8": quantize_int8, "int4": quantize_int4}[kind](src, dst)
+def quantize_weights(src: Path, dst: Path, kind: str, int4_block: int = INT4_BLOCK) -> None:
+    """Write `src` with `kind` ("int8" or "int4", in blocks of `int4_block` input rows) weights to `dst`."""
+    if kind == "int4":
+        quantize_int4(src, dst, block_size=int4_block)
+    else:
+        quantize_int8(src, dst)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -83,7 +87,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     )
 
 
-def quantize_int4(src: Path, dst: Path, accuracy_level: int = INT4_ACCURACY_LEVEL) -> None:
+def quantize_int4(src: Path, dst: Path, accuracy_level: int = INT4_ACCURACY_LEVEL, block_size: int = INT4_BLOCK) -> None:
     """Write `src` with 4-bit block-quantized weights to `dst` (see the module docstring); embedding tables that a
     Gather reads stay fp32, as with int8."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -95,7 +99,9 @@ def quantize_int4(src: Path, dst: Path, accuracy_level: int = INT4_ACCURACY_LEVE
         raise ValueError(f"accuracy_level must be one of {INT4_ACCURACY_LEVELS}, got {accuracy_level!r}")
     proto = onnx.load(str(src))
     fold_weight_transposes(proto)
-    config = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=False, accuracy_level=accuracy_level,
+    if block_size not in INT4_BLOCKS:
+        raise ValueError(f"block_size must be one of {INT4_BLOCKS}, got {block_size!r}")
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, accuracy_level=accuracy_level,
                                           op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(proto, algo_config=config)
     quantizer.process()
