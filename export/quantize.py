@@ -1,13 +1,15 @@
 """Weight-only int8 and int4 for exported graphs: every MatMul against a constant weight becomes onnxruntime's
 DynamicQuantizeMatMul (int8 weights, one scale per output channel; activations quantized per call) or MatMulNBits
-(4-bit weights in blocks of 32 along the input dimension, each block with its own scale and zero point).
+(4-bit weights in blocks of 128 along the input dimension, each block with its own scale and zero point).
 
 Why: a decode step at batch 1 reads every weight once, so its floor is weight bytes ÷ memory bandwidth, and int8
 weights are a quarter of fp32's. Encoders at long sequences are compute-bound instead, and this CPU's int8
-dot-product instructions (VNNI) do about twice the fp32 work per cycle. int4 halves int8's bytes again; its
-MatMulNBits kernel at accuracy level 4 quantizes the activations to int8 per block and runs the int8 dot products,
-the fastest of its compute choices here (benchmarks/decode_step.py --int4-accuracy). The price is accuracy: export
-measures the quantized graph against PyTorch like any other and records the error in the manifest.
+int8 products run on AMX tiles here, about 9x fp32's GEMM rate (benchmarks/cpu_features.py). int4 halves int8's
+bytes again; its MatMulNBits kernel at accuracy level 4 quantizes the activations to int8 per block and runs the int8
+dot products, the fastest of its compute choices here (levels 1-3, fp32, fp16 and bf16, run at fp32's speed). Blocks
+of 128 rather than 32 for models of GPT-2-small's size and up: it decodes at 0.54x int8's ms/token at B=1 instead
+of 0.81x, for 0.7% more chat perplexity (benchmarks/quantized_quality.py --int4-blocks); smaller models keep 32. The price is accuracy: export measures the quantized graph
+against PyTorch like any other and records the error in the manifest.
 
 int8 is CPU only: the CUDA provider has no DynamicQuantizeMatMul and would hand those nodes back to the CPU.
 """
@@ -21,8 +23,10 @@ import onnx
 from onnx import numpy_helper
 
 QUANTIZATIONS = ("none", "int8", "int4")
-INT4_BLOCK = 32
+INT4_BLOCK = 128
 INT4_BLOCKS = (32, 64, 128)  # MatMulNBits block sizes (powers of two from 16; these are the ones measured)
+# below this many input rows in some weight, blocks of 32: a block of 128 would span most of a small model's rows
+INT4_WIDE_BLOCK_MIN_ROWS = 512
 # MatMulNBits' accuracy_level: the type its kernel computes in (1 fp32, 2 fp16, 3 bf16, 4 int8 activations)
 INT4_ACCURACY_LEVELS = (1, 2, 3, 4)
 INT4_ACCURACY_LEVEL = 4
@@ -34,7 +38,8 @@ RECORDS = {
         "tool": "onnxruntime.quantization.quantize_dynamic",
     },
     "int4": {
-        "weights": f"uint4, asymmetric, one scale and zero point per block of {INT4_BLOCK} input rows",
+        "weights": f"uint4, asymmetric, one scale and zero point per block of {INT4_BLOCK} input rows (32 when a "
+                   f"weight has fewer than {INT4_WIDE_BLOCK_MIN_ROWS})",
         "activations": f"int8 per block (MatMulNBits accuracy_level {INT4_ACCURACY_LEVEL})",
         "op": "com.microsoft.MatMulNBits",
         "tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
@@ -62,8 +67,9 @@ def fold_weight_transposes(proto: onnx.ModelProto) -> int:
     return len(folded)
 
 
-def quantize_weights(src: Path, dst: Path, kind: str, int4_block: int = INT4_BLOCK) -> None:
-    """Write `src` with `kind` ("int8" or "int4", in blocks of `int4_block` input rows) weights to `dst`."""
+def quantize_weights(src: Path, dst: Path, kind: str, int4_block: int | None = None) -> None:
+    """Write `src` with `kind` ("int8" or "int4", in blocks of `int4_block` input rows; None: `int4_block_for` the
+    graph) weights to `dst`."""
     if kind == "int4":
         quantize_int4(src, dst, block_size=int4_block)
     else:
@@ -87,9 +93,18 @@ def quantize_int8(src: Path, dst: Path) -> None:
     )
 
 
-def quantize_int4(src: Path, dst: Path, accuracy_level: int = INT4_ACCURACY_LEVEL, block_size: int = INT4_BLOCK) -> None:
-    """Write `src` with 4-bit block-quantized weights to `dst` (see the module docstring); embedding tables that a
-    Gather reads stay fp32, as with int8."""
+def int4_block_for(proto: onnx.ModelProto) -> int:
+    """INT4_BLOCK when every MatMul weight has at least INT4_WIDE_BLOCK_MIN_ROWS input rows (GPT-2-small's size and
+    up, where it was measured), else 32: on a small model a wide block spans most of a row and its error grows."""
+    initializers = {init.name: init for init in proto.graph.initializer}
+    rows = [initializers[node.input[1]].dims[0] for node in proto.graph.node
+            if node.op_type == "MatMul" and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2]
+    return INT4_BLOCK if rows and min(rows) >= INT4_WIDE_BLOCK_MIN_ROWS else 32
+
+
+def quantize_int4(src: Path, dst: Path, accuracy_level: int = INT4_ACCURACY_LEVEL, block_size: int | None = None) -> None:
+    """Write `src` with 4-bit block-quantized weights to `dst` (see the module docstring; block_size None:
+    `int4_block_for` the graph); embedding tables that a Gather reads stay fp32, as with int8."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -99,6 +114,7 @@ def quantize_int4(src: Path, dst: Path, accuracy_level: int = INT4_ACCURACY_LEVE
         raise ValueError(f"accuracy_level must be one of {INT4_ACCURACY_LEVELS}, got {accuracy_level!r}")
     proto = onnx.load(str(src))
     fold_weight_transposes(proto)
+    block_size = int4_block_for(proto) if block_size is None else block_size
     if block_size not in INT4_BLOCKS:
         raise ValueError(f"block_size must be one of {INT4_BLOCKS}, got {block_size!r}")
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, accuracy_level=accuracy_level,

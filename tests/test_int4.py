@@ -92,3 +92,18 @@ def test_int4_parity_gate_is_relative(tmp_path, hf_gpt2):
     with pytest.raises(ParityError, match=r"relative to max \|reference logit\| error .* over the tolerance 1e-06"):
         export_hf_checkpoint(hf_gpt2, tmp_path / "b", quantize="int4", tolerance=1e-6)
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("rows, block", [([64, 768], 32), ([768, 3072], 128)])
+def test_int4_blocks_are_wide_only_for_wide_weights(rows, block):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeinfer.export.quantize import int4_block_for
+
+    nodes, weights, width = [], [], rows[0]
+    for i, k in enumerate(rows):
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"x{i + 1}"]))
+        weights.append(numpy_helper.from_array(np.zeros((k, rows[(i + 1) % len(rows)]), np.float32), f"w{i}"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info(f"x{len(rows)}", TensorProto.FLOAT, None)], weights)
+    assert int4_block_for(helper.make_model(graph)) == block

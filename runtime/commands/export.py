@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GELU form to emit (GPT-2 only; default: the checkpoint's own)")
     parser.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
                         help="int8: int8 weights through DynamicQuantizeMatMul (CPU; about 4x fewer weight bytes); int4:"
-                        " 4-bit weights in blocks of 32 through MatMulNBits (about 6x fewer)")
+                        " 4-bit weights in blocks of 128 through MatMulNBits (about 7x fewer)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="largest logit error allowed against PyTorch: absolute for fp32 (default 1e-4), relative to"
                         " the largest logit for int8 (default 0.1) and int4 (default 0.25)")
