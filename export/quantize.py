@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 QUANTIZATIONS = ("none", "int8", "int4")
 INT4_BLOCK = 128
-INT4_BLOCKS = (32, 64, 128)  # MatMulNBits block sizes (powers of two from 16; these are the ones measured)
+INT4_BLOCKS = (32, 64, 128, 256)  # MatMulNBits block sizes (powers of two from 16; these are the ones measured)
 # below this many input rows in some weight, blocks of 32: a block of 128 would span most of a small model's rows
 INT4_WIDE_BLOCK_MIN_ROWS = 512
 # MatMulNBits' accuracy_level: the type its kernel computes in (1 fp32, 2 fp16, 3 bf16, 4 int8 activations)
