@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import edgeinfer
+from edgeinfer.export import qa_data
 from edgeinfer.export.qa_data import char_f1
 
 EVERYDAY = Path(__file__).parent / "data" / "qa_everyday.jsonl"
@@ -49,13 +50,11 @@ def evaluate(reader, examples: list[dict], threshold: float | None) -> dict:
 
 def read_split(data: Path, split: str) -> list[dict]:
     """A split of data/qa, or the hand-written `everyday` questions (one context each) in the same form."""
-    path = EVERYDAY if split == "everyday" else data / f"{split}.jsonl"
-    with path.open(encoding="utf-8") as f:
-        examples = [json.loads(line) for line in f]
-    if split == "everyday":
-        examples = [{"question": ex["question"], "answer": ex["answer"], "kind": "everyday",
-                     "passages": [{"text": ex["context"]}]} for ex in examples]
-    return examples
+    if split != "everyday":
+        return qa_data.read_split(data, split)
+    with EVERYDAY.open(encoding="utf-8") as f:
+        return [{"question": ex["question"], "answer": ex["answer"], "kind": "everyday",
+                 "passages": [{"text": ex["context"]}]} for ex in map(json.loads, f)]
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def quantized_copy(bundle: Path, kind: str, int4_block: int | None = None) -> Pa
         return out
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(bundle, out)
-    quantize_weights(bundle / "model.onnx", out / "model.onnx", kind, int4_block or INT4_BLOCK)
+    quantize_weights(bundle / "model.onnx", out / "model.onnx", kind, int4_block)
     _, manifest = Manifest.read(out, verify=False)
     manifest["quantization"] = RECORDS[kind]
     manifest.write(out)

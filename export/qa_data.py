@@ -405,6 +405,12 @@ def build(out: Path, seed: int) -> dict[str, dict[str, int]]:
     return counts
 
 
+def read_split(data: Path, split: str) -> list[dict]:
+    """The examples of one split file (`{split}.jsonl`) that `build` or `build_outside` wrote under `data`."""
+    with (data / f"{split}.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def build_outside(out: Path, seed: int) -> int:
     """Write outside.jsonl (manpages-zh reading questions, worded once, as the held-out split); return the count."""
     rng = random.Random(seed)

@@ -1,15 +1,16 @@
 """Weight-only int8 and int4 for exported graphs: every MatMul against a constant weight becomes onnxruntime's
 DynamicQuantizeMatMul (int8 weights, one scale per output channel; activations quantized per call) or MatMulNBits
-(4-bit weights in blocks of 128 along the input dimension, each block with its own scale and zero point).
+(4-bit weights in blocks of 128 along the input dimension, or 32 on small models, each block with its own scale and
+zero point).
 
 Why: a decode step at batch 1 reads every weight once, so its floor is weight bytes ÷ memory bandwidth, and int8
-weights are a quarter of fp32's. Encoders at long sequences are compute-bound instead, and this CPU's int8
-int8 products run on AMX tiles here, about 9x fp32's GEMM rate (benchmarks/cpu_features.py). int4 halves int8's
-bytes again; its MatMulNBits kernel at accuracy level 4 quantizes the activations to int8 per block and runs the int8
-dot products, the fastest of its compute choices here (levels 1-3, fp32, fp16 and bf16, run at fp32's speed). Blocks
-of 128 rather than 32 for models of GPT-2-small's size and up: it decodes at 0.54x int8's ms/token at B=1 instead
-of 0.81x, for 0.7% more chat perplexity (benchmarks/quantized_quality.py --int4-blocks); smaller models keep 32. The price is accuracy: export measures the quantized graph
-against PyTorch like any other and records the error in the manifest.
+weights are a quarter of fp32's. Encoders at long sequences are compute-bound instead, and this CPU runs int8
+products on AMX tiles, about 9x fp32's GEMM rate (benchmarks/cpu_features.py). int4 halves int8's bytes again; its
+MatMulNBits kernel at accuracy level 4 quantizes the activations to int8 per block and runs the int8 dot products,
+the fastest of its compute choices here (levels 1-3, fp32, fp16 and bf16 compute, run at fp32's speed). Blocks of 128
+rather than 32 for models of GPT-2-small's size and up: it decodes at 0.54x int8's ms/token at B=1 instead of 0.81x,
+for 0.7% more chat perplexity (benchmarks/quantized_quality.py --int4-blocks); smaller models keep 32. The price is
+accuracy: export measures the quantized graph against PyTorch like any other and records the error in the manifest.
 
 int8 is CPU only: the CUDA provider has no DynamicQuantizeMatMul and would hand those nodes back to the CPU.
 """

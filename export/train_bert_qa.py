@@ -38,7 +38,7 @@ from edgeinfer.bundle import Manifest
 from edgeinfer.qa.windows import windows
 
 from .bert import BertQA, export_bert_qa_bundle, reader_layout
-from .qa_data import reading_share
+from .qa_data import read_split, reading_share
 from .quantize import QUANTIZATIONS
 from .train_dgcnn import calibrate, scores
 from .train_mlm import CLS, PAD, SEP, learning_rate, to_transformers
@@ -171,19 +171,18 @@ def reader_from_checkpoint(checkpoint: Path) -> BertQA:
     return model
 
 
-def predictions(bundle: Path, examples: list[dict], threads: int) -> list[tuple[str, float]]:
-    """(best answer, its best window-span probability) per question, read by the runtime with no threshold."""
+def load_reader(bundle: Path, threads: int):
+    """The bundle opened by the runtime on the CPU, as users read with it."""
     import edgeinfer
 
-    reader = edgeinfer.load(bundle, device="cpu", threads=threads)
+    return edgeinfer.load(bundle, device="cpu", threads=threads)
+
+
+def predictions(reader, examples: list[dict]) -> list[tuple[str, float]]:
+    """(best answer, its best window-span probability) per question, read by the runtime with no threshold."""
     found = reader.answer([ex["question"] for ex in examples], [[p["text"] for p in ex["passages"]] for ex in examples],
                           threshold=0.0)
     return [(answers[0].text, max(a.span_score for a in answers)) if answers else ("", 0.0) for answers in found]
-
-
-def read_split(data: Path, split: str) -> list[dict]:
-    with (data / f"{split}.jsonl").open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -232,13 +231,13 @@ def train(args: argparse.Namespace) -> dict:
     checkpoint, calibration = args.work / "checkpoint", args.work / "bundle-fp32"
     to_transformers(model.eval()).save_pretrained(checkpoint)
     shutil.copyfile(args.tokenizer, checkpoint / "tokenizer.json")
-    export_bert_qa_bundle(checkpoint, calibration, max_seq_len=layout["window"], null_token=True)
+    export_bert_qa_bundle(checkpoint, calibration, null_token=True)  # its windows are `layout`'s
     dev = read_split(args.data, "dev")
     record = {
         "command": " ".join(["python -m edgeinfer.export.train_bert_qa", *sys.argv[1:]]),
         "steps": step, "train_seconds": round(train_seconds, 1), "train_windows": len(train_set.ids),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "threshold": calibrate(dev, predictions(calibration, dev, args.threads)), "curve": curve,
+        "threshold": calibrate(dev, predictions(load_reader(calibration, args.threads), dev)), "curve": curve,
     }
     (args.work / "training.json").write_text(json.dumps(record, indent=1))
     return record
@@ -248,14 +247,13 @@ def export(args: argparse.Namespace) -> dict:
     """--work's checkpoint as a bundle at --out (--quantize weights, the calibrated threshold), with its dev, test and
     ood scores measured through the runtime; returns the manifest."""
     record = json.loads((args.work / "training.json").read_text())
-    checkpoint = args.work / "checkpoint"
-    window = reader_layout(reader_from_checkpoint_config(checkpoint))["window"]
-    export_bert_qa_bundle(checkpoint, args.out, max_seq_len=window, null_token=True, threshold=record["threshold"],
+    export_bert_qa_bundle(args.work / "checkpoint", args.out, null_token=True, threshold=record["threshold"],
                           quantize=args.quantize)
+    reader = load_reader(args.out, args.threads)
     metrics = {}
     for split in ("dev", "test", "ood"):
         examples = read_split(args.data, split)
-        metrics[split] = scores(examples, predictions(args.out, examples, args.threads), record["threshold"])
+        metrics[split] = scores(examples, predictions(reader, examples), record["threshold"])
     _, manifest = Manifest.read(args.out)
     manifest["qa"]["calibration"] = ("threshold on the best span probability maximising dev's F1 (answerable) + "
                                      "no-answer accuracy (unanswerable); below it no answer is returned")
@@ -263,15 +261,6 @@ def export(args: argparse.Namespace) -> dict:
     manifest["training"] = {k: record[k] for k in ("command", "steps", "train_seconds", "train_windows")}
     manifest.write(args.out)
     return manifest
-
-
-def reader_from_checkpoint_config(checkpoint: Path):
-    """The BertConfig of a saved BertForQuestionAnswering folder (for its window layout)."""
-    import transformers
-
-    from .bert import config_from_hf
-
-    return config_from_hf(transformers.AutoConfig.from_pretrained(checkpoint))
 
 
 def main(argv: list[str] | None = None) -> None:

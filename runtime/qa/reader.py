@@ -96,9 +96,9 @@ class Reader:
 
         Give either `passages` (several passages per question) or `context` (one text per question, any
         length). max_answer_len counts units (characters for DGCNN, tokens for BERT); `threshold` is a
-        minimum span probability (default: the manifest's, which for the DGCNN bundle is calibrated on its dev set so
-        that an empty list means the passages do not hold the answer); window and stride (units shared by neighbouring windows) default to
-        the manifest's. A session call takes at most `batch_size` windows and, when the manifest or the caller sets
+        minimum span probability (default: the manifest's, which the shipped readers calibrate on their dev set so
+        that an empty list means the passages do not hold the answer); window and stride (units shared by neighbouring
+        windows) default to the manifest's. A session call takes at most `batch_size` windows and, when the manifest or the caller sets
         `batch_tokens`, at most that many units: on CPU a BERT-base forward over 32 windows of 384 tokens ran 12%
         slower per window than over 1-4 (activations outgrow the caches), so BERT bundles cap calls at 2048 tokens.
         A call is refused past `max_context_chars` characters in one context or passage, or `max_questions`

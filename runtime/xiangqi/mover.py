@@ -34,8 +34,12 @@ class MoveModel:
         manifest = model.manifest
         if manifest["task"] != "xiangqi":
             raise BundleError(f"moves need a bundle for task 'xiangqi'; this one is for task {manifest['task']!r}")
-        why = ("manifest 'input' is {!r}, not 'board'".format(manifest.get("input")) if manifest.get("input") != "board"
-               else "manifest 'vocab' is not the board prompt's 35 tokens" if manifest.get("vocab") != VOCAB else None)
+        if manifest.get("input") != "board":
+            why = f"manifest 'input' is {manifest.get('input')!r}, not 'board'"
+        elif manifest.get("vocab") != VOCAB:
+            why = "manifest 'vocab' is not the board prompt's 35 tokens"
+        else:
+            why = None
         if why:
             raise BundleError(f"bundle {model.folder}: its model does not read the board prompt of this runtime "
                               f"({why}); retrain it with python -m edgeinfer.export.train_xiangqi")
