@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from edgeinfer.lm.step import query_key_mask
 
 from edgeinfer.kernels.modules import Gelu, causal_attention
 
@@ -35,6 +38,7 @@ class GPTConfig:
     dropout: float = 0.0
     attention_kind: str = "dot"  # "dot", "dense", "random", "dense+dot" (synthesizer.py)
     synth_rank: int = 0  # random synthesizer: rank of its factorized score matrix (0: the full matrix)
+    bidirectional_prefix: int = 0  # the first N positions see each other both ways (a prefix LM over a board prompt)
 
     def __post_init__(self) -> None:
         check_attention_kind(self.attention_kind)
@@ -143,6 +147,7 @@ class GPT(nn.Module):
                 "pre_ln": cfg.pre_ln,
                 "tied_lm_head": cfg.tied_lm_head,
                 **({"attention_kind": cfg.attention_kind} if cfg.attention_kind != "dot" else {}),
+                **({"bidirectional_prefix": cfg.bidirectional_prefix} if cfg.bidirectional_prefix else {}),
             },
             "gelu": cfg.gelu,
         }
@@ -192,6 +197,9 @@ class GPT(nn.Module):
         batch, seq = input_ids.shape
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
         mask = torch.ones_like(input_ids)
+        if self.cfg.bidirectional_prefix:  # the runtime's own mask rule, (batch, seq, seq)
+            mask = torch.from_numpy(query_key_mask(np.ones((1, seq), np.int64), seq, self.cfg.bidirectional_prefix))
+            mask = mask.to(input_ids.device).expand(batch, seq, seq)
         x = self.embed(input_ids, positions, token_type_ids, inputs_embeds)
         empty = [torch.zeros(batch, self.cfg.n_head, 0, self.cfg.head_dim, device=input_ids.device)] * len(
             self.cfg.cache_parts)

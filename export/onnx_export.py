@@ -26,6 +26,7 @@ import torch
 from edgeinfer import __version__
 from edgeinfer.bundle import Manifest
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.lm.step import query_key_mask
 from edgeinfer.kernels.contrib_fusion import fuse_contrib
 from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translation_table
 
@@ -79,13 +80,6 @@ def io_names(n_layer: int, segments: bool, parts: tuple[str, ...] = ("key", "val
     return inputs + (["token_type_ids"] if segments else []), ["logits", *present]
 
 
-def query_key_mask(key_mask: torch.Tensor, seq: int) -> torch.Tensor:
-    """(batch, total) key mask -> (batch, seq, total) mask of what each of the last `seq` queries sees (causal)."""
-    total = key_mask.shape[1]
-    causal = torch.arange(total)[None, :] <= torch.arange(total - seq, total)[:, None]
-    return (causal[None] & (key_mask[:, None, :] != 0)).long()
-
-
 def _example_inputs(model: Decoder, batch: int, seq: int, past_len: int, seed: int = 0, mask: str = "key") -> dict:
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
@@ -101,7 +95,8 @@ def _example_inputs(model: Decoder, batch: int, seq: int, past_len: int, seed: i
     if cfg.n_segments:
         inputs["token_type_ids"] = torch.randint(0, cfg.n_segments, (batch, seq), generator=g)
     if mask == "query_key":
-        inputs["attention_mask"] = query_key_mask(inputs["attention_mask"], seq)
+        prefix = getattr(cfg, "bidirectional_prefix", 0)
+        inputs["attention_mask"] = torch.from_numpy(query_key_mask(inputs["attention_mask"].numpy(), seq, prefix))
     return inputs
 
 
@@ -169,7 +164,7 @@ def measure_parity(
     session = cpu_session(onnx_path)
     names = [i.name for i in session.get_inputs()]
     cfg = model.cfg
-    batch, prompt_len = 2, 7
+    batch, prompt_len = 2, max(7, getattr(cfg, "bidirectional_prefix", 0))  # a bidirectional prefix is fed whole
     prompt = _example_inputs(model, batch, prompt_len, 0, seed, mask)
     # contrib graphs decode into a preallocated buffer; standard ones take a past of exactly past_len
     if attention == "contrib":
@@ -252,6 +247,9 @@ def export_onnx(model: Decoder, path: Path, attention: str, mask: str = "key") -
     if synthesized(model) and (attention == "contrib" or mask != "key"):
         raise ExportError(f"synthesizer attention ({cfg.attention_kind}) exports with attention 'standard' or "
                           "'unfused' and a key mask: its scores are plain ops over a concatenated cache")
+    if getattr(cfg, "bidirectional_prefix", 0) and mask != "query_key":
+        raise ExportError(f"model.bidirectional_prefix is {cfg.bidirectional_prefix}: a prefix LM needs attention_mask "
+                          "'query_key' (the graph must take the whole mask)")
     if attention == "contrib" and cfg.head_dim % contrib_head_multiple(model):
         raise ExportError(
             f"the contrib target (GroupQueryAttention) needs a head size that is a multiple of "

@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, help="stop training after this long (the schedule follows)")
     parser.add_argument("--valid-positions", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--causal-prompt", action="store_true",
+                        help="board squares see only earlier squares (default: they see each other, a prefix LM)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     cfg = GPTConfig(vocab_size=len(VOCAB), n_positions=EXAMPLE_TOKENS, n_embd=args.embd, n_layer=args.layers,
-                    n_head=args.heads, gelu="tanh")
+                    n_head=args.heads, gelu="tanh", bidirectional_prefix=0 if args.causal_prompt else PROMPT_TOKENS)
     model = GPT(cfg)
     if args.export_only:
         checkpoint = torch.load(args.work / "model.pt", map_location="cpu", weights_only=True)

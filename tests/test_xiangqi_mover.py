@@ -170,3 +170,87 @@ def test_a_move_that_loses_by_perpetual_check_is_ranked_last(movers):
     assert scored[-1].move == "i8i9" and len(scored) > 1
     board.push("i8i9")
     assert board.outcome().winner == "black"
+
+
+# ---------------------------------------------------------------- the board prompt read both ways (a prefix LM)
+@pytest.fixture(scope="module")
+def prefix_lm(tmp_path_factory):
+    """A torch GPT whose 91 prompt tokens see each other, and its bundle."""
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.onnx_export import export_gpt_bundle
+
+    torch.manual_seed(5)
+    model = GPT(GPTConfig(vocab_size=len(VOCAB), n_positions=PROMPT_TOKENS + 4, n_embd=32, n_layer=2, n_head=4,
+                          bidirectional_prefix=PROMPT_TOKENS))
+    for p in model.parameters():
+        p.data.mul_(3)
+    path = tmp_path_factory.mktemp("xq") / "prefix"
+    export_gpt_bundle(model.eval(), path, attention="standard", attention_mask="query_key", task="xiangqi",
+                      extra={"input": "board", "vocab": VOCAB})
+    return model, edgeinfer.load(path, device="cpu")
+
+
+def torch_scores(model, board: Board, prefix: int) -> dict[str, float]:
+    """Each legal move's summed character log-probabilities from PyTorch, prompt tokens seeing the first `prefix`."""
+    moves = board.legal_moves()
+    prompt = board_tokens(board.squares, board.side)
+    ids = torch.tensor([prompt + move_tokens(oriented_move(move, board.side)) for move in moves])
+    model.cfg.bidirectional_prefix, kept = prefix, model.cfg.bidirectional_prefix
+    try:
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model.training_logits(ids).double(), -1)[:, -5:-1]
+    finally:
+        model.cfg.bidirectional_prefix = kept
+    chosen = logprobs.gather(-1, ids[:, -4:, None])[..., 0].sum(-1)
+    return {move: float(chosen[i]) for i, move in enumerate(moves)}
+
+
+@pytest.mark.parametrize("plies, seed", [(0, 0), (9, 4), (30, 5)])
+def test_prefix_lm_scores_equal_pytorch(prefix_lm, plies, seed):
+    model, bundle = prefix_lm
+    board = _random_game(plies, seed)
+    scored = {s.move: s.logprob for s in MoveModel(bundle).score(board)}
+    both_ways = torch_scores(model, board, PROMPT_TOKENS)
+    assert scored.keys() == both_ways.keys()
+    for move, score in scored.items():
+        assert score == pytest.approx(both_ways[move], rel=1e-5, abs=1e-4)
+    causal = torch_scores(model, board, 0)  # the same weights read causally score otherwise: the mask is in force
+    assert max(abs(causal[m] - both_ways[m]) for m in scored) > 0.1
+
+
+def test_prefix_lm_mask_rule():
+    from edgeinfer.lm.step import query_key_mask
+
+    key_mask = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])  # the second row left-padded by 2
+    got = query_key_mask(key_mask, 6, bidirectional_prefix=3)
+    for row, pad in enumerate((0, 2)):
+        for q in range(6):
+            for k in range(6):
+                qpos, kpos = q - pad, k - pad
+                expected = kpos >= 0 and qpos >= 0 and (kpos <= qpos or (qpos < 3 and kpos < 3))
+                expected = expected or (qpos < 0 and kpos >= 0 and kpos <= qpos)  # a pad query: causal as before
+                assert got[row, q, k] == expected, (row, q, k)
+    assert (query_key_mask(key_mask, 2, 3) == got[:, -2:]).all()  # a cached step sees what the full run saw
+
+
+def test_prefix_lm_prompt_must_hold_the_whole_prefix(prefix_lm):
+    _, bundle = prefix_lm
+    board = board_tokens(Board().squares, RED)
+    for call in (lambda: bundle.generate([board[:50]], max_new_tokens=2),
+                 lambda: bundle.prefill(board[:90]),
+                 lambda: bundle.prefill(board[50:], prefix=bundle.prefill(board[:50]))):
+        with pytest.raises(InputError, match="reads its first 91 tokens together"):
+            call()
+    [greedy] = bundle.generate([board], max_new_tokens=4, do_sample=False)
+    assert len(greedy.token_ids) == 4
+    longer = bundle.prefill(board[-1:], prefix=bundle.prefill(board[:-1] + board[-1:]))  # after the prefix: free
+    assert len(longer.token_ids) == PROMPT_TOKENS + 1
+
+
+def test_a_bidirectional_prefix_needs_the_query_key_mask(tmp_path):
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.onnx_export import ExportError, export_gpt_bundle
+
+    model = GPT(GPTConfig(vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2, bidirectional_prefix=4))
+    with pytest.raises(ExportError, match="a prefix LM needs attention_mask 'query_key'"):
+        export_gpt_bundle(model, tmp_path / "b", attention="standard")

@@ -46,6 +46,14 @@ PREFILL_TOKENS = 512
 PREFILL_PADDING = 1.25  # a group's padded tokens may exceed its real tokens by at most this factor
 
 
+def check_whole_prefix(model, start: int, length: int) -> None:
+    """A prefix LM's first tokens see each other both ways, so they must come in one prompt, before any other."""
+    prefix = model.bidirectional_prefix
+    if prefix and start < prefix and (start > 0 or length < prefix):
+        raise InputError(f"this model reads its first {prefix} tokens together (a bidirectional prefix): a prompt "
+                         f"must hold all of them at once, got {length} after {start}")
+
+
 def prefill_groups(lengths: list[int | None]) -> list[list[int]]:
     """Indices of requests to prefill together: similar prompt lengths (little padding), bounded tokens per call.
 
@@ -157,6 +165,7 @@ class Engine:
             raise InputError("a request needs at least one token to feed")
         if total >= self.capacity:
             raise InputError(f"prompt of {total} tokens leaves no room in the engine's {self.capacity} positions")
+        check_whole_prefix(self.model, start, len(request.tokens))
         with self._lock:
             if self._stopping:
                 raise QueueFull("the engine is shutting down")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from .cache import KVCache
-from .engine import Engine, Request
+from .engine import Engine, Request, check_whole_prefix
 from .options import DecodeOptions, decode_options, is_int
 from .step import Step
 from .types import Generation, Prefix, StreamEvent
@@ -56,6 +56,8 @@ def make_requests(model, prompts: Sequence, options: DecodeOptions, seed=None, n
         raise InputError(f"{len(prompts)} prompts x {num_return_sequences} samples is over {MAX_REQUESTS} requests")
     check_prefix(model, prefix)
     encoded = [encode_prompt(model, p) for p in prompts]
+    for ids in encoded:
+        check_whole_prefix(model, len(prefix.token_ids) if prefix else 0, len(ids))
     segments = _segments(model, segment_ids, encoded)
     if is_int(reply_segment):
         replies = [reply_segment] * len(encoded)
@@ -171,6 +173,7 @@ def prefill(model, prompt, segment_ids: Sequence[int] | None = None, prefix: Pre
         raise InputError("segment_ids must be a list: one segment id per prompt token")
     ids = encode_prompt(model, prompt)
     start = len(prefix.token_ids) if prefix else 0
+    check_whole_prefix(model, start, len(ids))
     if start + len(ids) >= model.max_positions:
         raise InputError(f"{start + len(ids)} tokens leave no room in the model's {model.max_positions} positions")
     segments = _segments(model, None if segment_ids is None else [segment_ids], [ids])[0] or [0] * len(ids)

@@ -52,6 +52,7 @@ class CausalLM:
         self.shared_cache = kv["layout"] == "shared_buffer"
         # "query_key": the graph takes (batch, seq, total) masks, so callers may pass any pattern (tree scoring)
         self.query_key_mask = manifest.get("attention_mask", "key") == "query_key"
+        self.bidirectional_prefix = cfg.get("bidirectional_prefix", 0)  # prompt positions that see each other
         layers = [(i, part) for i in range(self.n_layer) for part in cache_parts(kv)]  # values only: synthesizers
         self.past_names = [kv[f"past_{part}"].format(layer=i) for i, part in layers]
         self.present_names = [kv[f"present_{part}"].format(layer=i) for i, part in layers]

@@ -20,11 +20,18 @@ def positions_from_mask(mask: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64)
 
 
-def query_key_mask(key_mask: np.ndarray, seq: int) -> np.ndarray:
-    """(batch, total) key mask -> (batch, seq, total): what each of the last `seq` queries sees, causally."""
+def query_key_mask(key_mask: np.ndarray, seq: int, bidirectional_prefix: int = 0) -> np.ndarray:
+    """(batch, total) key mask -> (batch, seq, total): what each of the last `seq` queries sees, causally.
+
+    With `bidirectional_prefix` N, the tokens at positions below N also see each other both ways (a prefix LM: a
+    Xiangqi board prompt has no order); those N tokens must then be fed in one call.
+    """
     total = key_mask.shape[1]
-    causal = np.arange(total)[None, :] <= np.arange(total - seq, total)[:, None]
-    return (causal[None] & (key_mask[:, None, :] != 0)).astype(np.int64)
+    visible = np.arange(total)[None, None, :] <= np.arange(total - seq, total)[None, :, None]
+    if bidirectional_prefix:
+        in_prefix = (positions_from_mask(key_mask) < bidirectional_prefix) & (key_mask != 0)
+        visible = visible | (in_prefix[:, None, :] & in_prefix[:, -seq:, None])
+    return (visible & (key_mask[:, None, :] != 0)).astype(np.int64)
 
 
 class Step:
@@ -51,7 +58,9 @@ class Step:
         if kept is not None:
             kept = self._all_rows(kept)
             cache.check_room(kept)
-        graph_mask = query_key_mask(mask, ids.shape[1]) if model.query_key_mask and mask.ndim == 2 else mask
+        graph_mask = mask
+        if model.query_key_mask and mask.ndim == 2:
+            graph_mask = query_key_mask(mask, ids.shape[1], model.bidirectional_prefix)
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": graph_mask,
                  "logits_positions": logits_at}
         if model.uses_segments:
