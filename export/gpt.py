@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeinfer.lm.step import query_key_mask
-
 from edgeinfer.kernels.modules import Gelu, causal_attention
+from edgeinfer.lm.step import query_key_mask
 
 from .synthesizer import VALUE_ONLY_KINDS, SynthesizerAttention, check_attention_kind
 

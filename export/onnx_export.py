@@ -26,9 +26,9 @@ import torch
 from edgeinfer import __version__
 from edgeinfer.bundle import Manifest
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.lm.step import query_key_mask
 from edgeinfer.kernels.contrib_fusion import fuse_contrib
 from edgeinfer.kernels.onnx_emit import ATTENTION_TARGETS, MASK_KINDS, translation_table
+from edgeinfer.lm.step import query_key_mask
 
 from .gpt import GPT
 from .llama import Llama
