@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import BundleError
+from .local_cache import known_digest, remember_digest
 from .signals import signals_to_main_thread
 
 MANIFEST_FILE = "manifest.json"
@@ -301,7 +302,8 @@ def check_digests_in_background(folder: Path, manifest: dict, verify: bool | Non
     """Start hashing the bundle's files on a thread; the returned function waits and raises a mismatch.
 
     hashlib releases the GIL, so the hashing (0.3 s per 500 MB) overlaps opening the session instead of adding to
-    it. Paths and the presence of digests are checked here, before any work. verify: None follows EDGEINFER_VERIFY.
+    it; a file verified before and unchanged since is not hashed again (`local_cache.known_digest`). Paths and the
+    presence of digests are checked here, before any work. verify: None follows EDGEINFER_VERIFY.
     """
     files = {role: inside(folder, role, name) for role, name in manifest["files"].items() if name is not None}
     if not (verify if verify is not None else os.environ.get(VERIFY_ENV, "1") != "0"):
@@ -317,8 +319,17 @@ def check_digests_in_background(folder: Path, manifest: dict, verify: bool | Non
             raise BundleError(f"bundle {folder}: manifest field 'sha256' has no digest for {name!r}")
         expected[role] = digests[name].lower()
     mismatched: list[str] = []
-    worker = threading.Thread(target=lambda: mismatched.extend(
-        role for role, path in files.items() if sha256_of(path) != expected[role]), daemon=True)
+
+    def check() -> None:
+        for role, path in files.items():
+            if known_digest(path) == expected[role]:
+                continue
+            if sha256_of(path) != expected[role]:
+                mismatched.append(role)
+            else:
+                remember_digest(path, expected[role])
+
+    worker = threading.Thread(target=check, daemon=True)
     with signals_to_main_thread():
         worker.start()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .bundle import MAX_THREADS, first_line
 from .errors import BundleError, InputError
+from .local_cache import cache_root
 from .signals import signals_to_main_thread
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
@@ -126,17 +127,6 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     return session, ProviderChoice(session.get_providers(), reason)
 
 
-def cache_root() -> Path | None:
-    """Where optimized graphs are kept: EDGEINFER_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, under edgeinfer/graphs;
-    None when EDGEINFER_GRAPH_CACHE is "0"."""
-    if os.environ.get("EDGEINFER_GRAPH_CACHE", "1") == "0":
-        return None
-    if os.environ.get("EDGEINFER_CACHE_DIR"):
-        return Path(os.environ["EDGEINFER_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgeinfer" / "graphs"
-
-
 def _cpu_flags() -> str:
     """The CPU's feature flags (Linux), part of the cache key: an optimized CPU graph may use what this CPU has."""
     try:
@@ -177,7 +167,7 @@ class GraphCache:
         source = digest if isinstance(digest, str) else f"{model_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         disabled = tuple(sorted(disabled or ()))
         key = json.dumps([source, ort.__version__, disabled, _cpu_flags()])
-        return cls(model_path, root / hashlib.sha256(key.encode()).hexdigest()[:32])
+        return cls(model_path, root / "graphs" / hashlib.sha256(key.encode()).hexdigest()[:32])
 
     def open(self, options, create: Callable):
         """`create(path, options)`'s session: on the cached graph with optimizations off when the cache holds it, else

@@ -109,6 +109,38 @@ def test_flipped_weight_byte_is_caught(gpt):
     assert edgeinfer.load(gpt, verify=False).vocab_size == 97  # the opt-out skips the hashing
 
 
+def test_a_verified_file_is_hashed_again_only_once_changed(gpt, tmp_path, monkeypatch):
+    """An unchanged file verified before is not hashed again; a change that keeps the size and the modification time
+    still moves the change time, and is caught."""
+    from edgeinfer import bundle
+
+    monkeypatch.setenv("EDGEINFER_CACHE_DIR", str(tmp_path / "cache"))
+    hashed = []
+    real = bundle.sha256_of
+    monkeypatch.setattr(bundle, "sha256_of", lambda path: hashed.append(path.name) or real(path))
+    edgeinfer.load(gpt)
+    assert hashed == ["model.onnx"]  # the one file this bundle records a digest of
+    hashed.clear()
+    edgeinfer.load(gpt)
+    assert hashed == []
+    model = gpt / "model.onnx"
+    stat = model.stat()
+    original = model.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(BundleError, match="model file 'model.onnx' does not match its sha256"):
+        edgeinfer.load(gpt)
+    assert hashed == ["model.onnx"]
+    monkeypatch.setenv("EDGEINFER_GRAPH_CACHE", "0")  # nothing kept: every load hashes
+    model.write_bytes(original)
+    hashed.clear()
+    edgeinfer.load(gpt)
+    edgeinfer.load(gpt)
+    assert hashed == ["model.onnx", "model.onnx"]
+
+
 def test_changed_tokenizer_is_caught(tmp_path):
     chat = _shipped("chat", tmp_path)
     with (chat / "tokenizer.json").open("a") as f:

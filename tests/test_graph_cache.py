@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(session, "CACHE_MIN_BYTES", 0)  # the tiny test graphs would not be cached otherwise
     monkeypatch.setenv("EDGEINFER_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return tmp_path / "cache" / "graphs"
 
 
 def _entries(cache):
