@@ -4,8 +4,9 @@
     python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi [--device cuda]
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
-`edgeinfer.xiangqi.tokens`) followed by the 4 characters of fairy-stockfish's move there; the loss covers the
-4 move characters only. Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
+`edgeinfer.xiangqi.tokens`, each square's token with its control segment, `edgeinfer.xiangqi.control`) followed by the
+4 characters of fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each
+other both ways (a prefix LM). Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
 the game. Positions come from every game of the data's train split (`xiangqi_data.split_of`); the valid split
 gives the validation loss and the test split stays for `benchmarks/xiangqi_moves.py`.
 """
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from edgeinfer.xiangqi import Board
+from edgeinfer.xiangqi.control import CONTROL_SEGMENTS, control_segments
 from edgeinfer.xiangqi.tables import FILES, RANKS
 from edgeinfer.xiangqi.tokens import (
     PIECE_OFFSET,
@@ -73,33 +75,50 @@ def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.
     return out
 
 
-def collate(squares: np.ndarray, labels: np.ndarray, mirror: np.ndarray):
-    """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, None)."""
+def collate(squares: np.ndarray, labels: np.ndarray, mirror: np.ndarray, control: bool = True):
+    """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments):
+    segments are the squares' control segments (None without `control`), 0 for the start token and the move."""
     boards = squares.reshape(-1, RANKS, FILES).copy()
     boards[mirror] = boards[mirror][:, :, ::-1]
+    boards = boards.reshape(len(squares), -1)
     moves = np.where(mirror[:, None], MIRRORED_TOKEN[labels], labels)
-    ids = np.concatenate([np.full((len(squares), 1), START), PIECE_OFFSET + boards.reshape(len(squares), -1), moves],
-                         axis=1)
+    ids = np.concatenate([np.full((len(squares), 1), START), PIECE_OFFSET + boards, moves], axis=1)
     targets = np.full(ids.shape, -100)
     targets[:, PROMPT_TOKENS - 1 : -1] = ids[:, PROMPT_TOKENS:]
-    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), None
+    segments = None
+    if control:
+        segments = np.zeros(ids.shape, dtype=np.int64)
+        segments[:, 1:PROMPT_TOKENS] = [control_segments(board.tolist()) for board in boards]
+        segments = torch.from_numpy(segments)
+    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), segments
 
 
-def batches(squares: np.ndarray, labels: np.ndarray, batch_size: int, seed: int):
+def batches(squares: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, control: bool):
     """Endless random batches, half of each mirrored."""
     rng = np.random.default_rng(seed)
     while True:
         rows = rng.integers(len(squares), size=batch_size)
-        yield collate(squares[rows], labels[rows], rng.random(batch_size) < 0.5)
+        yield collate(squares[rows], labels[rows], rng.random(batch_size) < 0.5, control)
 
 
-def in_order(squares: np.ndarray, labels: np.ndarray, limit: int, batch_size: int = 512):
+def in_order(squares: np.ndarray, labels: np.ndarray, limit: int, control: bool, batch_size: int = 512):
     """The first `limit` positions, unmirrored, in batches (validation)."""
     def run():
         for i in range(0, min(limit, len(squares)), batch_size):
             rows = slice(i, min(i + batch_size, limit))
-            yield collate(squares[rows], labels[rows], np.zeros(len(squares[rows]), dtype=bool))
+            yield collate(squares[rows], labels[rows], np.zeros(len(squares[rows]), dtype=bool), control)
     return run
+
+
+def warm_start(model: GPT, path: Path) -> None:
+    """Load a checkpoint's weights into `model`; a segment table it lacks starts at zero (the same function)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    if unexpected or set(missing) - {"wse.weight"}:
+        raise SystemExit(f"{path} does not fit this model: missing {missing}, unexpected {unexpected}")
+    if missing:
+        torch.nn.init.zeros_(model.wse.weight)
+    print(f"started from {path}", flush=True)
 
 
 def save_tokenizer(path: Path) -> None:
@@ -132,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--causal-prompt", action="store_true",
                         help="board squares see only earlier squares (default: they see each other, a prefix LM)")
+    parser.add_argument("--no-control", action="store_true", help="squares without their control segments")
+    parser.add_argument("--init", type=Path, help="start from this model.pt (a model without control segments: "
+                        "its segment table starts at zero, so training starts from the same function)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")
@@ -140,9 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
+    control = not args.no_control
     cfg = GPTConfig(vocab_size=len(VOCAB), n_positions=EXAMPLE_TOKENS, n_embd=args.embd, n_layer=args.layers,
-                    n_head=args.heads, gelu="tanh", bidirectional_prefix=0 if args.causal_prompt else PROMPT_TOKENS)
+                    n_head=args.heads, gelu="tanh", bidirectional_prefix=0 if args.causal_prompt else PROMPT_TOKENS,
+                    n_segments=CONTROL_SEGMENTS if control else 0)
     model = GPT(cfg)
+    if args.init:
+        warm_start(model, args.init)
     if args.export_only:
         checkpoint = torch.load(args.work / "model.pt", map_location="cpu", weights_only=True)
         model = GPT(GPTConfig(**checkpoint["config"]))
@@ -151,12 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         splits = split_positions(args.data, args.workers)
         print({name: len(pair[0]) for name, pair in splits.items()}, "positions", flush=True)
-        valid = in_order(*splits["valid"], args.valid_positions)
+        valid = in_order(*splits["valid"], args.valid_positions, control)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
                                 max_seconds=60 * args.max_minutes if args.max_minutes else None)
-        log = train(model, batches(*splits["train"], args.batch_size, args.seed), valid, train_cfg, args.work)
-        log["test_loss"] = round(evaluate(model, in_order(*splits["test"], args.valid_positions)), 4)
+        log = train(model, batches(*splits["train"], args.batch_size, args.seed, control), valid, train_cfg, args.work)
+        log["test_loss"] = round(evaluate(model, in_order(*splits["test"], args.valid_positions, control)), 4)
         log["positions"] = {name: len(pair[0]) for name, pair in splits.items()}
         log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
@@ -173,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         # a query-key mask lets move scoring feed every legal move's characters in one call (runtime/xiangqi/mover.py)
         attention_mask="query_key",
         special_tokens={"start": START, "pad": START},
-        extra={"vocab": VOCAB, "input": "board",
+        extra={"vocab": VOCAB, "input": "board", **({"square_features": "control"} if model.cfg.n_segments else {}),
                "move_score": "sum of the 4 character log-probabilities of each legal move after the position's prompt",
                "training": {
             "positions": log["positions"], "steps": log.get("steps_run", log["config"]["steps"]),

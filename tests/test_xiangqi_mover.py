@@ -9,8 +9,9 @@ import pytest
 import edgeinfer
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.xiangqi import Board
+from edgeinfer.xiangqi.control import CONTROL_SEGMENTS, control_counts, control_segments
 from edgeinfer.xiangqi.mover import MoveModel
-from edgeinfer.xiangqi.tables import BLACK, RED
+from edgeinfer.xiangqi.tables import BLACK, PAWN, RED
 from edgeinfer.xiangqi.tokens import (
     PIECE_OFFSET,
     PROMPT_TOKENS,
@@ -18,6 +19,7 @@ from edgeinfer.xiangqi.tokens import (
     board_tokens,
     move_tokens,
     oriented_move,
+    oriented_squares,
 )
 
 torch = pytest.importorskip("torch")
@@ -108,11 +110,13 @@ def test_training_examples_hold_legal_moves_mirrored_or_not():
         board.push(moves[-1])
     squares, label_ids = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
     for mirror in (False, True):
-        ids, targets, _ = collate(squares, label_ids, np.full(len(squares), mirror))
+        ids, targets, segments = collate(squares, label_ids, np.full(len(squares), mirror))
         assert (targets[:, : PROMPT_TOKENS - 1] == -100).all() and (targets[:, -1] == -100).all()
-        for row in ids.numpy():
+        for row, row_segments in zip(ids.numpy(), segments.numpy()):
             seen = Board(format_placement(list(row[1:PROMPT_TOKENS] - PIECE_OFFSET)) + " w - - 0 1", max_plies=None)
             assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in seen.legal_moves()
+            assert list(row_segments[1:PROMPT_TOKENS]) == control_segments(seen.squares)
+            assert row_segments[0] == 0 and (row_segments[PROMPT_TOKENS:] == 0).all()
 
 
 def test_a_bundle_of_another_prompt_is_refused(tmp_path):
@@ -175,18 +179,18 @@ def test_a_move_that_loses_by_perpetual_check_is_ranked_last(movers):
 # ---------------------------------------------------------------- the board prompt read both ways (a prefix LM)
 @pytest.fixture(scope="module")
 def prefix_lm(tmp_path_factory):
-    """A torch GPT whose 91 prompt tokens see each other, and its bundle."""
+    """A torch GPT whose 91 prompt tokens see each other and carry their squares' control segments, and its bundle."""
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle
 
     torch.manual_seed(5)
     model = GPT(GPTConfig(vocab_size=len(VOCAB), n_positions=PROMPT_TOKENS + 4, n_embd=32, n_layer=2, n_head=4,
-                          bidirectional_prefix=PROMPT_TOKENS))
+                          bidirectional_prefix=PROMPT_TOKENS, n_segments=CONTROL_SEGMENTS))
     for p in model.parameters():
         p.data.mul_(3)
     path = tmp_path_factory.mktemp("xq") / "prefix"
     export_gpt_bundle(model.eval(), path, attention="standard", attention_mask="query_key", task="xiangqi",
-                      extra={"input": "board", "vocab": VOCAB})
+                      extra={"input": "board", "vocab": VOCAB, "square_features": "control"})
     return model, edgeinfer.load(path, device="cpu")
 
 
@@ -195,10 +199,12 @@ def torch_scores(model, board: Board, prefix: int) -> dict[str, float]:
     moves = board.legal_moves()
     prompt = board_tokens(board.squares, board.side)
     ids = torch.tensor([prompt + move_tokens(oriented_move(move, board.side)) for move in moves])
+    segments = torch.zeros_like(ids)
+    segments[:, 1:PROMPT_TOKENS] = torch.tensor(control_segments(oriented_squares(board.squares, board.side)))
     model.cfg.bidirectional_prefix, kept = prefix, model.cfg.bidirectional_prefix
     try:
         with torch.no_grad():
-            logprobs = torch.log_softmax(model.training_logits(ids).double(), -1)[:, -5:-1]
+            logprobs = torch.log_softmax(model.training_logits(ids, segments).double(), -1)[:, -5:-1]
     finally:
         model.cfg.bidirectional_prefix = kept
     chosen = logprobs.gather(-1, ids[:, -4:, None])[..., 0].sum(-1)
@@ -216,6 +222,50 @@ def test_prefix_lm_scores_equal_pytorch(prefix_lm, plies, seed):
         assert score == pytest.approx(both_ways[move], rel=1e-5, abs=1e-4)
     causal = torch_scores(model, board, 0)  # the same weights read causally score otherwise: the mask is in force
     assert max(abs(causal[m] - both_ways[m]) for m in scored) > 0.1
+    table = model.wse.weight.detach().clone()
+    with torch.no_grad():
+        model.wse.weight.zero_()
+        unseen = torch_scores(model, board, PROMPT_TOKENS)  # and so do they without the control segments
+        model.wse.weight.copy_(table)
+    assert max(abs(unseen[m] - both_ways[m]) for m in scored) > 0.1
+
+
+def control_reference(squares: list[int], side: int) -> list[int]:
+    """How many of `side`'s pieces could capture on each square were an enemy pawn there, by the rules' own move
+    generator."""
+    board = Board()
+    counts = []
+    for target in range(len(squares)):
+        board.squares = list(squares)
+        board.squares[target] = -side * PAWN
+        board.side = side
+        counts.append(sum(1 for m in board._pseudo_moves() if m & 127 == target))
+    return counts
+
+
+@pytest.mark.parametrize("plies, seed", [(0, 0), (12, 6), (40, 7), (90, 8)])
+def test_control_counts_equal_the_move_generator(plies, seed):
+    board = _random_game(plies, seed)
+    for side in (RED, BLACK):
+        assert control_counts(board.squares, side) == control_reference(board.squares, side)
+    oriented = oriented_squares(board.squares, board.side)
+    own, other = control_reference(oriented, RED), control_reference(oriented, BLACK)
+    assert control_segments(oriented) == [1 + 3 * min(a, 2) + min(b, 2) for a, b in zip(own, other)]
+
+
+def test_a_bundle_with_unknown_square_features_is_refused(prefix_lm, tmp_path):
+    import json
+    import shutil
+
+    _, bundle = prefix_lm
+    for features, message in (("attacks", "'square_features' is 'attacks'"), (None, "needs model.n_segments 10")):
+        folder = tmp_path / str(features)
+        shutil.copytree(bundle.folder, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest.pop("square_features") if features is None else manifest.update(square_features=features)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match=message):
+            MoveModel(edgeinfer.load(folder, device="cpu"))
 
 
 def test_prefix_lm_mask_rule():

@@ -1,7 +1,8 @@
 """Move choice with the Xiangqi GPT: every legal move scored exactly, in one forward call.
 
 A move's score is the sum of the log-probabilities of its 4 ICCS characters after the position's prompt (the
-board seen from the side to move, `tokens.board_tokens`). The prompt is run once and the legal moves are scored
+board seen from the side to move, `tokens.board_tokens`, with each square's control segment, `control.py`, when the
+manifest's `square_features` is "control"). The prompt is run once and the legal moves are scored
 together as its candidate continuations (`CausalLM.score`: a tree of shared characters, one call with the query-key
 mask). Output is legal by construction: only legal moves are ever scored. The prompt holds no history, so the
 rules, which do, have the last word on repetitions: a move that would lose the game at once (a perpetual check
@@ -17,7 +18,8 @@ import numpy as np
 from ..errors import BundleError, InputError
 from ..lm.options import is_number
 from .board import REPETITION_COUNT, Board
-from .tokens import VOCAB, board_tokens, move_tokens, oriented_move
+from .control import CONTROL_SEGMENTS, control_segments
+from .tokens import VOCAB, board_tokens, move_tokens, oriented_move, oriented_squares
 
 
 @dataclass
@@ -38,12 +40,18 @@ class MoveModel:
             why = f"manifest 'input' is {manifest.get('input')!r}, not 'board'"
         elif manifest.get("vocab") != VOCAB:
             why = "manifest 'vocab' is not the board prompt's 35 tokens"
+        elif manifest.get("square_features") not in (None, "control"):
+            why = f"manifest 'square_features' is {manifest.get('square_features')!r}, not 'control' or absent"
+        elif (manifest.get("square_features") == "control") != model.uses_segments or (
+                model.uses_segments and manifest["model"]["n_segments"] != CONTROL_SEGMENTS):
+            why = f"square_features 'control' needs model.n_segments {CONTROL_SEGMENTS}, and segments need it"
         else:
             why = None
         if why:
             raise BundleError(f"bundle {model.folder}: its model does not read the board prompt of this runtime "
                               f"({why}); retrain it with python -m edgeinfer.export.train_xiangqi")
         self.model = model
+        self.control = model.uses_segments  # each square's prompt token carries its control segment
 
     def score(self, board: Board) -> list[ScoredMove]:
         """Every legal move with its exact sequence score, best first."""
@@ -52,7 +60,8 @@ class MoveModel:
         moves = board.legal_moves()
         if not moves:
             raise InputError(f"no legal moves: the game is over ({board.outcome()})")
-        prompt = self.model.prefill(board_tokens(board.squares, board.side))
+        segments = [0, *control_segments(oriented_squares(board.squares, board.side))] if self.control else None
+        prompt = self.model.prefill(board_tokens(board.squares, board.side), segments)
         candidates = np.array([move_tokens(oriented_move(move, board.side)) for move in moves])
         scores = self.model.score(prompt, candidates)
         probs = np.exp(scores - scores.max())
