@@ -141,6 +141,22 @@ def test_a_verified_file_is_hashed_again_only_once_changed(gpt, tmp_path, monkey
     assert hashed == ["model.onnx", "model.onnx"]
 
 
+def test_the_graph_probe_runs_again_only_for_another_manifest_or_graph(gpt, tmp_path, monkeypatch):
+    from edgeinfer.lm import checks
+
+    monkeypatch.setenv("EDGEINFER_CACHE_DIR", str(tmp_path / "cache"))
+    probed = []
+    real = checks._probe
+    monkeypatch.setattr(checks, "_probe", lambda model: probed.append(model.max_positions) or real(model))
+    for _ in range(2):
+        edgeinfer.load(gpt)
+    assert len(probed) == 1
+    _edit(gpt, lambda m: m["model"].update(max_positions=m["model"]["max_positions"] * 4))  # a table too small
+    with pytest.raises(BundleError, match="fails a one-token step at position model.max_positions - 1"):
+        edgeinfer.load(gpt)
+    assert len(probed) == 2
+
+
 def test_changed_tokenizer_is_caught(tmp_path):
     chat = _shipped("chat", tmp_path)
     with (chat / "tokenizer.json").open("a") as f:

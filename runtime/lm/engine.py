@@ -12,6 +12,7 @@ steps while there is work and hands each event to its request's sink (what a ser
 
 from __future__ import annotations
 
+import functools
 import itertools
 import queue
 import threading
@@ -104,12 +105,16 @@ class Handle:
         self.sink = sink
         self.done = threading.Event()
         # decoding state, touched only by the thread that steps the engine
-        self.rng = np.random.default_rng(request.seed)
         self.history = [*(request.prefix.token_ids if request.prefix else []), *request.tokens]
         tokenizer = engine.model.tokenizer
         self.text_stream = TextStream(tokenizer) if tokenizer is not None else None
         self.draft_cooldown = 0  # steps left without drafting
         self.draft_misses = 0  # wholly rejected drafts in a row
+
+    @functools.cached_property
+    def rng(self) -> np.random.Generator:
+        """Made at the first sampled token: greedy requests never import numpy.random (7 ms of a cold start)."""
+        return np.random.default_rng(self.request.seed)
 
     def cancel(self) -> None:
         self.engine.cancel(self)
@@ -172,6 +177,8 @@ class Engine:
             if self.max_queue is not None and len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting, the queue's bound")
             handle = Handle(self, next(self._ids), request, sink)
+            if request.options.sampling.do_sample:
+                handle.rng  # noqa: B018  made here, so a seed numpy refuses raises in the caller's thread
             self._waiting.append(handle)
             self._lock.notify()
         return handle
@@ -413,7 +420,7 @@ class Engine:
             if proposed is not None and sampling.do_sample:
                 token = accept_draft(probabilities(logits[j : j + 1], sampling)[0], proposed, handle.rng)
             else:
-                token = int(choose_tokens(logits[j : j + 1], sampling, [handle.rng])[0])
+                token = int(choose_tokens(logits[j : j + 1], sampling, [handle.rng] if sampling.do_sample else [])[0])
             events.append(self._emit(slot, token))
             if self._slots[slot] is not handle or token != proposed:
                 return j + 1
@@ -442,7 +449,8 @@ class Engine:
         for sampling, members in groups.items():
             rows = [row for row, _ in members]
             chosen = logits if len(rows) == len(logits) else logits[rows]  # (rows are in order: no copy for one group)
-            tokens = choose_tokens(chosen, sampling, [self._slots[slot].rng for _, slot in members])
+            rngs = [self._slots[slot].rng for _, slot in members] if sampling.do_sample else []  # greedy draws nothing
+            tokens = choose_tokens(chosen, sampling, rngs)
             events += [self._emit(slot, int(token)) for (_, slot), token in zip(members, tokens)]
         return events
 
