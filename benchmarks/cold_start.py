@@ -7,7 +7,7 @@ Python API; the default BERT reader and the DGCNN one).
 Every sample is a new interpreter; its time runs from just before the parent starts it to the moment the child has
 its first token or answer, so interpreter start-up and imports count. The process's CPU time (user + system, to its
 exit) is reported too: on a shared machine it moves far less with the load than the wall time does. The child also reports its phases (import,
-load, first call). Cases run interleaved, once untimed first (which fills the optimized-graph cache of the cached
+load, first call). Cases run interleaved, once untimed first (which fills the local cache of the cached
 cases and the page cache of all of them), and the medians are reported. The GPT-2-small artifacts are the ones
 `benchmarks/decode_peers.py` prepares under build/bench/peers/hf-gpt2-small/ (run it first); CTranslate2 runs in
 build/bench/venv-peers. Writes results/cold_start.json and .md.
@@ -75,9 +75,10 @@ def cases(cache_dir: Path) -> dict[str, tuple[list[str], dict]]:
             continue
         argv = [sys.executable, "-c", header + f"BUNDLE = {str(bundle)!r}\n" + EDGEINFER_GPT2]
         cached = {"EDGEINFER_CACHE_DIR": str(cache_dir)}
-        found[f"gpt2 edgeinfer {weights}, graph cache off"] = (argv, {"EDGEINFER_GRAPH_CACHE": "0"})
-        found[f"gpt2 edgeinfer {weights}, graph cache"] = (argv, cached)
-        found[f"gpt2 edgeinfer {weights}, graph cache, no digest check"] = (argv, {**cached, "EDGEINFER_VERIFY": "0"})
+        # the local cache (runtime/local_cache.py): optimized graphs, verified digests, passed probes
+        found[f"gpt2 edgeinfer {weights}, local cache off"] = (argv, {"EDGEINFER_GRAPH_CACHE": "0"})
+        found[f"gpt2 edgeinfer {weights}, local cache"] = (argv, cached)
+        found[f"gpt2 edgeinfer {weights}, local cache, no digest check"] = (argv, {**cached, "EDGEINFER_VERIFY": "0"})
     for quant in ("float32", "int8"):
         artifact = ARTIFACTS / f"ct2-{quant}"
         if artifact.exists() and VENV_PYTHON.exists():
@@ -120,7 +121,7 @@ def main() -> None:
         chosen = {n: c for n, c in table.items() if args.cases is None or n in args.cases}
         before = machine()
         errors = {}
-        for name, (argv, extra) in chosen.items():  # untimed: fills the graph cache and the page cache
+        for name, (argv, extra) in chosen.items():  # untimed: fills the local cache and the page cache
             warm = sample(argv, extra, args.threads)
             if "error" in warm:
                 errors[name] = warm["error"]
