@@ -176,6 +176,48 @@ def test_a_move_that_loses_by_perpetual_check_is_ranked_last(movers):
     assert board.outcome().winner == "black"
 
 
+def test_a_move_whose_reply_completes_a_perpetual_check_is_ranked_last(movers):
+    # red's rook has checked on every move; after i9i8 black's d8d9 makes the start position occur a 3rd time
+    board = Board.from_moves("i8i9 d9d8 i9i8 d8d9 i8i9 d9d8", fen="3k5/8R/9/9/9/9/9/9/9/4K4 w - - 0 1")
+    assert board.outcome() is None and board.turn == "red"
+    scored = MoveModel(movers).score(board)
+    assert scored[-1].move == "i9i8" and len(scored) > 1
+    board.push("i9i8")
+    assert board.outcome() is None
+    board.push("d8d9")
+    assert board.outcome().winner == "black" and board.outcome().reason == "perpetual_check"
+
+
+def test_may_repeat_never_misses_a_repetition():
+    """Board.may_repeat is a shortcut: where it says no, no move (or pair of moves) makes a 3rd occurrence."""
+    said, reached = {True: 0, False: 0}, 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        board = Board("3k5/8R/9/9/9/9/9/9/9/4K4 w - - 0 1", max_plies=None)  # few pieces: positions recur
+        for _ in range(60):
+            if board.outcome() is not None:
+                break
+            for plies in (1, 2):
+                most = max(_most_repetitions(board, plies), default=0)
+                said[board.may_repeat(plies)] += 1
+                assert board.may_repeat(plies) or most < 3
+                reached += most >= 3
+            moves = board.legal_moves()
+            undo = board.move_stack[-2][2:] + board.move_stack[-2][:2] if len(board.move_stack) > 1 else None
+            board.push(undo if undo in moves and rng.random() < 0.7 else moves[rng.integers(len(moves))])  # shuffle
+    assert said[True] > 20 and said[False] > 20 and reached > 10  # both answers given, real repetitions met
+
+
+def _most_repetitions(board: Board, plies: int):
+    for move in board.legal_moves():
+        board.push(move)
+        if plies == 1:
+            yield board.repetitions()
+        elif board.outcome() is None:
+            yield max(_most_repetitions(board, 1), default=0)
+        board.pop()
+
+
 # ---------------------------------------------------------------- the board prompt read both ways (a prefix LM)
 @pytest.fixture(scope="module")
 def prefix_lm(tmp_path_factory):

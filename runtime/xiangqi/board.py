@@ -9,6 +9,7 @@ copying the board for every move tried.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -388,6 +389,15 @@ class Board:
         """How many times the current position (same side to move) has occurred, this time included."""
         h = self._hash
         return 1 + sum(1 for entry in self._stack if entry[3] == h)
+
+    def may_repeat(self, plies: int) -> bool:
+        """Whether the position `plies` moves from now could occur for the REPETITION_COUNT-th time: some position with
+        that side to move has occurred REPETITION_COUNT - 1 times since the last capture (a cheap test that lets
+        a caller skip trying the moves)."""
+        window = min(self.halfmove, len(self._stack))
+        hashes = [self._hash] if plies % 2 == 0 else []
+        hashes += [self._stack[-back][3] for back in range(2 - plies % 2, window + 1, 2)]
+        return max(Counter(hashes).values(), default=0) >= REPETITION_COUNT - 1
 
     def _checks(self) -> list[bool]:
         """Whether the side to move was in check, for each position played on this board, newest first."""

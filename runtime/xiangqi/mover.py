@@ -87,16 +87,31 @@ class MoveModel:
 
 
 def _losing_by_repetition(board: Board, moves: list[str]) -> set[str]:
-    """The moves after which the repetition rules end the game as a loss for the side that played them."""
+    """The moves after which the repetition rules end the game as a loss for the side that played them: at once, or
+    by a reply of the opponent that completes the repetition (the side that checked, or chased, on every move of the
+    cycle loses, whoever's move makes the position occur the 3rd time)."""
     mover, losing = board.turn, set()
-    # a 3rd occurrence needs two cycles of 4+ plies, none a capture, all played on this board
-    if min(board.halfmove, len(board.move_stack)) + 1 < 4 * (REPETITION_COUNT - 1):
+    if not (board.may_repeat(1) or board.may_repeat(2)):
         return losing
     for move in moves:
         board.push(move)
-        if board.repetitions() >= REPETITION_COUNT:
-            outcome = board.outcome()
-            if outcome is not None and outcome.winner not in (None, mover):
-                losing.add(move)
+        if _lost(board, mover) or board.may_repeat(1) and any(_lost_after(board, reply, mover)
+                                                              for reply in board.legal_moves()):
+            losing.add(move)
         board.pop()
     return losing
+
+
+def _lost(board: Board, side: str) -> bool:
+    if board.repetitions() < REPETITION_COUNT:
+        return False
+    outcome = board.outcome()
+    return outcome is not None and outcome.winner not in (None, side)
+
+
+def _lost_after(board: Board, move: str, side: str) -> bool:
+    board.push(move)
+    try:
+        return _lost(board, side)
+    finally:
+        board.pop()
