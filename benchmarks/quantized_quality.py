@@ -33,7 +33,8 @@ from edgeinfer.export.quantize import INT4_BLOCK, INT4_BLOCKS, RECORDS, quantize
 from edgeinfer.export.xiangqi_data import load_games, split_of
 from edgeinfer.loader import default_bundle
 from edgeinfer.xiangqi import Board
-from edgeinfer.xiangqi.tokens import board_tokens, move_tokens, oriented_move
+from edgeinfer.xiangqi.mover import MoveModel
+from edgeinfer.xiangqi.tokens import move_tokens, oriented_move
 
 WORK = ROOT / "build" / "quality"
 
@@ -53,15 +54,18 @@ def quantized_copy(bundle: Path, kind: str, int4_block: int | None = None) -> Pa
     return out
 
 
-def xiangqi_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], None, int]]:
-    """(prompt + label move, no segments, index of the first scored token) for the middle position of each game."""
+def xiangqi_sequences(bundle: Path, n: int, limit: int) -> list[tuple[list[int], list[int] | None, int]]:
+    """(prompt + label move, segments as the bundle reads them, index of the first scored token) for the middle
+    position of each game."""
     out = []
+    mover = MoveModel(edgeinfer.load(bundle, device="cpu"))
     games = [g for g in load_games(ROOT / "data" / "xiangqi" / "games.jsonl") if split_of(g["moves"]) == "test"]
     for game in games[:n]:
         moves, labels = game["moves"].split(), game["labels"].split()
         board = Board.from_moves(moves[: len(moves) // 2], max_plies=None)
-        prompt = board_tokens(board.squares, board.side)
-        out.append((prompt + move_tokens(oriented_move(labels[len(moves) // 2], board.side)), None, len(prompt)))
+        prompt, segments = mover.prompt(board)
+        out.append((prompt + move_tokens(oriented_move(labels[len(moves) // 2], board.side)),
+                    None if segments is None else segments + [0] * 4, len(prompt)))
     return out
 
 

@@ -39,7 +39,7 @@ from edgeinfer.export.xiangqi_data import (
 )
 from edgeinfer.xiangqi import START_FEN, Board, iccs_to_uci, uci_to_iccs
 from edgeinfer.xiangqi.mover import MoveModel
-from edgeinfer.xiangqi.tokens import board_tokens, move_tokens, oriented_move
+from edgeinfer.xiangqi.tokens import move_tokens, oriented_move
 
 
 def timed_ms(fn, repeats: int) -> list[float]:
@@ -51,13 +51,14 @@ def timed_ms(fn, repeats: int) -> list[float]:
     return times
 
 
-def one_run_per_move(model, board: Board) -> dict[str, float]:
+def one_run_per_move(mover: MoveModel, board: Board) -> dict[str, float]:
     """The method the tree scorer replaces: one full forward pass (prompt + move) per legal move, no cache."""
-    prompt = board_tokens(board.squares, board.side)
+    prompt, segments = mover.prompt(board)
+    types = None if segments is None else np.array([segments + [0] * 4])
     scores = {}
     for move in board.legal_moves():
         chars = move_tokens(oriented_move(move, board.side))
-        logits = model.logits(np.array([prompt + chars]))[0, -5:-1].astype(np.float64)
+        logits = mover.model.logits(np.array([prompt + chars]), token_type_ids=types)[0, -5:-1].astype(np.float64)
         logprobs = logits - logits.max(-1, keepdims=True)
         logprobs -= np.log(np.exp(logprobs).sum(-1, keepdims=True))
         scores[move] = float(sum(logprobs[i, c] for i, c in enumerate(chars)))
@@ -69,7 +70,7 @@ def latency(model, games: list[list[str]], plies: list[int], repeats: int) -> di
     for ply in plies:
         board = Board.from_moves(next(g for g in games if len(g) > ply)[:ply], max_plies=None)
         tree = timed_ms(lambda board=board: mover.score(board), repeats)
-        rerun = timed_ms(lambda board=board: one_run_per_move(model, board), max(1, repeats // 3))
+        rerun = timed_ms(lambda board=board: one_run_per_move(mover, board), max(1, repeats // 3))
         rows[ply] = {"legal_moves": len(board.legal_moves()), "tree_ms": round(statistics.median(tree), 2),
                      "one_run_per_move_ms": round(statistics.median(rerun), 2)}
         rows[ply]["speedup"] = round(rows[ply]["one_run_per_move_ms"] / rows[ply]["tree_ms"], 1)

@@ -53,6 +53,11 @@ class MoveModel:
         self.model = model
         self.control = model.uses_segments  # each square's prompt token carries its control segment
 
+    def prompt(self, board: Board) -> tuple[list[int], list[int] | None]:
+        """The position's prompt as this bundle reads it: its tokens, and their segments (None without control)."""
+        segments = [0, *control_segments(oriented_squares(board.squares, board.side))] if self.control else None
+        return board_tokens(board.squares, board.side), segments
+
     def score(self, board: Board) -> list[ScoredMove]:
         """Every legal move with its exact sequence score, best first."""
         if not isinstance(board, Board):
@@ -60,8 +65,7 @@ class MoveModel:
         moves = board.legal_moves()
         if not moves:
             raise InputError(f"no legal moves: the game is over ({board.outcome()})")
-        segments = [0, *control_segments(oriented_squares(board.squares, board.side))] if self.control else None
-        prompt = self.model.prefill(board_tokens(board.squares, board.side), segments)
+        prompt = self.model.prefill(*self.prompt(board))
         candidates = np.array([move_tokens(oriented_move(move, board.side)) for move in moves])
         scores = self.model.score(prompt, candidates)
         probs = np.exp(scores - scores.max())
