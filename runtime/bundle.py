@@ -135,13 +135,13 @@ def _check_decoder(data: dict) -> None:
     model = data["model"]
     _check_at_least(model, "model", ("n_layer", "n_head", "head_dim", "vocab_size", "max_positions", "n_kv_head"))
     _check_at_least(model, "model", ("n_segments",), minimum=0)
+    if model["max_positions"] < 2:
+        raise BundleError(f"manifest model.max_positions is {model['max_positions']}: a decoder needs 2 or more "
+                          "(a prompt token and the one it generates)")
     _check_at_least(model, "model", ("bidirectional_prefix",), minimum=0, maximum=model["max_positions"])
     if model.get("bidirectional_prefix") and data.get("attention_mask") != "query_key":
         raise BundleError("manifest model.bidirectional_prefix needs attention_mask 'query_key' (the graph must take "
                           "the whole mask)")
-    if model["max_positions"] < 2:
-        raise BundleError(f"manifest model.max_positions is {model['max_positions']}: a decoder needs 2 or more "
-                          "(a prompt token and the one it generates)")
     kv = data["kv_cache"]
     _check_key_patterns(kv)
     cached = cache_parts(kv)

@@ -25,11 +25,9 @@ pytest.importorskip("torch")
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [1], [40, 41, 42, 43], [3, 3], [60, 2, 9, 17, 4], [77]]
 
 
-@pytest.fixture(scope="module", params=["standard", "contrib", "xiangqi"])
-def model(request, lively_bundles):
-    if request.param == "xiangqi":  # the shipped bundle: concat cache, query-key mask, 20 tokens
-        return edgeinfer.load(default_bundle("xiangqi"), device="cpu")
-    return edgeinfer.load(lively_bundles[request.param], device="cpu")
+@pytest.fixture(scope="module", params=["standard", "contrib", "query_key"])
+def model(request, lively_bundles, query_key_bundle):
+    return edgeinfer.load({**lively_bundles, "query_key": query_key_bundle}[request.param], device="cpu")
 
 
 def _prompts(model) -> list[list[int]]:

@@ -261,26 +261,6 @@ def check_call(model, call: Call) -> None:
 MODELS = {"standard": "0123456789", "contrib": "0123456789", "chat": "你好世界hello", "query_key": "abcdefghi0123456789"}
 
 
-@pytest.fixture(scope="module")
-def query_key_bundle(tmp_path_factory):
-    """A causal GPT whose graph takes the whole query-key mask (as tree scoring needs), with the Xiangqi bundle's
-    character tokenizer: decoding must not depend on the mask's form. (The Xiangqi bundle itself is a prefix LM over
-    91-token boards, so free-form prompts are refused there.)"""
-    import torch
-
-    from edgeinfer.export.gpt import GPT, GPTConfig
-    from edgeinfer.export.onnx_export import export_gpt_bundle
-
-    torch.manual_seed(3)
-    model = GPT(GPTConfig(vocab_size=35, n_positions=64, n_embd=32, n_layer=2, n_head=2))
-    for p in model.parameters():  # lively: continuations vary instead of repeating
-        p.data.mul_(6)
-    folder = tmp_path_factory.mktemp("query-key") / "bundle"
-    export_gpt_bundle(model, folder, attention="standard", attention_mask="query_key",
-                      tokenizer_file=BUNDLES / "xiangqi" / "tokenizer.json", special_tokens={"pad": 0})
-    return folder
-
-
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def decoder(request, lively_bundles, query_key_bundle):
     folder = {**lively_bundles, "query_key": query_key_bundle}.get(request.param) or BUNDLES / request.param

@@ -21,11 +21,11 @@ pytest.importorskip("torch")
 LOOPY = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], [9, 9, 9, 9], [3, 14, 15, 92, 65, 3, 14, 15], [1]]
 
 
-@pytest.fixture(scope="module", params=["standard", "contrib", "xiangqi", "chat"])
-def model(request, lively_bundles):
-    if request.param in ("xiangqi", "chat"):  # shipped bundles: query-key masks; segments and a greedy that loops
+@pytest.fixture(scope="module", params=["standard", "contrib", "query_key", "chat"])
+def model(request, lively_bundles, query_key_bundle):
+    if request.param == "chat":  # the shipped bundle: segments and a greedy that loops
         return edgeinfer.load(default_bundle(request.param), device="cpu")
-    return edgeinfer.load(lively_bundles[request.param], device="cpu")
+    return edgeinfer.load({**lively_bundles, "query_key": query_key_bundle}[request.param], device="cpu")
 
 
 def _prompts(model) -> list[list[int]]:
