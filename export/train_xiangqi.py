@@ -2,6 +2,7 @@
 
     python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi   # the positions (once)
     python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi [--device cuda]
+        [--init build/xq/model.pt]   # start from an earlier checkpoint (the shipped model: README's command)
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
 `edgeinfer.xiangqi.tokens`, each square's token with its control segment, `edgeinfer.xiangqi.control`) followed by the
