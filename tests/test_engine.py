@@ -170,13 +170,21 @@ def test_cancel_mid_stream_frees_the_slot_and_leaves_the_others(running):
     model, engine = running
     prompts = _prompts(model)
     long = decode_options(model, max_new_tokens=40, stop_token_ids=[])
-    victim = engine.submit(Request(prompts[0], long))
+    cancelled = threading.Event()
+
+    def hold(request_id, generated, logits):  # the victim waits after 3 tokens until it is cancelled
+        if len(generated) >= 3:
+            cancelled.wait(timeout=30)
+
+    victim = engine.submit(Request(prompts[0], decode_options(model, max_new_tokens=40, stop_token_ids=[],
+                                                              logits_processor=hold)))
     other = engine.submit(Request(prompts[1], long))
     seen = []
     for event in victim.events(timeout=30):
         seen.append(event)
         if len(seen) == 3:
             victim.cancel()
+            cancelled.set()
     assert seen[-1].finished == "cancelled" and seen[-1].token_id is None
     # both slots were taken: the next request can only run in the freed one
     late = engine.submit(Request(prompts[2], decode_options(model, max_new_tokens=5, stop_token_ids=[])))
