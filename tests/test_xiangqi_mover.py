@@ -166,25 +166,21 @@ def test_cli_move_and_play(movers, capsys, monkeypatch):
     assert result["moves"][0] == "h2e2" and len(result["moves"]) == 2 and result["outcome"] is None
 
 
-def test_a_move_that_loses_by_perpetual_check_is_ranked_last(movers):
+@pytest.mark.parametrize("fen, moves, losing, reply", [
     # red's rook has checked on every move; i8i9 would make the position after its first check occur a 3rd time
-    board = Board.from_moves("d9d8 i9i8 d8d9 i8i9 d9d8 i9i8 d8d9", fen="3k4R/9/9/9/9/9/9/9/9/4K4 b - - 1 1")
+    ("3k4R/9/9/9/9/9/9/9/9/4K4 b - - 1 1", "d9d8 i9i8 d8d9 i8i9 d9d8 i9i8 d8d9", "i8i9", None),
+    # the same cycle from red's move: after i9i8, black's d8d9 makes the start position occur a 3rd time
+    ("3k5/8R/9/9/9/9/9/9/9/4K4 w - - 0 1", "i8i9 d9d8 i9i8 d8d9 i8i9 d9d8", "i9i8", "d8d9"),
+])
+def test_a_move_that_loses_by_perpetual_check_is_ranked_last(movers, fen, moves, losing, reply):
+    board = Board.from_moves(moves, fen=fen)
     assert board.outcome() is None and board.turn == "red"
     scored = MoveModel(movers).score(board)
-    assert scored[-1].move == "i8i9" and len(scored) > 1
-    board.push("i8i9")
-    assert board.outcome().winner == "black"
-
-
-def test_a_move_whose_reply_completes_a_perpetual_check_is_ranked_last(movers):
-    # red's rook has checked on every move; after i9i8 black's d8d9 makes the start position occur a 3rd time
-    board = Board.from_moves("i8i9 d9d8 i9i8 d8d9 i8i9 d9d8", fen="3k5/8R/9/9/9/9/9/9/9/4K4 w - - 0 1")
-    assert board.outcome() is None and board.turn == "red"
-    scored = MoveModel(movers).score(board)
-    assert scored[-1].move == "i9i8" and len(scored) > 1
-    board.push("i9i8")
-    assert board.outcome() is None
-    board.push("d8d9")
+    assert scored[-1].move == losing and len(scored) > 1
+    board.push(losing)
+    if reply:
+        assert board.outcome() is None
+        board.push(reply)
     assert board.outcome().winner == "black" and board.outcome().reason == "perpetual_check"
 
 
