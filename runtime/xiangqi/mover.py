@@ -36,15 +36,16 @@ class MoveModel:
         manifest = model.manifest
         if manifest["task"] != "xiangqi":
             raise BundleError(f"moves need a bundle for task 'xiangqi'; this one is for task {manifest['task']!r}")
+        features, segments = manifest.get("square_features"), manifest["model"].get("n_segments") or 0
         if manifest.get("input") != "board":
             why = f"manifest 'input' is {manifest.get('input')!r}, not 'board'"
         elif manifest.get("vocab") != VOCAB:
             why = "manifest 'vocab' is not the board prompt's 35 tokens"
-        elif manifest.get("square_features") not in (None, "control"):
-            why = f"manifest 'square_features' is {manifest.get('square_features')!r}, not 'control' or absent"
-        elif (manifest.get("square_features") == "control") != model.uses_segments or (
-                model.uses_segments and manifest["model"]["n_segments"] != CONTROL_SEGMENTS):
-            why = f"square_features 'control' needs model.n_segments {CONTROL_SEGMENTS}, and segments need it"
+        elif features not in (None, "control"):
+            why = f"manifest 'square_features' is {features!r}, not 'control' or absent"
+        elif segments != (CONTROL_SEGMENTS if features == "control" else 0):
+            why = (f"model.n_segments is {segments}: square_features 'control' needs model.n_segments "
+                   f"{CONTROL_SEGMENTS}, and nothing else gives the squares segments")
         else:
             why = None
         if why:
