@@ -4,10 +4,12 @@ submitted and cancelled from other threads leave the rest untouched, and randomn
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +138,21 @@ def test_a_step_past_the_capacity_is_refused_and_changes_nothing(lively_bundles)
     with pytest.raises(CapacityError, match="holds 3 of 4 tokens and cannot take 2 more"):
         Step(model, cache).feed([[4, 5]])
     assert cache.lengths.tolist() == [3]
+
+
+def _resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads Linux's /proc")
+def test_committing_a_cache_makes_its_memory_resident_and_keeps_it_empty(lively_bundles):
+    model = edgeinfer.load(lively_bundles["contrib"], device="cpu")
+    cache = KVCache(model, 2048, 64)  # 2048 rows x 4 buffers x 3 heads x 64 slots x 16 floats: 100 MB, untouched
+    size = sum(a.nbytes for a in cache.arrays())
+    before = _resident_bytes()
+    cache.commit_memory()
+    assert _resident_bytes() - before > 0.9 * size
+    assert not any(a.any() for a in cache.arrays()) and not cache.lengths.any()
 
 
 # ---------------------------------------------------------------------------------------------- the loop thread

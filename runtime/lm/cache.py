@@ -52,6 +52,14 @@ class KVCache:
             self.values = [ort.OrtValue.ortvalue_from_numpy(a, self.device, 0) for a in arrays]
         self._leading: dict[int, list] = {}  # rows -> OrtValues over the first rows (see `values_of`)
 
+    def commit_memory(self) -> None:
+        """Write every page of the host buffers once. The kernel maps a fresh page at its first write, about 10 us a
+        page here: without this, each request landing in a row no request had used paid 0.18 s of page faults in its
+        prefill (16 rows x 1024 tokens of GPT-2-small: 1.2 GB). Long-lived caches (a server's engine) commit up front."""
+        if self._arrays is not None:
+            for array in self._arrays:
+                array.fill(0)
+
     def arrays(self) -> list[np.ndarray]:
         """Host arrays of the caches: the memory itself on CPU, copies on CUDA (write back with `_set_arrays`).
 
