@@ -7,7 +7,8 @@ Three measurements, interleaved `--repeats` times so they share the machine's no
 - the same steps under onnxruntime's profiler: time per operator type, and the Python + binding time around
   each onnxruntime call (wall step minus onnxruntime's `model_run`);
 - a graph of nothing but the bundle's weight MatMuls at one row (random weights of the same shapes), which
-  streams the same weight bytes with no other work: the best a bandwidth-bound step can do on this machine.
+  streams the same weight bytes with no other work: the best a bandwidth-bound step can do on this machine
+  (fp32 bundles; a quantized bundle's weight bytes are compared with the copy bandwidth only).
 BUNDLE defaults to the GPT-2-small bundle that `benchmarks/decode_peers.py` prepares (run that once first).
 """
 
@@ -61,14 +62,27 @@ def profiled_steps(bundle: Path, args, work: Path) -> tuple[dict[str, float], fl
     return dict(per_op), statistics.median(end - start for start, end in runs[1:]), 1e6 * statistics.median(walls)
 
 
-def matmul_only_graph(bundle: Path, path: Path) -> int:
-    """Write a graph of the bundle's weight MatMuls, each fed one row; returns the weight bytes it streams."""
+def streamed_weight_bytes(bundle: Path) -> int:
+    """Bytes of the initializers a decode step reads whole: every one but the tables that only a Gather reads."""
+    graph = onnx.load(bundle / "model.onnx").graph
+    readers = defaultdict(set)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].add(node.op_type)
+    return sum(numpy_helper.to_array(i).nbytes for i in graph.initializer if readers[i.name] - {"Gather"})
+
+
+def matmul_only_graph(bundle: Path, path: Path) -> int | None:
+    """Write a graph of the bundle's fp32 weight MatMuls, each fed one row; returns the weight bytes it streams
+    (None, and no graph, when the bundle has none: a quantized bundle)."""
     graph = onnx.load(bundle / "model.onnx", load_external_data=False).graph
     shapes = {i.name: tuple(i.dims) for i in graph.initializer}
     for node in graph.node:  # a tied LM head multiplies by Transpose(embedding)
         if node.op_type == "Transpose" and node.input[0] in shapes:
             shapes[node.output[0]] = shapes[node.input[0]][::-1]
     weights = [shapes[n.input[1]] for n in graph.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2]
+    if not weights:
+        return None
     rng = np.random.default_rng(0)
     rows = sorted({k for k, _ in weights})
     inputs = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k]) for k in rows]
@@ -113,7 +127,8 @@ def main() -> None:
         weight_bytes = matmul_only_graph(args.bundle, work / "matmuls.onnx")
         for repeat in range(args.repeats):
             walls += step_times(model, args.batch, args.prompt, args.steps)
-            matmuls += matmul_only_times(work / "matmuls.onnx", args.threads, args.steps)
+            if weight_bytes is not None:
+                matmuls += matmul_only_times(work / "matmuls.onnx", args.threads, args.steps)
             ops, run, profiled_wall = profiled_steps(args.bundle, args, work)
             runs.append(run)
             profiled_walls.append(profiled_wall)
@@ -122,7 +137,6 @@ def main() -> None:
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
     bandwidth = copy_bandwidth()
     wall = 1e3 * statistics.median(walls)
-    matmul_only = 1e3 * statistics.median(matmuls)
     ops = {op: statistics.median(us) / 1e3 for op, us in per_op.items()}
     run = statistics.median(runs) / 1e3
     outside = statistics.median(w - r for w, r in zip(profiled_walls, runs)) / 1e3
@@ -132,7 +146,12 @@ def main() -> None:
     print(f"under the profiler: onnxruntime call {run:7.2f} ms, Python and binding around it {outside:5.2f} ms")
     for op, ms in sorted(ops.items(), key=lambda kv: -kv[1])[:6]:
         print(f"    {op:32s} {ms:7.2f} ms  {100 * ms / sum(ops.values()):5.1f}%")
-    print(f"MatMul-only graph, same weights:      {matmul_only:7.2f} ms  ({weight_bytes / matmul_only / 1e6:.1f} GB/s)")
+    if weight_bytes is None:
+        weight_bytes = streamed_weight_bytes(args.bundle)
+    else:
+        matmul_only = 1e3 * statistics.median(matmuls)
+        print(f"MatMul-only graph, same weights:      {matmul_only:7.2f} ms  "
+              f"({weight_bytes / matmul_only / 1e6:.1f} GB/s)")
     print(f"copy-bandwidth floor of those weights: {1e3 * weight_bytes / bandwidth:6.2f} ms  "
           f"({weight_bytes / 1e6:.2f} MB at {bandwidth / 1e9:.1f} GB/s, read + write)")
 
