@@ -48,31 +48,40 @@ MIRRORED_TOKEN = np.arange(len(VOCAB))
 MIRRORED_TOKEN[FILE_TOKENS] = FILE_TOKENS[::-1]  # a move's file characters under the left-right mirror
 
 
-def game_positions(game: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Each position of a game as (squares seen from the side to move, int8 90) and its label's 4 token ids."""
+PARTS = ("squares", "labels", "wins")
+
+
+def game_positions(game: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each position of a game as (squares seen from the side to move, int8 90), its label's 4 token ids, and whether
+    the label wins on the spot (the opponent is left without a legal move: mate, or stalemate, also a loss there)."""
     board = Board(max_plies=None)
-    squares, labels = [], []
+    squares, labels, wins = [], [], []
     for move, label in zip(game["moves"].split(), game["labels"].split(), strict=True):
         squares.append(oriented_squares(board.squares, board.side))
         labels.append([TOKEN_ID[c] for c in oriented_move(label, board.side)])
+        board.push(label)
+        wins.append(not board.legal_moves())
+        board.pop()
         board.push(move)
-    return np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4)
+    return (np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4),
+            np.array(wins, dtype=bool))
 
 
-def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Positions of each split, replayed from games.jsonl (cached beside it as positions-<games>.npz)."""
+def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`game_positions` of each split, replayed from games.jsonl (cached beside it as positions-<games>.npz)."""
     games = load_games(data / "games.jsonl")
     cache = data / f"positions-{len(games)}.npz"
     if cache.exists():
         arrays = np.load(cache)
-        return {name: (arrays[f"{name}_squares"], arrays[f"{name}_labels"]) for name in ("train", "valid", "test")}
+        if all(f"train_{part}" in arrays for part in PARTS):  # a cache from before the wins flag is remade
+            return {name: tuple(arrays[f"{name}_{part}"] for part in PARTS) for name in ("train", "valid", "test")}
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         replayed = pool.map(game_positions, games, chunksize=64)
     out = {}
     for name in ("train", "valid", "test"):
         chosen = [pos for game, pos in zip(games, replayed, strict=True) if split_of(game["moves"]) == name]
-        out[name] = (np.concatenate([s for s, _ in chosen]), np.concatenate([m for _, m in chosen]))
-    np.savez(cache, **{f"{name}_{part}": arr for name, pair in out.items() for part, arr in zip(("squares", "labels"), pair)})
+        out[name] = tuple(np.concatenate(arrays) for arrays in zip(*chosen, strict=True))
+    np.savez(cache, **{f"{name}_{part}": arr for name, arrays in out.items() for part, arr in zip(PARTS, arrays)})
     return out
 
 
@@ -94,11 +103,16 @@ def collate(squares: np.ndarray, labels: np.ndarray, mirror: np.ndarray, control
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), segments
 
 
-def batches(squares: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, control: bool):
-    """Endless random batches, half of each mirrored."""
+def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, batch_size: int, seed: int, control: bool,
+            win_weight: float = 1.0):
+    """Endless random batches, half of each mirrored; a position whose label wins on the spot is drawn `win_weight`
+    times as often as another (a game has at most one such move, so mates are about 1% of positions)."""
     rng = np.random.default_rng(seed)
+    winning, others = np.flatnonzero(wins), np.flatnonzero(~wins)
+    share = win_weight * len(winning) / (win_weight * len(winning) + len(others))
     while True:
-        rows = rng.integers(len(squares), size=batch_size)
+        drawn = rng.binomial(batch_size, share)
+        rows = np.concatenate([rng.choice(winning, drawn), rng.choice(others, batch_size - drawn)])
         yield collate(squares[rows], labels[rows], rng.random(batch_size) < 0.5, control)
 
 
@@ -153,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--causal-prompt", action="store_true",
                         help="board squares see only earlier squares (default: they see each other, a prefix LM)")
     parser.add_argument("--no-control", action="store_true", help="squares without their control segments")
+    parser.add_argument("--win-weight", type=float, default=1.0,
+                        help="draw positions whose labelled move mates (or stalemates) this many times as often")
     parser.add_argument("--init", type=Path, help="start from this model.pt (a model without control segments: "
                         "its segment table starts at zero, so training starts from the same function)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
@@ -178,12 +194,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         splits = split_positions(args.data, args.workers)
         print({name: len(pair[0]) for name, pair in splits.items()}, "positions", flush=True)
-        valid = in_order(*splits["valid"], args.valid_positions, control)
+        valid = in_order(*splits["valid"][:2], args.valid_positions, control)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
                                 max_seconds=60 * args.max_minutes if args.max_minutes else None)
-        log = train(model, batches(*splits["train"], args.batch_size, args.seed, control), valid, train_cfg, args.work)
-        log["test_loss"] = round(evaluate(model, in_order(*splits["test"], args.valid_positions, control)), 4)
+        log = train(model, batches(*splits["train"], args.batch_size, args.seed, control, args.win_weight), valid,
+                    train_cfg, args.work)
+        log["test_loss"] = round(evaluate(model, in_order(*splits["test"][:2], args.valid_positions, control)), 4)
         log["positions"] = {name: len(pair[0]) for name, pair in splits.items()}
         log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])

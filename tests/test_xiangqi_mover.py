@@ -108,7 +108,7 @@ def test_training_examples_hold_legal_moves_mirrored_or_not():
         labels.append(legal[rng.integers(len(legal))])
         moves.append(legal[rng.integers(len(legal))])
         board.push(moves[-1])
-    squares, label_ids = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
+    squares, label_ids, _ = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
     for mirror in (False, True):
         ids, targets, segments = collate(squares, label_ids, np.full(len(squares), mirror))
         assert (targets[:, : PROMPT_TOKENS - 1] == -100).all() and (targets[:, -1] == -100).all()
@@ -117,6 +117,24 @@ def test_training_examples_hold_legal_moves_mirrored_or_not():
             assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in seen.legal_moves()
             assert list(row_segments[1:PROMPT_TOKENS]) == control_segments(seen.squares)
             assert row_segments[0] == 0 and (row_segments[PROMPT_TOKENS:] == 0).all()
+
+
+def test_winning_labels_are_flagged_and_drawn_as_often_as_weighted():
+    from edgeinfer.export.train_xiangqi import batches, game_positions
+
+    rng, board, moves = np.random.default_rng(2), Board(max_plies=None), []
+    while board.legal_moves():  # seed 2: a random game that ends in mate at ply 130
+        legal = board.legal_moves()
+        moves.append(legal[rng.integers(len(legal))])
+        board.push(moves[-1])
+    assert len(moves) == 130 and board.is_check()
+    squares, labels, wins = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    assert wins.tolist() == [False] * 129 + [True]
+    # with weight 10 the one winning position of 130 is drawn with probability 10 / 139
+    ids, _, _ = next(batches(squares, labels, wins, 20000, seed=0, control=False, win_weight=10.0))
+    share = np.mean((ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1]).all(axis=1)
+                    | (ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1].reshape(10, 9)[:, ::-1].ravel()).all(axis=1))
+    assert abs(share - 10 / 139) < 0.005
 
 
 def test_a_bundle_of_another_prompt_is_refused(tmp_path):
