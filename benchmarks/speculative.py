@@ -3,7 +3,9 @@
 `python benchmarks/speculative.py [BUNDLE ...] [--speculate 6] [--new 64] [--repeats 3]` (default: the shipped chat
 bundle and the GPT-2-small-shaped bundle of `decode_step.py`, if built). Copy-heavy prompts repeat a passage the
 answer continues (as answering over a given text, editing or a long dialogue history do); random prompts draw ids
-uniformly. Greedy, one request at a time (B=1), both settings interleaved; the tokens must be identical.
+uniformly; "misses" prompts repeat a few ids (so prompt lookup always finds a draft) and are continued by sampling at
+temperature 1, which almost never agrees with a draft: the cost of drafting when it does not pay. Greedy workloads
+must give identical tokens with and without drafts. One request at a time (B=1), both settings interleaved.
 """
 
 from __future__ import annotations
@@ -22,21 +24,28 @@ from edgeinfer.loader import default_bundle
 GPT2_SMALL = Path("build/bench/gpt2-12x768x12-v50257-contrib")
 
 
-def workloads(model, n: int = 4) -> dict[str, list[list[int]]]:
+GREEDY = {"do_sample": False}
+SAMPLED = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+
+
+def workloads(model, n: int = 4) -> dict[str, tuple[list[list[int]], dict]]:
+    """{name: (prompts, decoding options)}."""
     rng = np.random.default_rng(0)
     copy_heavy = []
     for _ in range(n):
         passage = rng.integers(200, model.vocab_size - 1, 24).tolist()
         copy_heavy.append(passage + passage + passage[:6])  # the passage twice, then its start again
     random_ids = [rng.integers(200, model.vocab_size - 1, 54).tolist() for _ in range(n)]
-    return {"copy_heavy": copy_heavy, "random": random_ids}
+    few_ids = [rng.choice(rng.integers(200, model.vocab_size - 1, 6), 54).tolist() for _ in range(n)]
+    return {"copy_heavy": (copy_heavy, GREEDY), "random": (random_ids, GREEDY), "misses": (few_ids, SAMPLED)}
 
 
-def tokens_per_s(model, prompts: list[list[int]], speculate: int, new: int) -> tuple[float, list[list[int]]]:
+def tokens_per_s(model, prompts: list[list[int]], options: dict, speculate: int,
+                 new: int) -> tuple[float, list[list[int]]]:
     out, start = [], time.perf_counter()
     for prompt in prompts:
         out.append(model.generate([prompt], max_new_tokens=new, min_new_tokens=new, stop_token_ids=[],
-                                  do_sample=False, speculate=speculate)[0].token_ids)
+                                  speculate=speculate, **options)[0].token_ids)
     return len(prompts) * new / (time.perf_counter() - start), out
 
 
@@ -51,14 +60,15 @@ def main() -> None:
     report = {}
     for bundle in bundles:
         model = edgeinfer.load(bundle, device="cpu")
-        for name, prompts in workloads(model).items():
+        for name, (prompts, options) in workloads(model).items():
             rates = {0: [], args.speculate: []}
             for _ in range(args.repeats):
                 outputs = {}
                 for speculate, measured in rates.items():
-                    rate, outputs[speculate] = tokens_per_s(model, prompts, speculate, args.new)
+                    rate, outputs[speculate] = tokens_per_s(model, prompts, options, speculate, args.new)
                     measured.append(rate)
-                assert outputs[0] == outputs[args.speculate], "speculative greedy output differs"
+                if not options["do_sample"]:
+                    assert outputs[0] == outputs[args.speculate], "speculative greedy output differs"
             plain, spec = statistics.median(rates[0]), statistics.median(rates[args.speculate])
             report[f"{bundle.name}/{name}"] = {"plain_tokens_per_s": round(plain, 1),
                                                "speculative_tokens_per_s": round(spec, 1),
