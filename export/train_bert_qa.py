@@ -45,6 +45,9 @@ from .train_mlm import CLS, PAD, SEP, learning_rate, to_transformers
 from .train_mlm import load as load_mlm
 
 SENTENCE_END = re.compile(r"[。！？；!?;]")
+# opset-23 Attention rather than MultiHeadAttention: a batch of 8 windows of 128 tokens runs 13% faster with it here
+# (11.3 against 12.9 ms, 5x128 reader, int8, one thread); at 384 tokens of BERT-base they measured the same
+READER_ATTENTION = "standard"
 
 
 @dataclass
@@ -231,7 +234,7 @@ def train(args: argparse.Namespace) -> dict:
     checkpoint, calibration = args.work / "checkpoint", args.work / "bundle-fp32"
     to_transformers(model.eval()).save_pretrained(checkpoint)
     shutil.copyfile(args.tokenizer, checkpoint / "tokenizer.json")
-    export_bert_qa_bundle(checkpoint, calibration, null_token=True)  # its windows are `layout`'s
+    export_bert_qa_bundle(checkpoint, calibration, null_token=True, attention=READER_ATTENTION)  # windows: `layout`'s
     dev = read_split(args.data, "dev")
     record = {
         "command": " ".join(["python -m edgeinfer.export.train_bert_qa", *sys.argv[1:]]),
@@ -248,7 +251,7 @@ def export(args: argparse.Namespace) -> dict:
     ood scores measured through the runtime; returns the manifest."""
     record = json.loads((args.work / "training.json").read_text())
     export_bert_qa_bundle(args.work / "checkpoint", args.out, null_token=True, threshold=record["threshold"],
-                          quantize=args.quantize)
+                          quantize=args.quantize, attention=READER_ATTENTION)
     reader = load_reader(args.out, args.threads)
     metrics = {}
     for split in ("dev", "test", "ood"):
