@@ -155,6 +155,17 @@ def test_committing_a_cache_makes_its_memory_resident_and_keeps_it_empty(lively_
     assert not any(a.any() for a in cache.arrays()) and not cache.lengths.any()
 
 
+def test_a_started_engine_has_committed_its_cache(lively_bundles, monkeypatch):
+    committed = []
+    monkeypatch.setattr(KVCache, "commit_memory", lambda cache: committed.append(cache))
+    model = edgeinfer.load(lively_bundles["contrib"], device="cpu")
+    engine = model.engine(slots=2, capacity=64)
+    assert committed == []  # an engine stepped by its caller (generate) touches only what it uses
+    engine.start()
+    engine.stop(drain=False, timeout=10)
+    assert committed == [engine.cache]
+
+
 # ---------------------------------------------------------------------------------------------- the loop thread
 @pytest.fixture()
 def running(lively_bundles):
