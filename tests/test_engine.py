@@ -85,6 +85,30 @@ def test_requests_admitted_together_are_prefilled_in_groups_and_equal_each_alone
     assert engine_module.prefill_groups([128] * 8) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # PREFILL_TOKENS = 512
 
 
+def test_a_group_in_consecutive_slots_is_prefilled_in_place_in_any_order(model, monkeypatch):
+    """Lengths 5, 4, 5 arriving into slots 1-3 form one group ordered by length (slots 2, 1, 3): a host shared
+    buffer prefills them straight into their rows, with nothing copied, and each equals its tokens alone."""
+    prompts = [[5, 6, 7, 8, 9], [20, 21, 22, 23], [30, 31, 32, 33, 34]]
+    prompts = [[t % model.vocab_size for t in p] for p in [[1, 2, 3], *prompts]]
+    options = {"max_new_tokens": 8, "stop_token_ids": []}
+    expected = _alone(model, prompts, **options)
+    settings = decode_options(model, **options)
+    engine = model.engine(slots=4, capacity=32)
+    copied = []
+    real_insert = KVCache.insert
+    monkeypatch.setattr(KVCache, "insert", lambda cache, *a, **k: copied.append(a) or real_insert(cache, *a, **k))
+    first = engine.submit(Request(prompts[0], settings))
+    events = engine.step() + engine.step()
+    handles = [first] + [engine.submit(Request(p, settings)) for p in prompts[1:]]
+    while engine.busy:
+        events += engine.step()
+    tokens = {h.id: [] for h in handles}
+    for event in events:
+        tokens[event.request].append(event.token_id)
+    assert [tokens[h.id] for h in handles] == expected
+    assert (copied == []) == engine.cache.can_view_rows
+
+
 def test_rows_that_reach_the_cache_capacity_end_there_and_free_their_slot(model):
     """Rows of different lengths run into the positions limit at different steps (the old crash)."""
     prompts = _prompts(model)[:5]

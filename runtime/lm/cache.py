@@ -172,15 +172,16 @@ class KVCache:
         self.mask = mask
 
     # ------------------------------------------------------------------ forks and joins
-    def row_view(self, row: int) -> KVCache:
-        """A one-row cache sharing row `row`'s memory (shared layout): prefill writes straight into the batch."""
+    def row_view(self, row: int, count: int = 1) -> KVCache:
+        """A cache of rows [row, row + count) sharing their memory (shared layout): prefill writes straight into the
+        batch. Its lengths are a copy: write them back after a step."""
         if not self.can_view_rows:
             raise CapacityError("only a host shared-buffer cache has row views")
         view = KVCache.__new__(KVCache)
         view.model, view.shared, view.device, view.capacity = self.model, True, "cpu", self.capacity
-        view.lengths = self.lengths[row : row + 1].copy()
-        view._set_arrays([a[row : row + 1] for a in self.arrays()])
-        view.mask = np.zeros((1, 0), dtype=np.int64)
+        view.lengths = self.lengths[row : row + count].copy()
+        view._set_arrays([a[row : row + count] for a in self.arrays()])
+        view.mask = np.zeros((count, 0), dtype=np.int64)
         return view
 
     def take(self, rows, capacity: int | None = None, scratch: ForkScratch | None = None) -> KVCache:

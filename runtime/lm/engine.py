@@ -322,13 +322,22 @@ class Engine:
         return self._choose(slots, logits)
 
     def _prefill_group(self, slots: list[int]) -> np.ndarray:
-        """Prefill requests without a prefix in one call on a cache of their own, then copy each row to its slot.
+        """Prefill requests without a prefix in one call: straight into their slots when they are consecutive rows of a
+        host shared buffer (as a burst of arrivals fills them), else on a cache of their own, then copied.
 
         One call for k prompts reads the weights once instead of k times: the lever when requests arrive while
         others run, as under a server's load.
         """
         if len(slots) == 1:
             return self._prefill_slot(slots[0])[None]
+        rows = sorted(slots)
+        if self.cache.can_view_rows and rows == list(range(rows[0], rows[0] + len(rows))):
+            handles = [self._slots[s] for s in rows]
+            self.cache.lengths[rows] = 0
+            view = self.cache.row_view(rows[0], len(rows))
+            logits = Step(self.model, view).feed([h.request.tokens for h in handles], self._segments(handles))
+            self.cache.lengths[rows] = view.lengths
+            return logits[[rows.index(s) for s in slots]]
         handles = [self._slots[s] for s in slots]
         tokens = [h.request.tokens for h in handles]
         group = KVCache(self.model, len(slots), max(len(t) for t in tokens))
