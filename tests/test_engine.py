@@ -58,28 +58,32 @@ def test_more_prompts_than_slots_equal_each_alone(model, max_active, sampled):
     assert [g.token_ids for g in got] == expected
 
 
-def test_requests_admitted_together_are_prefilled_in_groups_and_equal_each_alone(model, monkeypatch):
-    """A long request runs while six others arrive: they are prefilled in groups of similar length (one call each)
-    into the free slots, and every request's tokens equal its tokens alone."""
-    from edgeinfer.lm import engine as engine_module
-
-    prompts = _prompts(model)
-    options = {"max_new_tokens": 10, "stop_token_ids": []}
-    expected = _alone(model, prompts, **options)
+def _first_then_the_rest_equal_each_alone(model, engine, prompts, max_new_tokens: int) -> None:
+    """The first prompt is admitted alone and decodes a step before the rest arrive; every request's tokens must equal
+    its tokens alone."""
+    options = {"max_new_tokens": max_new_tokens, "stop_token_ids": []}
     settings = decode_options(model, **options)
-    engine = model.engine(slots=7, capacity=32)
-    groups = []
-    real_group = engine._prefill_group
-    monkeypatch.setattr(engine, "_prefill_group", lambda slots: groups.append(len(slots)) or real_group(slots))
     first = engine.submit(Request(prompts[0], settings))
-    events = engine.step() + engine.step()  # admitted alone, then one decode step
+    events = engine.step() + engine.step()
     handles = [first] + [engine.submit(Request(p, settings)) for p in prompts[1:]]
     while engine.busy:
         events += engine.step()
     tokens = {h.id: [] for h in handles}
     for event in events:
         tokens[event.request].append(event.token_id)
-    assert [tokens[h.id] for h in handles] == expected
+    assert [tokens[h.id] for h in handles] == _alone(model, prompts, **options)
+
+
+def test_requests_admitted_together_are_prefilled_in_groups_and_equal_each_alone(model, monkeypatch):
+    """A long request runs while six others arrive: they are prefilled in groups of similar length (one call each)
+    into the free slots, and every request's tokens equal its tokens alone."""
+    from edgeinfer.lm import engine as engine_module
+
+    engine = model.engine(slots=7, capacity=32)
+    groups = []
+    real_group = engine._prefill_group
+    monkeypatch.setattr(engine, "_prefill_group", lambda slots: groups.append(len(slots)) or real_group(slots))
+    _first_then_the_rest_equal_each_alone(model, engine, _prompts(model), max_new_tokens=10)
     # lengths 7,1,4,2,5,1 by the padding bound: 1+1 | 2 | 4+5 | 7, after the first request alone
     assert sorted(groups) == [1, 1, 1, 2, 2]
     assert engine_module.prefill_groups([128] * 8) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # PREFILL_TOKENS = 512
@@ -90,22 +94,11 @@ def test_a_group_in_consecutive_slots_is_prefilled_in_place_in_any_order(model, 
     buffer prefills them straight into their rows, with nothing copied, and each equals its tokens alone."""
     prompts = [[5, 6, 7, 8, 9], [20, 21, 22, 23], [30, 31, 32, 33, 34]]
     prompts = [[t % model.vocab_size for t in p] for p in [[1, 2, 3], *prompts]]
-    options = {"max_new_tokens": 8, "stop_token_ids": []}
-    expected = _alone(model, prompts, **options)
-    settings = decode_options(model, **options)
     engine = model.engine(slots=4, capacity=32)
     copied = []
     real_insert = KVCache.insert
     monkeypatch.setattr(KVCache, "insert", lambda cache, *a, **k: copied.append(a) or real_insert(cache, *a, **k))
-    first = engine.submit(Request(prompts[0], settings))
-    events = engine.step() + engine.step()
-    handles = [first] + [engine.submit(Request(p, settings)) for p in prompts[1:]]
-    while engine.busy:
-        events += engine.step()
-    tokens = {h.id: [] for h in handles}
-    for event in events:
-        tokens[event.request].append(event.token_id)
-    assert [tokens[h.id] for h in handles] == expected
+    _first_then_the_rest_equal_each_alone(model, engine, prompts, max_new_tokens=8)
     assert (copied == []) == engine.cache.can_view_rows
 
 
