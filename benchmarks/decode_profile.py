@@ -64,12 +64,13 @@ def profiled_steps(bundle: Path, args, work: Path) -> tuple[dict[str, float], fl
 
 def streamed_weight_bytes(bundle: Path) -> int:
     """Bytes of the initializers a decode step reads whole: every one but the tables that only a Gather reads."""
-    graph = onnx.load(bundle / "model.onnx").graph
+    graph = onnx.load(bundle / "model.onnx", load_external_data=False).graph
     readers = defaultdict(set)
     for node in graph.node:
         for name in node.input:
             readers[name].add(node.op_type)
-    return sum(numpy_helper.to_array(i).nbytes for i in graph.initializer if readers[i.name] - {"Gather"})
+    return sum(int(np.prod(i.dims)) * helper.tensor_dtype_to_np_dtype(i.data_type).itemsize
+               for i in graph.initializer if readers[i.name] - {"Gather"})
 
 
 def matmul_only_graph(bundle: Path, path: Path) -> int | None:
