@@ -17,7 +17,7 @@ import pytest
 import edgeinfer
 from edgeinfer.chat import Chat
 from edgeinfer.errors import BundleError, InputError
-from edgeinfer.lm import CapacityError, QueueFull, Request, decode_options
+from edgeinfer.lm import CapacityError, CausalLM, QueueFull, Request, decode_options
 from edgeinfer.lm.cache import KVCache
 from edgeinfer.lm.step import Step
 from edgeinfer.loader import default_bundle
@@ -172,16 +172,16 @@ def test_committing_a_cache_makes_its_memory_resident_and_keeps_it_empty(lively_
     assert not any(a.any() for a in cache.arrays()) and not cache.lengths.any()
 
 
-def test_a_started_engine_has_committed_its_cache(lively_bundles, monkeypatch):
-    committed = []
-    monkeypatch.setattr(KVCache, "commit_memory", lambda cache: committed.append(cache))
+def test_a_started_engine_commits_its_cache_and_moves_its_weights_to_huge_pages(lively_bundles, monkeypatch):
+    prepared = []
+    monkeypatch.setattr(KVCache, "commit_memory", lambda cache: prepared.append(cache))
+    monkeypatch.setattr(CausalLM, "use_huge_pages", lambda model: prepared.append(model))
     model = edgeinfer.load(lively_bundles["contrib"], device="cpu")
     engine = model.engine(slots=2, capacity=64)
-    assert committed == []  # an engine stepped by its caller (generate) touches only what it uses
+    assert prepared == []  # an engine stepped by its caller (generate) touches only what it uses
     engine.start()
     engine.stop(drain=False, timeout=10)
-    assert committed == [engine.cache]
-
+    assert prepared == [engine.cache, model]
 
 # ---------------------------------------------------------------------------------------------- the loop thread
 @pytest.fixture()

@@ -208,9 +208,11 @@ class Engine:
     # ------------------------------------------------------------------ the loop thread
     def start(self) -> None:
         """Run rounds on a daemon thread while there is work; events go to each request's sink. The cache's memory
-        is committed first, so the first requests do not pay for it (`KVCache.commit_memory`)."""
+        is committed first, so the first requests do not pay for it (`KVCache.commit_memory`), and the weights move
+        into huge pages, which a long-lived loop earns back (`CausalLM.use_huge_pages`)."""
         if self._thread is None:
             self.cache.commit_memory()
+            self.model.use_huge_pages()
             self._thread = threading.Thread(target=self._loop, name="edgeinfer-engine", daemon=True)
             self._thread.start()
 

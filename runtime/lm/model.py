@@ -15,6 +15,7 @@ import numpy as np
 
 from ..bundle import cache_parts, load_tokenizer
 from ..errors import InputError
+from ..huge_pages import collapse, new_mappings
 from ..session import open_session
 from . import generate as front_door
 from .beam import beam_search
@@ -42,7 +43,9 @@ class CausalLM:
     def __init__(self, folder: Path, manifest: dict, device: str = "auto", threads: int | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
-        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads)
+        with new_mappings() as session_memory:  # the weights onnxruntime allocated and prepacked (see use_huge_pages)
+            self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads)
+        self._session_memory = session_memory
         cfg = manifest["model"]
         self.n_layer, self.n_head, self.head_dim = cfg["n_layer"], cfg["n_head"], cfg["head_dim"]
         self.n_kv_head = cfg.get("n_kv_head", self.n_head)  # heads in the KV cache (fewer: grouped-query attention)
@@ -118,6 +121,18 @@ class CausalLM:
                speculate: int = 0) -> Engine:
         """A request-level engine over this model: `submit` from any thread, `start()` its loop (a server's core)."""
         return Engine(self, slots, capacity, max_queue, speculate)
+
+    def use_huge_pages(self) -> int:
+        """Move the session's weight buffers into 2 MiB pages; returns the bytes moved (0 where the OS cannot).
+
+        Decoding then runs a few percent faster (fewer TLB misses while the weights stream), for a copy of the
+        weights once (about 1 s for 500 MB): worth it for a long-lived model. See `edgeinfer.huge_pages`.
+        """
+        if self.device_type != "cpu":
+            return 0
+        moved = collapse(self._session_memory)
+        self._session_memory = []  # once is enough
+        return moved
 
     def _check_ids(self, input_ids, name: str = "input_ids") -> np.ndarray:
         try:
