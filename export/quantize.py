@@ -1,7 +1,8 @@
-"""Weight-only int8 and int4 for exported graphs: every MatMul against a constant weight becomes onnxruntime's
-DynamicQuantizeMatMul (int8 weights, one scale per output channel; activations quantized per call) or MatMulNBits
-(4-bit weights in blocks of 128 along the input dimension, or 32 on small models, each block with its own scale and
-zero point).
+"""Smaller weights for exported graphs. For the CPU, weight-only int8 and int4: every MatMul against a constant weight
+becomes onnxruntime's DynamicQuantizeMatMul (int8 weights, one scale per output channel; activations quantized per
+call) or MatMulNBits (4-bit weights in blocks of 128 along the input dimension, or 32 on small models, each block with
+its own scale and zero point). For CUDA, float16: the whole graph, weights, activations and KV cache, in half
+precision, the logits cast back to float32.
 
 Why: a decode step at batch 1 reads every weight once, so its floor is weight bytes ÷ memory bandwidth, and int8
 weights are a quarter of fp32's. Encoders at long sequences are compute-bound instead, and this CPU runs int8
@@ -9,8 +10,11 @@ products on AMX tiles, about 9x fp32's GEMM rate (benchmarks/cpu_features.py). i
 MatMulNBits kernel at accuracy level 4 quantizes the activations to int8 per block and runs the int8 dot products,
 the fastest of its compute choices here (levels 1-3, fp32, fp16 and bf16 compute, run at fp32's speed). Blocks of 128
 rather than 32 for models of GPT-2-small's size and up: it decodes at 0.54x int8's ms/token at B=1 instead of 0.81x,
-for 0.7% more chat perplexity (benchmarks/quantized_quality.py --int4-blocks); smaller models keep 32. The price is
-accuracy: export measures the quantized graph against PyTorch like any other and records the error in the manifest.
+for 0.7% more chat perplexity (benchmarks/quantized_quality.py --int4-blocks); smaller models keep 32. float16 is what
+onnxruntime's CUDA GroupQueryAttention kernel takes (float16 or bfloat16 only), so it is how a contrib bundle keeps
+its cache on the GPU; onnxruntime's CPU kernels run it too (the tests check it there), with no speed to gain. The
+price is accuracy: export measures the converted graph against PyTorch like any other and records the error in the
+manifest.
 
 int8 is CPU only: the CUDA provider has no DynamicQuantizeMatMul and would hand those nodes back to the CPU.
 """
@@ -23,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-QUANTIZATIONS = ("none", "int8", "int4")
+QUANTIZATIONS = ("none", "int8", "int4", "float16")
 INT4_BLOCK = 128
 INT4_BLOCKS = (32, 64, 128, 256)  # MatMulNBits block sizes (powers of two from 16; these are the ones measured)
 # below this many input rows in some weight, blocks of 32: a block of 128 would span most of a small model's rows
@@ -44,6 +48,12 @@ RECORDS = {
         "activations": f"int8 per block (MatMulNBits accuracy_level {INT4_ACCURACY_LEVEL})",
         "op": "com.microsoft.MatMulNBits",
         "tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
+    },
+    "float16": {
+        "weights": "float16",
+        "activations": "float16, and the KV cache; logits cast to float32",
+        "op": "every float op in float16",
+        "tool": "onnxruntime.transformers.float16.convert_float_to_float16",
     },
 }
 
@@ -69,10 +79,12 @@ def fold_weight_transposes(proto: onnx.ModelProto) -> int:
 
 
 def quantize_weights(src: Path, dst: Path, kind: str, int4_block: int | None = None) -> None:
-    """Write `src` with `kind` ("int8" or "int4", in blocks of `int4_block` input rows; None: `int4_block_for` the
-    graph) weights to `dst`."""
+    """Write `src` with `kind` ("int8", "int4" in blocks of `int4_block` input rows (None: `int4_block_for` the graph),
+    or "float16") weights to `dst`."""
     if kind == "int4":
         quantize_int4(src, dst, block_size=int4_block)
+    elif kind == "float16":
+        convert_float16(src, dst)
     else:
         quantize_int8(src, dst)
 
@@ -123,3 +135,13 @@ def quantize_int4(src: Path, dst: Path, accuracy_level: int = INT4_ACCURACY_LEVE
     quantizer = MatMulNBitsQuantizer(proto, algo_config=config)
     quantizer.process()
     onnx.save(quantizer.model.model, str(dst))
+
+
+def convert_float16(src: Path, dst: Path) -> None:
+    """Write `src` in float16 to `dst`: inputs and outputs too (the KV cache), except the logits, kept float32 so that
+    sampling and the callers' numbers do not change type."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # shape inference cannot see through our contrib ops (GroupQueryAttention): the converter works from the graph
+    proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=["logits"], disable_shape_infer=True)
+    onnx.save(proto, str(dst))

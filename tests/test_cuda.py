@@ -83,6 +83,61 @@ def test_float32_group_query_attention_on_cuda_warns(lively_bundles, monkeypatch
     assert messages == ([causal_lm.CONTRIB_ON_CUDA] if target == "contrib" else [])
 
 
+@pytest.fixture(scope="module")
+def float16_bundles(lively_gpt2, tmp_path_factory):
+    """{"gpt2": path, "llama": path}: contrib bundles exported with --quantize float16."""
+    from test_llama_export import tiny_llama
+
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("float16")
+    export_hf_checkpoint(lively_gpt2, root / "gpt2", attention="contrib", quantize="float16")
+    export_hf_checkpoint(tiny_llama("qwen2", 1), root / "llama", attention="contrib", quantize="float16")
+    return {"gpt2": root / "gpt2", "llama": root / "llama"}
+
+
+def test_a_float16_contrib_bundle_keeps_its_cache_on_cuda_without_warning(float16_bundles, monkeypatch):
+    from edgeinfer.lm import model as causal_lm
+    from edgeinfer.session import ProviderChoice
+
+    open_cpu = causal_lm.open_session
+
+    def cuda_session(path, manifest, device, threads):  # a CPU session, reported as a CUDA one
+        session, _ = open_cpu(path, manifest, "cpu", threads)
+        return session, ProviderChoice(["CUDAExecutionProvider", "CPUExecutionProvider"], "pretend")
+
+    monkeypatch.setattr(causal_lm, "open_session", cuda_session)
+    monkeypatch.setattr(causal_lm, "check_decoder_graph", lambda model: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = edgeinfer.load(float16_bundles["gpt2"])
+    assert model.cache_device == "cuda" and model.cache_dtype == np.float16
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_float16_bundles_on_cuda_match_cpu(float16_bundles, name):
+    """GroupQueryAttention's CUDA kernel (float16 only) against the same float16 graph on onnxruntime's CPU kernels."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider")
+    cuda = edgeinfer.load(float16_bundles[name], device="cuda")
+    if cuda.provider != "CUDAExecutionProvider":
+        pytest.skip(f"no CUDA session: {cuda.providers.reason}")
+    cpu = edgeinfer.load(float16_bundles[name], device="cpu")
+    assert cuda.cache_device == "cuda"
+    ids = np.array([[3, 14, 15, 92, 65, 35, 89, 79]])
+    want = cpu.logits(ids)
+    assert np.abs(cuda.logits(ids) - want).max() <= 1e-2 * np.abs(want).max()  # float16 sums in another order
+    options = {"max_new_tokens": 12, "do_sample": False, "stop_token_ids": []}
+    for row, generation in zip(PROMPTS, cuda.generate(PROMPTS, **options), strict=True):  # consistent with its logits
+        ids = list(row)
+        for _ in range(12):
+            ids.append(int(cuda.logits(np.array([ids]))[0, -1].argmax()))
+        assert generation.token_ids == ids[len(row):]
+
+
 @pytest.fixture(scope="module", params=["llama-gqa2-standard", "qwen2-gqa1-contrib"])
 def llama_pair(request, tmp_path_factory):
     """(CPU model, CUDA model) of a tiny Llama-family bundle: rotary and grouped-query attention on CUDA."""

@@ -25,12 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         " benchmark baseline); auto: contrib when the head size allows")
     parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
                         help="GELU form to emit (GPT-2 only; default: the checkpoint's own)")
-    parser.add_argument("--quantize", choices=["none", "int8", "int4"], default="none",
+    parser.add_argument("--quantize", choices=["none", "int8", "int4", "float16"], default="none",
                         help="int8: int8 weights through DynamicQuantizeMatMul (CPU; about 4x fewer weight bytes); int4:"
-                        " 4-bit weights in blocks of 128 through MatMulNBits (about 7x fewer)")
+                        " 4-bit weights in blocks of 128 through MatMulNBits (about 7x fewer); float16: the graph and"
+                        " its KV cache in half precision, logits in float32 (for CUDA, whose GroupQueryAttention"
+                        " kernel takes float16 only)")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="largest logit error allowed against PyTorch: absolute for fp32 (default 1e-4), relative to"
-                        " the largest logit for int8 (default 0.1) and int4 (default 0.25)")
+                        " the largest logit for int8 (default 0.1), int4 (default 0.25) and float16 (default 0.01)")
 
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:

@@ -37,7 +37,8 @@ class KVCache:
         self.capacity = capacity
         self.lengths = np.zeros(rows, dtype=np.int64)  # real tokens per row
         width = capacity if self.shared else 0
-        self._set_arrays([np.zeros((rows, model.n_kv_head, width, model.head_dim), np.float32) for _ in model.past_names])
+        shape = (rows, model.n_kv_head, width, model.head_dim)
+        self._set_arrays([np.zeros(shape, model.cache_dtype) for _ in model.past_names])  # the graph's cache type
         self.mask = np.zeros((rows, 0), dtype=np.int64)  # concat layout only
 
     # ------------------------------------------------------------------ storage
@@ -245,8 +246,8 @@ class ForkScratch:
     def get(self, cache: KVCache, rows: np.ndarray) -> list[np.ndarray]:
         shapes = [(len(rows), *a.shape[1:]) for a in cache.arrays()]
         size = sum(int(np.prod(s)) for s in shapes)
-        if not self._buffers or self._buffers[0].size < size:
-            self._buffers = [np.empty(2 * size, dtype=np.float32)]
+        if not self._buffers or self._buffers[0].size < size or self._buffers[0].dtype != cache.arrays()[0].dtype:
+            self._buffers = [np.empty(2 * size, dtype=cache.arrays()[0].dtype)]
         out, offset = [], 0
         for shape in shapes:
             n = int(np.prod(shape))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import cache_parts, load_tokenizer
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from ..huge_pages import collapse, new_mappings
 from ..session import open_session
 from . import generate as front_door
@@ -32,9 +32,12 @@ from .types import Generation, Prefix, StreamEvent
 CONTRIB_ON_CUDA = (
     "this bundle's attention is GroupQueryAttention in float32, which onnxruntime runs on the CPU even in a CUDA "
     "session (its CUDA kernel takes float16/bfloat16): the cache stays in host memory and activations are copied "
-    "to and from the device every layer and step; for CUDA, export with "
-    "--attention standard (opset-23 Attention has a float32 CUDA kernel)"
+    "to and from the device every layer and step; for CUDA, export with --quantize float16 (the op's CUDA kernel) "
+    "or --attention standard (opset-23 Attention has a float32 CUDA kernel)"
 )
+
+
+CACHE_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 
 
 class CausalLM:
@@ -61,13 +64,28 @@ class CausalLM:
         self.present_names = [kv[f"present_{part}"].format(layer=i) for i, part in layers]
         self.device_type = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self.cache_device = self.device_type  # where the KV cache lives: on the device of the attention op
-        cache_dtype = next(o["dtype"] for o in manifest["outputs"] if o["name"] == self.present_names[0])
-        if self.device_type == "cuda" and "GroupQueryAttention" in manifest["fused_ops"] and cache_dtype == "float32":
+        self.cache_dtype = self._cache_dtype()
+        if self.device_type == "cuda" and "GroupQueryAttention" in manifest["fused_ops"] and self.cache_dtype == np.float32:
             warnings.warn(CONTRIB_ON_CUDA, RuntimeWarning, stacklevel=3)
             self.cache_device = "cpu"  # the op writes in place into what it is bound: host memory, where it runs
         check_decoder_graph(self)
         self.tokenizer = load_tokenizer(folder, manifest, self.vocab_size)
         self._scorer: ContinuationScorer | None = None
+
+    def _cache_dtype(self) -> np.dtype:
+        """The KV cache's element type, as the graph declares it (float32; float16 in a float16 bundle); the manifest
+        must say the same."""
+        name = self.present_names[0]
+        graph_type = {o.name: o.type for o in self.session.get_outputs()}.get(name)
+        declared = next((o["dtype"] for o in self.manifest["outputs"] if o["name"] == name), None)
+        dtype = CACHE_TYPES.get(graph_type)
+        if dtype is None:
+            raise BundleError(f"bundle {self.folder}: the graph's {name} is {graph_type}; the runtime keeps float32 "
+                              f"or float16 caches")
+        if declared != dtype.name:
+            raise BundleError(f"bundle {self.folder}: manifest output {name!r} has dtype {declared!r}, the graph "
+                              f"{dtype.name!r}")
+        return dtype
 
     @property
     def provider(self) -> str:
