@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from .hf_import import import_checkpoint, special_tokens_from_hf, stop_tokens_from_hf
@@ -34,6 +35,27 @@ def cpm_tokenizer(folder: Path) -> dict | None:
     }
 
 
+def chat_template(folder: Path, work: Path) -> tuple[Path, dict[str, str]] | None:
+    """The checkpoint's chat template (tokenizer_config.json's `chat_template`, or chat_template.jinja) written to
+    work/chat_template.jinja, with the special tokens' text it may name, both as transformers' tokenizer of the folder
+    reads them; None when the checkpoint has none."""
+    config = folder / "tokenizer_config.json"
+    has_one = (folder / "chat_template.jinja").is_file() or (
+        config.is_file() and "chat_template" in json.loads(config.read_text(encoding="utf-8")))
+    if not has_one:
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    template = tokenizer.chat_template
+    template = template.get("default") if isinstance(template, dict) else template  # named templates: the default
+    if not isinstance(template, str):
+        return None
+    path = work / "chat_template.jinja"
+    path.write_text(template, encoding="utf-8")
+    return path, {name: text for name, text in tokenizer.special_tokens_map.items() if isinstance(text, str)}
+
+
 def export_hf_checkpoint(
     source,
     out_dir: str | Path,
@@ -53,18 +75,25 @@ def export_hf_checkpoint(
     def reference(ids, types):
         return hf_model(ids).logits
 
-    return export_gpt_bundle(
-        model,
-        out_dir,
-        attention=attention,
-        reference=reference,
-        reference_name=f"transformers {type(hf_model).__name__}",
-        tokenizer_file=tokenizer if tokenizer is not None and tokenizer.is_file() else None,
-        other_files={"sentencepiece": folder / "spiece.model"} if cpm else None,
-        special_tokens=special_tokens_from_hf(hf_model.config),
-        generation={"max_new_tokens": 32, "do_sample": False, "stop_token_ids": stop_tokens_from_hf(hf_model)},
-        tolerance=tolerance,
-        quantize=quantize,
-        extra={"source": {"format": "huggingface", "architecture": type(hf_model).__name__,
-                          "path": str(folder) if folder else None}, **({"tokenizer": cpm} if cpm else {})},
-    )
+    other_files = {"sentencepiece": folder / "spiece.model"} if cpm else {}
+    extra = {"source": {"format": "huggingface", "architecture": type(hf_model).__name__,
+                        "path": str(folder) if folder else None}, **({"tokenizer": cpm} if cpm else {})}
+    with tempfile.TemporaryDirectory() as work:
+        template = chat_template(folder, Path(work)) if folder else None
+        if template is not None:
+            other_files["chat_template"] = template[0]
+            extra["chat_template_tokens"] = template[1]
+        return export_gpt_bundle(
+            model,
+            out_dir,
+            attention=attention,
+            reference=reference,
+            reference_name=f"transformers {type(hf_model).__name__}",
+            tokenizer_file=tokenizer if tokenizer is not None and tokenizer.is_file() else None,
+            other_files=other_files,
+            special_tokens=special_tokens_from_hf(hf_model.config),
+            generation={"max_new_tokens": 32, "do_sample": False, "stop_token_ids": stop_tokens_from_hf(hf_model)},
+            tolerance=tolerance,
+            quantize=quantize,
+            extra=extra,
+        )

@@ -112,3 +112,29 @@ def wordpiece_tokenizer() -> Tokenizer:
     )
     tok.add_special_tokens(specials)  # "[MASK]" in a text is one token, as in a checkpoint's tokenizer.json
     return tok
+
+
+# ChatML with the checkpoint's bos token in front; other roles are refused in the template's own words
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def templated_checkpoint(folder):
+    """A tiny GPT-2 checkpoint folder whose tokenizer_config.json carries a chat template (as instruct models ship)."""
+    import json
+
+    tokenizer = byte_level_tokenizer()
+    tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tiny_gpt2(seed=7, initializer_range=0.3, vocab_size=tokenizer.get_vocab_size(),
+              bos_token_id=tokenizer.token_to_id("<|endoftext|>"),
+              eos_token_id=tokenizer.token_to_id("<|im_end|>")).save_pretrained(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+        "chat_template": CHAT_TEMPLATE}))
+    return folder

@@ -64,9 +64,21 @@ def gpt(lively_bundles):
 
 
 @pytest.fixture(scope="module")
-def server(lively_bundles):
+def templated(tmp_path_factory):
+    """A bundle exported from a checkpoint that ships a chat template."""
+    from conftest import templated_checkpoint
+
+    from edgeinfer.export.hf_bundle import export_hf_checkpoint
+
+    root = tmp_path_factory.mktemp("templated")
+    export_hf_checkpoint(templated_checkpoint(root / "hf"), root / "bundle")
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def server(lively_bundles, templated):
     s = Server({"gpt": lively_bundles["contrib"], "chat": default_bundle("chat"), "qa": default_bundle("qa"),
-                "xiangqi": default_bundle("xiangqi")}, "--max-active", "8", "--max-queue", "64")
+                "xiangqi": default_bundle("xiangqi"), "templated": templated}, "--max-active", "8", "--max-queue", "64")
     yield s
     s.stop()
 
@@ -77,7 +89,7 @@ def _alone(model, prompt: list[int], n: int) -> list[int]:
 
 def test_openai_client_plain_and_streamed(server, gpt):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-    assert {m.id for m in client.models.list().data} == {"gpt", "chat", "qa", "xiangqi"}
+    assert {m.id for m in client.models.list().data} == {"gpt", "chat", "qa", "xiangqi", "templated"}
     prompt = [5, 6, 7]
     expected = gpt.decode(_alone(gpt, prompt, 10))
     plain = client.completions.create(model="gpt", prompt=prompt, max_tokens=10, temperature=0,
@@ -101,6 +113,17 @@ def test_chat_completions_lay_out_the_messages_as_the_chat_session_does(server):
         assert got.choices[0].message.content == expected
         streamed = client.chat.completions.create(model="chat", messages=messages, temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+
+
+def test_chat_completions_use_the_checkpoints_chat_template(server, templated):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+    model = edgeinfer.load(templated, device="cpu")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "滚滚长江"}]
+    prompt = model.encode(model.chat_template.render(messages))
+    expected = model.generate([prompt], max_new_tokens=12, do_sample=False, stop_token_ids=[])[0].text
+    got = client.chat.completions.create(model="templated", messages=messages, max_tokens=12, temperature=0,
+                                         extra_body={"ignore_eos": True})
+    assert got.choices[0].message.content == expected and got.usage.prompt_tokens == len(prompt)
 
 
 async def _stream_ids(client, prompt: list[int], n: int) -> str:

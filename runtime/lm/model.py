@@ -20,6 +20,7 @@ from ..session import open_session
 from . import generate as front_door
 from .beam import beam_search
 from .cache import KVCache
+from .chat_template import load_chat_template
 from .checks import check_decoder_graph
 from .engine import Engine
 from .options import is_int
@@ -70,6 +71,8 @@ class CausalLM:
             self.cache_device = "cpu"  # the op writes in place into what it is bound: host memory, where it runs
         check_decoder_graph(self)
         self.tokenizer = load_tokenizer(folder, manifest, self.vocab_size)
+        # the checkpoint's own chat layout (None: the bundle ships none); compiled here, so a bad one fails the load
+        self.chat_template = load_chat_template(folder, manifest)
         self._scorer: ContinuationScorer | None = None
 
     def _cache_dtype(self) -> np.dtype:

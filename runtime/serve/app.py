@@ -296,8 +296,15 @@ def _seed(body: Sampling, sample: int):
 
 
 def _chat_layout(worker: DecoderWorker, body: ChatRequest, max_new: int):
-    """The messages as the bundle was trained to read them: speaker segments for chat bundles, else plain text."""
+    """The messages as the bundle was trained to read them: speaker segments for chat bundles, the checkpoint's own
+    chat template where its bundle ships one, else plain text."""
     model = worker.model
+    if model.chat_template is not None:
+        try:
+            text = model.chat_template.render([{"role": m.role, "content": m.content} for m in body.messages])
+        except InputError as exc:
+            raise ApiError(400, f"messages: {exc}", "messages") from exc
+        return _encode(worker, text, "messages"), None, 0
     turns = [m.content for m in body.messages if m.role != "system"]
     if not turns:
         raise ApiError(400, "messages hold no user or assistant turn", "messages")
