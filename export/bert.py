@@ -289,14 +289,14 @@ def _export_encoder(source, task: str, out_dir: Path, tolerance: float | None, q
     if attention not in ATTENTION_OP:
         raise ExportError(f"unknown encoder attention {attention!r}; expected one of {sorted(ATTENTION_OP)}")
     from .hf_import import import_checkpoint  # it imports this module's models
+    from .hf_tokenizer import tokenizer_json
 
     with step("load checkpoint"):
         model, hf_model = import_checkpoint(source, task)
     cfg = model.cfg
-    tokenizer = Path(source) / "tokenizer.json" if isinstance(source, (str, Path)) else None
-    tokenizer = tokenizer if tokenizer is not None and tokenizer.is_file() else None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = tokenizer_json(Path(source), Path(tmp)) if isinstance(source, (str, Path)) else None
         onnx_path = Path(tmp) / "model.onnx"
         proto = export_onnx(model, onnx_path, attention)
         _check_census(op_census(proto), cfg.n_layer, cfg.n_layer + head_gelus, attention)

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .hf_import import import_checkpoint, special_tokens_from_hf, stop_tokens_from_hf
+from .hf_tokenizer import tokenizer_json
 from .onnx_export import export_gpt_bundle
 from .progress import step
 
@@ -70,7 +71,6 @@ def export_hf_checkpoint(
     with step("load checkpoint"):
         model, hf_model = import_checkpoint(source, "causal-lm", gelu=gelu)
         cpm = cpm_tokenizer(folder) if folder else None  # CPM's tokenizer.json (if any) lacks its jieba step
-    tokenizer = folder / "tokenizer.json" if folder and not cpm else None
 
     def reference(ids, types):
         return hf_model(ids).logits
@@ -79,6 +79,7 @@ def export_hf_checkpoint(
     extra = {"source": {"format": "huggingface", "architecture": type(hf_model).__name__,
                         "path": str(folder) if folder else None}, **({"tokenizer": cpm} if cpm else {})}
     with tempfile.TemporaryDirectory() as work:
+        tokenizer = tokenizer_json(folder, Path(work)) if folder and not cpm else None
         template = chat_template(folder, Path(work)) if folder else None
         if template is not None:
             other_files["chat_template"] = template[0]
@@ -89,7 +90,7 @@ def export_hf_checkpoint(
             attention=attention,
             reference=reference,
             reference_name=f"transformers {type(hf_model).__name__}",
-            tokenizer_file=tokenizer if tokenizer is not None and tokenizer.is_file() else None,
+            tokenizer_file=tokenizer,
             other_files=other_files,
             special_tokens=special_tokens_from_hf(hf_model.config),
             generation={"max_new_tokens": 32, "do_sample": False, "stop_token_ids": stop_tokens_from_hf(hf_model)},
