@@ -3,7 +3,8 @@
     python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1,100,1000]
         [--parts latency,agreement,random,engine] [--out results/xiangqi_moves.json]
 
-1. latency of choosing a move at plies 10, 40 and 80 of test games: the tree scorer (the prompt once, every legal
+1. latency of choosing a move at plies 10, 40 and 80 of --latency-positions test games each (medians over the
+   positions, and the speedup's range): the tree scorer (the prompt once, every legal
    move in one call) against one full forward pass per legal move (prompt + move, no cache), same bundle;
 2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
    fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
@@ -65,17 +66,29 @@ def one_run_per_move(mover: MoveModel, board: Board) -> dict[str, float]:
     return scores
 
 
-def latency(model, games: list[list[str]], plies: list[int], repeats: int) -> dict:
+def latency(model, games: list[list[str]], plies: list[int], repeats: int, positions: int = 1) -> dict:
+    """Per ply, the first `positions` games that reach it: each position timed both ways (medians of repeats); the
+    ply's figures are the medians over its positions, with the range of the speedup (it grows with the number of
+    legal moves, which varies from position to position). samples_ms keeps every timed call."""
     rows, mover = {}, MoveModel(model)
     for ply in plies:
-        board = Board.from_moves(next(g for g in games if len(g) > ply)[:ply], max_plies=None)
-        tree = timed_ms(lambda board=board: mover.score(board), repeats)
-        rerun = timed_ms(lambda board=board: one_run_per_move(mover, board), max(1, repeats // 3))
-        rows[ply] = {"legal_moves": len(board.legal_moves()), "tree_ms": round(statistics.median(tree), 2),
-                     "one_run_per_move_ms": round(statistics.median(rerun), 2)}
-        rows[ply]["speedup"] = round(rows[ply]["one_run_per_move_ms"] / rows[ply]["tree_ms"], 1)
+        measured, samples = [], {"tree_ms": [], "one_run_per_move_ms": []}
+        for game in [g for g in games if len(g) > ply][:positions]:
+            board = Board.from_moves(game[:ply], max_plies=None)
+            tree = timed_ms(lambda board=board: mover.score(board), repeats)
+            rerun = timed_ms(lambda board=board: one_run_per_move(mover, board), max(1, repeats // 3))
+            samples["tree_ms"] += tree
+            samples["one_run_per_move_ms"] += rerun
+            measured.append({"legal_moves": len(board.legal_moves()), "tree_ms": statistics.median(tree),
+                             "one_run_per_move_ms": statistics.median(rerun)})
+            measured[-1]["speedup"] = measured[-1]["one_run_per_move_ms"] / measured[-1]["tree_ms"]
+        speedups = [m["speedup"] for m in measured]
+        rows[ply] = {key: round(statistics.median(m[key] for m in measured), 2)
+                     for key in ("legal_moves", "tree_ms", "one_run_per_move_ms", "speedup")}
+        rows[ply] |= {"positions": len(measured), "speedup_min": round(min(speedups), 1),
+                      "speedup_max": round(max(speedups), 1)}
         print(f"ply {ply}: {rows[ply]}", flush=True)
-        rows[ply]["samples_ms"] = {"tree_ms": tree, "one_run_per_move_ms": rerun}
+        rows[ply] |= {"per_position": measured, "samples_ms": samples}
     return rows
 
 
@@ -188,6 +201,7 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} to run")
     parser.add_argument("--positions", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--latency-positions", type=int, default=10, help="test positions timed at each ply")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/xiangqi_moves.json"))
     args = parser.parse_args()
@@ -200,7 +214,8 @@ def main() -> None:
     test_games = [g for g in load_games(args.data / "games.jsonl") if split_of(g["moves"]) == "test"]
     results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d")}
     if "latency" in parts:
-        results["latency"] = latency(model, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats)
+        results["latency"] = latency(model, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats,
+                                     args.latency_positions)
     if "agreement" in parts:
         results["agreement"] = agreement(model, test_games, args.positions, args.seed)
         print(results["agreement"], flush=True)
