@@ -286,6 +286,9 @@ def _export_encoder(source, task: str, out_dir: Path, tolerance: float | None, q
     and write the bundle: model.onnx, tokenizer.json and a manifest of the fields every encoder bundle shares plus
     `task_fields(model)`, the task's own block. Returns the manifest."""
     check_quantization(quantize)
+    if quantize == "float16":
+        raise ExportError("--quantize float16 is for decoders (the KV cache CUDA's GroupQueryAttention keeps); "
+                          "encoder bundles take none, int8 or int4")
     if attention not in ATTENTION_OP:
         raise ExportError(f"unknown encoder attention {attention!r}; expected one of {sorted(ATTENTION_OP)}")
     from .hf_import import import_checkpoint  # it imports this module's models

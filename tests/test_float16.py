@@ -70,3 +70,18 @@ def test_a_manifest_that_misstates_the_cache_type_is_refused(tmp_path, lively_bu
     path.write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="dtype 'float16', the graph 'float32'"):
         edgeinfer.load(tmp_path / "b", device="cpu", verify=False)
+
+
+def test_float16_is_refused_for_encoders_before_any_work(tmp_path):
+    import transformers
+
+    from edgeinfer.export.onnx_export import ExportError
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=20, max_position_embeddings=32)
+    transformers.BertForQuestionAnswering(config).save_pretrained(tmp_path / "hf")
+    from edgeinfer.export.bert import export_bert_qa_bundle
+
+    with pytest.raises(ExportError, match="float16 is for decoders"):
+        export_bert_qa_bundle(tmp_path / "hf", tmp_path / "b", quantize="float16")
+    assert not (tmp_path / "b").exists()
