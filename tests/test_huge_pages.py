@@ -82,3 +82,19 @@ def test_a_model_moves_its_weights_once_and_answers_the_same():
     moved = json.loads(result.stdout.splitlines()[-1])
     assert moved["first"] >= 4 << 20  # of the bundle's 12 MB of fp32 MatMul weights
     assert moved["second"] == 0 and moved["same"]
+
+
+def test_huge_pages_can_be_switched_off(lively_bundles, monkeypatch):
+    import edgeinfer
+    from edgeinfer.errors import InputError
+
+    model = edgeinfer.load(lively_bundles["contrib"], device="cpu")
+    monkeypatch.setenv("EDGEINFER_HUGE_PAGES", "0")
+    calls = []
+    monkeypatch.setattr("edgeinfer.lm.model.collapse", lambda spans: calls.append(spans) or 1)
+    assert model.use_huge_pages() == 0 and calls == []
+    monkeypatch.setenv("EDGEINFER_HUGE_PAGES", "yes")
+    with pytest.raises(InputError, match="EDGEINFER_HUGE_PAGES must be 0 or 1"):
+        model.use_huge_pages()
+    monkeypatch.setenv("EDGEINFER_HUGE_PAGES", "1")
+    assert model.use_huge_pages() == 1 and len(calls) == 1

@@ -7,6 +7,7 @@ continuations of a prefix), `engine` (request-level continuous batching for a se
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,8 +149,12 @@ class CausalLM:
 
         Decoding then runs a few percent faster (fewer TLB misses while the weights stream), for a copy of the
         weights once (about 1 s for 500 MB): worth it for a long-lived model. See `edgeinfer.huge_pages`.
+        EDGEINFER_HUGE_PAGES=0 turns it off (a started engine then leaves the weights where they are).
         """
-        if self.device_type != "cpu":
+        setting = os.environ.get("EDGEINFER_HUGE_PAGES", "1")
+        if setting not in ("0", "1"):
+            raise InputError(f"EDGEINFER_HUGE_PAGES must be 0 or 1, got {setting!r}")
+        if self.device_type != "cpu" or setting == "0":
             return 0
         moved = collapse(self._session_memory)
         self._session_memory = []  # once is enough
