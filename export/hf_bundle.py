@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 from .hf_import import import_checkpoint, special_tokens_from_hf, stop_tokens_from_hf
-from .hf_tokenizer import tokenizer_json
+from .hf_tokenizer import chat_template, tokenizer_config, tokenizer_json
 from .onnx_export import export_gpt_bundle
 from .progress import step
 
@@ -18,10 +17,7 @@ def cpm_tokenizer(folder: Path) -> dict | None:
     """The manifest `tokenizer` block of a checkpoint folder whose tokenizer is CPM's (tokenizer_config.json names
     CpmTokenizer and spiece.model is there), else None; read through transformers' own CpmTokenizer, so the added
     tokens and their ids are the ones transformers uses (`edgeinfer.cpm` has the algorithm)."""
-    config = folder / "tokenizer_config.json"
-    if not (config.is_file() and (folder / "spiece.model").is_file()):
-        return None
-    if json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") not in CPM_TOKENIZERS:
+    if not (folder / "spiece.model").is_file() or tokenizer_config(folder).get("tokenizer_class") not in CPM_TOKENIZERS:
         return None
     from transformers import CpmTokenizer
 
@@ -34,27 +30,6 @@ def cpm_tokenizer(folder: Path) -> dict | None:
         "remove_space": tokenizer.remove_space,
         "keep_accents": tokenizer.keep_accents,
     }
-
-
-def chat_template(folder: Path, work: Path) -> tuple[Path, dict[str, str]] | None:
-    """The checkpoint's chat template (tokenizer_config.json's `chat_template`, or chat_template.jinja) written to
-    work/chat_template.jinja, with the special tokens' text it may name, both as transformers' tokenizer of the folder
-    reads them; None when the checkpoint has none."""
-    config = folder / "tokenizer_config.json"
-    has_one = (folder / "chat_template.jinja").is_file() or (
-        config.is_file() and "chat_template" in json.loads(config.read_text(encoding="utf-8")))
-    if not has_one:
-        return None
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    template = tokenizer.chat_template
-    template = template.get("default") if isinstance(template, dict) else template  # named templates: the default
-    if not isinstance(template, str):
-        return None
-    path = work / "chat_template.jinja"
-    path.write_text(template, encoding="utf-8")
-    return path, {name: text for name, text in tokenizer.special_tokens_map.items() if isinstance(text, str)}
 
 
 def export_hf_checkpoint(

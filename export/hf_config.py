@@ -63,14 +63,20 @@ def read_hf_config(folder: str | Path, task: str | None = None) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise InputError(f"{folder} is not a Hugging Face checkpoint folder (no config.json)")
+    config = read_json_object(path)
+    if task is not None:
+        architecture(config, task)
+    return config
+
+
+def read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file (config.json, tokenizer_config.json) as a dict, or an InputError naming the problem."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise InputError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    if task is not None:
-        architecture(config, task)
-    return config
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data

@@ -88,11 +88,6 @@ def collapse(spans: Iterable[Span]) -> int:
     return max(0, huge_page_bytes() - before)
 
 
-def array_span(array) -> Span:
-    """The address range a numpy array's data occupies (contiguous arrays)."""
-    return array.ctypes.data, array.ctypes.data + array.nbytes
-
-
 def _madvise():
     if not sys.platform.startswith("linux"):
         return None

@@ -78,3 +78,12 @@ def test_a_bert_reader_with_vocab_txt_only(tmp_path):
     assert main(["export", "--from-hf", str(folder), "--task", "qa", "--out", str(tmp_path / "b")]) == 0
     reader = edgeinfer.load(tmp_path / "b", device="cpu")
     _same_ids(reader.features.tokenizer, _theirs(folder))
+
+
+def test_a_broken_tokenizer_config_is_refused_by_name(tmp_path, capsys):
+    folder = tmp_path / "hf"
+    tiny_gpt2().save_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text("{")
+    assert main(["export", "--from-hf", str(folder), "--out", str(tmp_path / "b")]) == 2
+    assert "tokenizer_config.json is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

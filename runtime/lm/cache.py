@@ -245,9 +245,9 @@ class ForkScratch:
 
     def get(self, cache: KVCache, rows: np.ndarray) -> list[np.ndarray]:
         shapes = [(len(rows), *a.shape[1:]) for a in cache.arrays()]
-        size = sum(int(np.prod(s)) for s in shapes)
-        if not self._buffers or self._buffers[0].size < size or self._buffers[0].dtype != cache.arrays()[0].dtype:
-            self._buffers = [np.empty(2 * size, dtype=cache.arrays()[0].dtype)]
+        size, dtype = sum(int(np.prod(s)) for s in shapes), cache.arrays()[0].dtype
+        if not self._buffers or self._buffers[0].size < size or self._buffers[0].dtype != dtype:
+            self._buffers = [np.empty(2 * size, dtype=dtype)]
         out, offset = [], 0
         for shape in shapes:
             n = int(np.prod(shape))
