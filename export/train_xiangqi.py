@@ -5,11 +5,13 @@
         [--init build/xq/model.pt]   # start from an earlier checkpoint (the shipped model: README's command)
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
-`edgeinfer.xiangqi.tokens`, each square's token with its control segment, `edgeinfer.xiangqi.control`) followed by the
-4 characters of fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each
+`edgeinfer.xiangqi.tokens`, each square's token with its control segment, `edgeinfer.xiangqi.control`; the start
+token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
+fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each
 other both ways (a prefix LM). Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
-the game. Positions come from every game of the data's train split (`xiangqi_data.split_of`); the valid split
-gives the validation loss and the test split stays for `benchmarks/xiangqi_moves.py`.
+the game. Positions come from every game of the train split (`xiangqi_data.split_of`) of each --data folder (the engine's games,
+and games the model itself played with `xiangqi_data --policy`); the first folder's valid split gives the validation
+loss and its test split stays for `benchmarks/xiangqi_moves.py`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from edgeinfer.xiangqi.tables import FILES, RANKS
 from edgeinfer.xiangqi.tokens import (
     PIECE_OFFSET,
     PROMPT_TOKENS,
+    SEEN,
     START,
     TOKEN_ID,
     VOCAB,
@@ -48,23 +51,25 @@ MIRRORED_TOKEN = np.arange(len(VOCAB))
 MIRRORED_TOKEN[FILE_TOKENS] = FILE_TOKENS[::-1]  # a move's file characters under the left-right mirror
 
 
-PARTS = ("squares", "labels", "wins")
+PARTS = ("squares", "labels", "wins", "seen")
 
 
-def game_positions(game: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each position of a game as (squares seen from the side to move, int8 90), its label's 4 token ids, and whether
-    the label wins on the spot (the opponent is left without a legal move: mate, or stalemate, also a loss there)."""
+def game_positions(game: dict) -> tuple[np.ndarray, ...]:
+    """Each position of a game as (squares seen from the side to move, int8 90), its label's 4 token ids, whether
+    the label wins on the spot (the opponent is left without a legal move: mate, or stalemate, also a loss there),
+    and whether the position has occurred before in the game."""
     board = Board(max_plies=None)
-    squares, labels, wins = [], [], []
+    squares, labels, wins, seen = [], [], [], []
     for move, label in zip(game["moves"].split(), game["labels"].split(), strict=True):
         squares.append(oriented_squares(board.squares, board.side))
+        seen.append(board.repetitions() > 1)
         labels.append([TOKEN_ID[c] for c in oriented_move(label, board.side)])
         board.push(label)
         wins.append(not board.legal_moves())
         board.pop()
         board.push(move)
     return (np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4),
-            np.array(wins, dtype=bool))
+            np.array(wins, dtype=bool), np.array(seen, dtype=bool))
 
 
 def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -73,7 +78,7 @@ def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.
     cache = data / f"positions-{len(games)}.npz"
     if cache.exists():
         arrays = np.load(cache)
-        if all(f"train_{part}" in arrays for part in PARTS):  # a cache from before the wins flag is remade
+        if all(f"train_{part}" in arrays for part in PARTS):  # a cache from before a part existed is remade
             return {name: tuple(arrays[f"{name}_{part}"] for part in PARTS) for name in ("train", "valid", "test")}
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         replayed = pool.map(game_positions, games, chunksize=64)
@@ -85,14 +90,14 @@ def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.
     return out
 
 
-def collate(squares: np.ndarray, labels: np.ndarray, mirror: np.ndarray, control: bool = True):
+def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, mirror: np.ndarray, control: bool = True):
     """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments):
     segments are the squares' control segments (None without `control`), 0 for the start token and the move."""
     boards = squares.reshape(-1, RANKS, FILES).copy()
     boards[mirror] = boards[mirror][:, :, ::-1]
     boards = boards.reshape(len(squares), -1)
     moves = np.where(mirror[:, None], MIRRORED_TOKEN[labels], labels)
-    ids = np.concatenate([np.full((len(squares), 1), START), PIECE_OFFSET + boards, moves], axis=1)
+    ids = np.concatenate([np.where(seen, SEEN, START)[:, None], PIECE_OFFSET + boards, moves], axis=1)
     targets = np.full(ids.shape, -100)
     targets[:, PROMPT_TOKENS - 1 : -1] = ids[:, PROMPT_TOKENS:]
     segments = None
@@ -103,32 +108,44 @@ def collate(squares: np.ndarray, labels: np.ndarray, mirror: np.ndarray, control
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), segments
 
 
-def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, batch_size: int, seed: int, control: bool,
-            win_weight: float = 1.0):
-    """Endless random batches, half of each mirrored; a position whose label wins on the spot is drawn `win_weight`
-    times as often as another (a game has at most one such move, so mates are about 1% of positions)."""
+def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.ndarray, batch_size: int, seed: int,
+            control: bool, win_weight: float = 1.0, seen_weight: float = 1.0):
+    """Endless random batches, half of each mirrored. A position is drawn `win_weight` times as often as another if
+    its label wins on the spot (a game has at most one such move, so mates are about 1% of positions), and
+    `seen_weight` times as often if it is a repeat (the positions where going round again draws); both multiply."""
     rng = np.random.default_rng(seed)
-    winning, others = np.flatnonzero(wins), np.flatnonzero(~wins)
-    share = win_weight * len(winning) / (win_weight * len(winning) + len(others))
+    weights = np.where(wins, win_weight, 1.0) * np.where(seen, seen_weight, 1.0)
+    cumulative = np.cumsum(weights / weights.sum())
     while True:
-        drawn = rng.binomial(batch_size, share)
-        rows = np.concatenate([rng.choice(winning, drawn), rng.choice(others, batch_size - drawn)])
-        yield collate(squares[rows], labels[rows], rng.random(batch_size) < 0.5, control)
+        rows = np.minimum(np.searchsorted(cumulative, rng.random(batch_size), side="right"), len(weights) - 1)
+        yield collate(squares[rows], labels[rows], seen[rows], rng.random(batch_size) < 0.5, control)
 
 
-def in_order(squares: np.ndarray, labels: np.ndarray, limit: int, control: bool, batch_size: int = 512):
+def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, limit: int, control: bool,
+             batch_size: int = 512):
     """The first `limit` positions, unmirrored, in batches (validation)."""
     def run():
         for i in range(0, min(limit, len(squares)), batch_size):
             rows = slice(i, min(i + batch_size, limit))
-            yield collate(squares[rows], labels[rows], np.zeros(len(squares[rows]), dtype=bool), control)
+            yield collate(squares[rows], labels[rows], seen[rows], np.zeros(len(squares[rows]), dtype=bool), control)
     return run
 
 
+def held_out(split: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """A split's squares, labels and repeat flags: what an evaluation reads."""
+    squares, labels, _, seen = split
+    return squares, labels, seen
+
+
 def warm_start(model: GPT, path: Path) -> None:
-    """Load a checkpoint's weights into `model`; a segment table it lacks starts at zero (the same function)."""
+    """Load a checkpoint's weights into `model`; a segment table it lacks starts at zero and a `[SEEN]` token it lacks
+    starts as a copy of the start token (either way, training starts from the same function)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    state = checkpoint["state_dict"]
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in state and len(state[name]) == len(VOCAB) - 1:
+            state[name] = torch.cat([state[name], state[name][START:START + 1]])
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"wse.weight"}:
         raise SystemExit(f"{path} does not fit this model: missing {missing}, unexpected {unexpected}")
     if missing:
@@ -136,20 +153,21 @@ def warm_start(model: GPT, path: Path) -> None:
     print(f"started from {path}", flush=True)
 
 
-def save_tokenizer(path: Path) -> None:
-    """A character-level tokenizers.Tokenizer over the 35 symbols (decoding fuses characters back)."""
+def save_tokenizer(path: Path, vocab: list[str]) -> None:
+    """A character-level tokenizers.Tokenizer over the board prompt's symbols (decoding fuses characters back)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token=VOCAB[START]))
+    tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token=vocab[START]))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
-    tokenizer.add_special_tokens([VOCAB[START]])
+    tokenizer.add_special_tokens([t for t in vocab if t.startswith("[")])
     tokenizer.save(str(path))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="data/xiangqi", type=Path)
+    parser.add_argument("--data", default=[Path("data/xiangqi")], type=Path, nargs="+",
+                        help="xiangqi_data folders; the first one's valid and test splits are held out")
     parser.add_argument("--out", default="runtime/bundles/xiangqi", type=Path)
     parser.add_argument("--work", default="build/xiangqi", type=Path, help="checkpoint and training log")
     parser.add_argument("--steps", type=int, default=20000)
@@ -169,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-control", action="store_true", help="squares without their control segments")
     parser.add_argument("--win-weight", type=float, default=1.0,
                         help="draw positions whose labelled move mates (or stalemates) this many times as often")
+    parser.add_argument("--seen-weight", type=float, default=1.0,
+                        help="draw repeated positions (their start token is [SEEN]) this many times as often")
     parser.add_argument("--init", type=Path, help="start from this model.pt (a model without control segments: "
                         "its segment table starts at zero, so training starts from the same function)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
@@ -192,15 +212,17 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(checkpoint["state_dict"])
         log = json.loads((args.work / "training.json").read_text())
     else:
-        splits = split_positions(args.data, args.workers)
-        print({name: len(pair[0]) for name, pair in splits.items()}, "positions", flush=True)
-        valid = in_order(*splits["valid"][:2], args.valid_positions, control)
+        splits = split_positions(args.data[0], args.workers)
+        extra = [split_positions(folder, args.workers)["train"] for folder in args.data[1:]]
+        splits["train"] = tuple(np.concatenate(parts) for parts in zip(splits["train"], *extra, strict=True))
+        print({name: len(parts[0]) for name, parts in splits.items()}, "positions", flush=True)
+        valid = in_order(*held_out(splits["valid"]), args.valid_positions, control)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
                                 max_seconds=60 * args.max_minutes if args.max_minutes else None)
-        log = train(model, batches(*splits["train"], args.batch_size, args.seed, control, args.win_weight), valid,
-                    train_cfg, args.work)
-        log["test_loss"] = round(evaluate(model, in_order(*splits["test"][:2], args.valid_positions, control)), 4)
+        log = train(model, batches(*splits["train"], args.batch_size, args.seed, control, args.win_weight,
+                                   args.seen_weight), valid, train_cfg, args.work)
+        log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, control)), 4)
         log["positions"] = {name: len(pair[0]) for name, pair in splits.items()}
         log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
@@ -210,14 +232,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"saved {args.work / 'model.pt'}: valid loss {log['final_valid_loss']}, test loss {log['test_loss']}")
             return
 
-    tokenizer = args.work / "tokenizer.json"
-    save_tokenizer(tokenizer)
+    tokenizer, vocab = args.work / "tokenizer.json", VOCAB[:model.cfg.vocab_size]
+    save_tokenizer(tokenizer, vocab)
     manifest = export_gpt_bundle(
         model, args.out, attention="standard", task="xiangqi", tokenizer_file=tokenizer,
         # a query-key mask lets move scoring feed every legal move's characters in one call (runtime/xiangqi/mover.py)
         attention_mask="query_key",
         special_tokens={"start": START, "pad": START},
-        extra={"vocab": VOCAB, "input": "board", **({"square_features": "control"} if model.cfg.n_segments else {}),
+        extra={"vocab": vocab, "input": "board", **({"square_features": "control"} if model.cfg.n_segments else {}),
                "move_score": "sum of the 4 character log-probabilities of each legal move after the position's prompt",
                "training": {
             "positions": log["positions"], "steps": log.get("steps_run", log["config"]["steps"]),

@@ -2,10 +2,16 @@
 
     python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi
 
+    python -m edgeinfer.export.xiangqi_data --policy runtime/bundles/xiangqi --games 3000 --workers 2 \
+        --out data/xiangqi-policy   # positions the model itself reaches, labelled the same way
+
 Every position of every game is labelled with fairy-stockfish's best move at --label-nodes; what is played
 varies, so that the positions cover what the model meets: each game opens with 2-8 random legal plies, then
 is one of three kinds - engine against engine, engine against a uniformly random mover, or engine against a
 noisy engine (a random move 30% of the time) - and any engine move is replaced by a random one 3% of the time.
+With --policy a bundle's model takes the engine's place (its best move, as `benchmarks/xiangqi_moves.py` plays it)
+against a random mover or fairy-stockfish at 1 node, the benchmark's opponents: the positions its own play leads
+to, where imitating the engine's games alone leaves it without labels (dataset aggregation, "DAgger").
 Every move is replayed through `edgeinfer.xiangqi`, whose `Board.outcome` decides when and how the game ends,
 by fairy-stockfish's rules (mate, stalemate, perpetual check and perpetual chase lose; other third
 repetitions and 100 plies without a capture draw) and the --max-plies cap (a draw). Game i always uses the
@@ -27,7 +33,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,16 +99,21 @@ def game_seed(base_seed: int, index: int, attempt: int) -> int:
 
 
 GAME_KINDS = (("engine", 0.5), ("random_opponent", 0.25), ("noisy_opponent", 0.25))
+POLICY_GAME_KINDS = (("policy_random_opponent", 0.5), ("policy_engine_opponent", 0.5))
 NOISY_RANDOM_RATE = 0.3  # how often the noisy opponent plays a random move
-EXPLORE_RATE = 0.03  # how often any engine move is replaced by a random one
+EXPLORE_RATE = 0.03  # how often any engine (or policy) move is replaced by a random one
+OPPONENT_NODES = 1  # node budget of the engine opponent in policy games (the benchmark's weakest engine)
 
 
-def play_game(engine: UciEngine, seed: int, label_nodes: int, max_plies: int, opening: tuple[int, int]) -> dict:
-    """One labelled game; raises RuntimeError if the engine plays a move our rules reject."""
+def play_game(engine: UciEngine, seed: int, label_nodes: int, max_plies: int, opening: tuple[int, int],
+              policy: Callable[[Board], str] | None = None) -> dict:
+    """One labelled game; raises RuntimeError if the engine plays a move our rules reject. With `policy`, it plays
+    the strong side's moves (instead of the engine's label) against a random mover or the engine at OPPONENT_NODES."""
     rng = random.Random(seed)
     board = Board(max_plies=max_plies)
     random_plies = rng.randint(*opening)
-    kind = rng.choices([k for k, _ in GAME_KINDS], [w for _, w in GAME_KINDS])[0]
+    kinds = GAME_KINDS if policy is None else POLICY_GAME_KINDS
+    kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
     weak_side = rng.choice(("red", "black"))
     moves: list[str] = []
     labels: list[str] = []
@@ -113,9 +124,16 @@ def play_game(engine: UciEngine, seed: int, label_nodes: int, max_plies: int, op
             label = uci_to_iccs(engine.best_move(uci_moves, label_nodes))
             weak = board.turn == weak_side
             random_move = (len(moves) < random_plies or rng.random() < EXPLORE_RATE
-                           or (weak and kind == "random_opponent")
+                           or (weak and kind in ("random_opponent", "policy_random_opponent"))
                            or (weak and kind == "noisy_opponent" and rng.random() < NOISY_RANDOM_RATE))
-            move = rng.choice(board.legal_moves()) if random_move else label
+            if random_move:
+                move = rng.choice(board.legal_moves())
+            elif weak and kind == "policy_engine_opponent":
+                move = uci_to_iccs(engine.best_move(uci_moves, OPPONENT_NODES))
+            elif policy is not None and not weak:
+                move = policy(board)
+            else:
+                move = label
             board.push(move)
         except InputError as exc:
             raise RuntimeError(f"engine and rules disagree (seed {seed}, after {' '.join(moves)!r}): {exc}") from exc
@@ -205,23 +223,34 @@ def _exclusive(out: Path) -> Iterator[None]:
 _worker: dict = {}  # per worker process: its engine and the settings, set by _start_worker
 
 
-def _start_worker(engine_path: str, settings: tuple) -> None:
+def _start_worker(engine_path: str, settings: tuple, policy_bundle: str | None) -> None:
     _worker["engine"] = UciEngine(engine_path)
     _worker["settings"] = settings
+    _worker["policy"] = None
+    if policy_bundle:
+        import edgeinfer
+        from edgeinfer.xiangqi.mover import MoveModel
+
+        mover = MoveModel(edgeinfer.load(policy_bundle, device="cpu", threads=1))
+        _worker["policy"] = lambda board: mover.best(board).move
 
 
 def _play_index(index_and_attempt: tuple[int, int]) -> dict:
     index, attempt = index_and_attempt
     base_seed, label_nodes, max_plies, opening = _worker["settings"]
     seed = game_seed(base_seed, index, attempt)
-    return {"index": index, "seed": seed, **play_game(_worker["engine"], seed, label_nodes, max_plies, opening)}
+    return {"index": index, "seed": seed,
+            **play_game(_worker["engine"], seed, label_nodes, max_plies, opening, _worker["policy"])}
 
 
 def generate(args: argparse.Namespace) -> list[dict]:
     """Play the missing game indices on --workers engine processes, appending each game as it ends."""
     out: Path = args.out
-    _check_config(out, {"seed": args.seed, "label_nodes": args.label_nodes, "max_plies": args.max_plies,
-                        "opening_plies": list(args.opening_plies)})
+    config = {"seed": args.seed, "label_nodes": args.label_nodes, "max_plies": args.max_plies,
+              "opening_plies": list(args.opening_plies)}
+    if args.policy:
+        config["policy"] = policy_identity(args.policy)
+    _check_config(out, config)
     games_path = out / "games.jsonl"
     games = load_games(games_path)
     done = {g["index"] for g in games}
@@ -232,7 +261,8 @@ def generate(args: argparse.Namespace) -> list[dict]:
     settings = (args.seed, args.label_nodes, args.max_plies, args.opening_plies)
     start = time.perf_counter()
     with (games_path.open("a") as f, tqdm(total=len(todo), desc="labelled games", unit="game") as bar,
-          multiprocessing.get_context("spawn").Pool(args.workers, _start_worker, (args.engine, settings)) as pool):
+          multiprocessing.get_context("spawn").Pool(
+              args.workers, _start_worker, (args.engine, settings, args.policy and str(args.policy))) as pool):
         for record in pool.imap_unordered(_play_index, [(i, 0) for i in todo]):
             if args.minutes and time.perf_counter() - start > 60 * args.minutes:
                 break  # the games in flight are dropped; a later run plays their indices
@@ -254,6 +284,15 @@ def generate(args: argparse.Namespace) -> list[dict]:
     return games
 
 
+def policy_identity(bundle: Path) -> str:
+    """What names the policy in config.json: its manifest's digest of the ONNX graph, so a resumed run plays the
+    same model."""
+    from edgeinfer.bundle import Manifest
+
+    _, manifest = Manifest.read(bundle)
+    return manifest["sha256"][manifest["files"]["model"]]
+
+
 def _opening(text: str) -> tuple[int, int]:
     lo, _, hi = text.partition("-")
     return int(lo), int(hi or lo)
@@ -272,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="random legal plies before the engine takes over (default 2-8)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; game i uses a seed derived from it and i")
     parser.add_argument("--engine", default=shutil.which("fairy-stockfish") or DEFAULT_ENGINE)
+    parser.add_argument("--policy", type=Path, metavar="BUNDLE",
+                        help="a Xiangqi bundle whose model plays the strong side against a random mover or the engine "
+                             f"at {OPPONENT_NODES} node (the positions it reaches, labelled by the engine)")
     parser.add_argument("--fixture", type=Path, help="also write sampled FENs here (tests/data/xiangqi_positions.txt)")
     parser.add_argument("--fixture-size", type=int, default=2500)
     args = parser.parse_args(argv)

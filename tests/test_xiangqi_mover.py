@@ -1,5 +1,6 @@
 """The tree move scorer equals scoring every move by a full run without a cache; the board prompt is seen from the
-side to move; training examples (mirrored too) hold legal moves; a bundle of another prompt is refused."""
+side to move and marks a repeated position; training examples (mirrored too) hold legal moves; a bundle of another
+prompt is refused."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from edgeinfer.xiangqi.control import CONTROL_SEGMENTS, control_counts, control_
 from edgeinfer.xiangqi.mover import MoveModel
 from edgeinfer.xiangqi.tables import BLACK, PAWN, RED
 from edgeinfer.xiangqi.tokens import (
+    HISTORYLESS_VOCAB,
     PIECE_OFFSET,
     PROMPT_TOKENS,
+    SEEN,
+    START,
     VOCAB,
     board_tokens,
     move_tokens,
@@ -58,7 +62,7 @@ def _random_game(plies: int, seed: int) -> Board:
 def rerun_scores(model, board: Board) -> dict[str, float]:
     """The reference: each legal move appended to the position's prompt, all run at once without a cache."""
     moves = board.legal_moves()
-    prompt = board_tokens(board.squares, board.side)
+    prompt = board_tokens(board.squares, board.side, seen=board.repetitions() > 1)
     ids = np.array([prompt + move_tokens(oriented_move(move, board.side)) for move in moves])
     logits = model.logits(ids)[:, -5:-1].astype(np.float64)
     logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
@@ -67,9 +71,13 @@ def rerun_scores(model, board: Board) -> dict[str, float]:
     return {move: float(chosen[i].sum()) for i, move in enumerate(moves)}
 
 
-@pytest.mark.parametrize("plies, seed", [(0, 0), (1, 1), (7, 2), (20, 3)])
+# 4 plies of knights out and back: the start position again, its prompt led by [SEEN]
+REPEATING = "h0g2 h9g7 g2h0 g7h9"
+
+
+@pytest.mark.parametrize("plies, seed", [(0, 0), (1, 1), (7, 2), (20, 3), (REPEATING, None)])
 def test_tree_scores_equal_rerun(movers, plies, seed):
-    board = _random_game(plies, seed)
+    board = Board.from_moves(plies) if seed is None else _random_game(plies, seed)
     scored = MoveModel(movers).score(board)
     reference = rerun_scores(movers, board)
     assert sorted(s.move for s in scored) == sorted(reference)
@@ -108,14 +116,14 @@ def test_training_examples_hold_legal_moves_mirrored_or_not():
         labels.append(legal[rng.integers(len(legal))])
         moves.append(legal[rng.integers(len(legal))])
         board.push(moves[-1])
-    squares, label_ids, _ = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
+    squares, label_ids, _, seen = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
     for mirror in (False, True):
-        ids, targets, segments = collate(squares, label_ids, np.full(len(squares), mirror))
+        ids, targets, segments = collate(squares, label_ids, seen, np.full(len(squares), mirror))
         assert (targets[:, : PROMPT_TOKENS - 1] == -100).all() and (targets[:, -1] == -100).all()
         for row, row_segments in zip(ids.numpy(), segments.numpy()):
-            seen = Board(format_placement(list(row[1:PROMPT_TOKENS] - PIECE_OFFSET)) + " w - - 0 1", max_plies=None)
-            assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in seen.legal_moves()
-            assert list(row_segments[1:PROMPT_TOKENS]) == control_segments(seen.squares)
+            position = Board(format_placement(list(row[1:PROMPT_TOKENS] - PIECE_OFFSET)) + " w - - 0 1", max_plies=None)
+            assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in position.legal_moves()
+            assert list(row_segments[1:PROMPT_TOKENS]) == control_segments(position.squares)
             assert row_segments[0] == 0 and (row_segments[PROMPT_TOKENS:] == 0).all()
 
 
@@ -128,13 +136,59 @@ def test_winning_labels_are_flagged_and_drawn_as_often_as_weighted():
         moves.append(legal[rng.integers(len(legal))])
         board.push(moves[-1])
     assert len(moves) == 130 and board.is_check()
-    squares, labels, wins = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    squares, labels, wins, seen = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
     assert wins.tolist() == [False] * 129 + [True]
     # with weight 10 the one winning position of 130 is drawn with probability 10 / 139
-    ids, _, _ = next(batches(squares, labels, wins, 20000, seed=0, control=False, win_weight=10.0))
+    ids, _, _ = next(batches(squares, labels, wins, seen, 20000, seed=0, control=False, win_weight=10.0))
     share = np.mean((ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1]).all(axis=1)
                     | (ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1].reshape(10, 9)[:, ::-1].ravel()).all(axis=1))
     assert abs(share - 10 / 139) < 0.005
+
+
+def test_repeated_positions_start_with_seen_in_training_and_at_run_time(movers, tmp_path):
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.onnx_export import export_gpt_bundle
+    from edgeinfer.export.train_xiangqi import batches, collate, game_positions
+
+    moves = (REPEATING + " h0g2 h9g7 b0c2").split()  # positions 4-6 repeat positions 0-2
+    squares, labels, wins, seen = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    assert seen.tolist() == [False] * 4 + [True] * 3
+    ids, _, _ = collate(squares, labels, seen, np.zeros(len(moves), dtype=bool), control=False)
+    assert ids[:, 0].tolist() == [START] * 4 + [SEEN] * 3
+    # seen_weight 5: the 3 repeats of 7 positions are drawn with probability 15 / 19
+    ids, _, _ = next(batches(squares, labels, wins, seen, 20000, seed=0, control=False, seen_weight=5.0))
+    assert abs((ids[:, 0] == SEEN).float().mean().item() - 15 / 19) < 0.01
+
+    board = Board.from_moves(REPEATING)
+    assert MoveModel(movers).prompt(board)[0][0] == SEEN
+    board.push("b0c2")
+    assert MoveModel(movers).prompt(board)[0][0] == START
+    torch.manual_seed(0)  # a bundle of the vocabulary before [SEEN] reads every position as new
+    model = GPT(GPTConfig(vocab_size=len(HISTORYLESS_VOCAB), n_positions=PROMPT_TOKENS + 4, n_embd=16, n_layer=1,
+                          n_head=2))
+    export_gpt_bundle(model, tmp_path / "old", attention="standard", attention_mask="query_key", task="xiangqi",
+                      extra={"input": "board", "vocab": HISTORYLESS_VOCAB})
+    old = MoveModel(edgeinfer.load(tmp_path / "old", device="cpu"))
+    assert old.prompt(Board.from_moves(REPEATING))[0][0] == START
+    assert sorted(s.move for s in old.score(Board.from_moves(REPEATING))) == sorted(Board().legal_moves())
+
+
+def test_warm_start_from_a_model_without_seen_keeps_its_function(tmp_path):
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.train_xiangqi import warm_start
+
+    config = {"n_positions": PROMPT_TOKENS + 4, "n_embd": 16, "n_layer": 1, "n_head": 2}
+    torch.manual_seed(3)
+    old = GPT(GPTConfig(vocab_size=len(HISTORYLESS_VOCAB), **config))
+    torch.save({"config": old.cfg.to_dict(), "state_dict": old.state_dict()}, tmp_path / "model.pt")
+    new = GPT(GPTConfig(vocab_size=len(VOCAB), **config))
+    warm_start(new, tmp_path / "model.pt")
+    prompt = torch.tensor([board_tokens(Board().squares, Board().side) + move_tokens("h2e2")])
+    with torch.no_grad():
+        reference = old.training_logits(prompt)
+        assert torch.allclose(new.training_logits(prompt)[..., : len(HISTORYLESS_VOCAB)], reference, atol=1e-6)
+        prompt[0, 0] = SEEN  # [SEEN] starts as the start token's copy
+        assert torch.allclose(new.training_logits(prompt)[..., : len(HISTORYLESS_VOCAB)], reference, atol=1e-6)
 
 
 def test_a_bundle_of_another_prompt_is_refused(tmp_path):

@@ -2,11 +2,12 @@
 
 A move's score is the sum of the log-probabilities of its 4 ICCS characters after the position's prompt (the
 board seen from the side to move, `tokens.board_tokens`, with each square's control segment, `control.py`, when the
-manifest's `square_features` is "control"). The prompt is run once and the legal moves are scored
+manifest's `square_features` is "control", and its start token saying whether the position is a repeat, when the
+bundle's vocabulary has `[SEEN]`). The prompt is run once and the legal moves are scored
 together as its candidate continuations (`CausalLM.score`: a tree of shared characters, one call with the query-key
-mask). Output is legal by construction: only legal moves are ever scored. The prompt holds no history, so the
-rules, which do, have the last word on repetitions: a move that would lose the game at once (a perpetual check
-or chase) is ranked after every other move, whatever its score.
+mask). Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
+rules, which see all of it, have the last word on repetitions: a move that would lose the game at once (a perpetual
+check or chase) is ranked after every other move, whatever its score.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from ..errors import BundleError, InputError
 from ..lm.options import is_number
 from .board import REPETITION_COUNT, Board
 from .control import CONTROL_SEGMENTS, control_segments
-from .tokens import VOCAB, board_tokens, move_tokens, oriented_move, oriented_squares
+from .tokens import (
+    HISTORYLESS_VOCAB,
+    VOCAB,
+    board_tokens,
+    move_tokens,
+    oriented_move,
+    oriented_squares,
+)
 
 
 @dataclass
@@ -39,8 +47,8 @@ class MoveModel:
         features, segments = manifest.get("square_features"), manifest["model"].get("n_segments") or 0
         if manifest.get("input") != "board":
             why = f"manifest 'input' is {manifest.get('input')!r}, not 'board'"
-        elif manifest.get("vocab") != VOCAB:
-            why = "manifest 'vocab' is not the board prompt's 35 tokens"
+        elif manifest.get("vocab") not in (VOCAB, HISTORYLESS_VOCAB):
+            why = f"manifest 'vocab' is not the board prompt's {len(VOCAB)} tokens (or the first {len(VOCAB) - 1})"
         elif features not in (None, "control"):
             why = f"manifest 'square_features' is {features!r}, not 'control' or absent"
         elif segments != (CONTROL_SEGMENTS if features == "control" else 0):
@@ -53,11 +61,12 @@ class MoveModel:
                               f"({why}); retrain it with python -m edgeinfer.export.train_xiangqi")
         self.model = model
         self.control = model.uses_segments  # each square's prompt token carries its control segment
+        self.reads_repeats = manifest["vocab"] == VOCAB  # a repeated position starts with [SEEN]
 
     def prompt(self, board: Board) -> tuple[list[int], list[int] | None]:
         """The position's prompt as this bundle reads it: its tokens, and their segments (None without control)."""
         segments = [0, *control_segments(oriented_squares(board.squares, board.side))] if self.control else None
-        return board_tokens(board.squares, board.side), segments
+        return board_tokens(board.squares, board.side, self.reads_repeats and board.repetitions() > 1), segments
 
     def score(self, board: Board) -> list[ScoredMove]:
         """Every legal move with its exact sequence score, best first."""

@@ -1,14 +1,17 @@
-"""The Xiangqi move model's 35 tokens and how a position becomes its prompt.
+"""The Xiangqi move model's 36 tokens and how a position becomes its prompt.
 
 Tokens: `[PAD]` (also the start token), digits 0-9 and files a-i (a move is its 4 ICCS characters, "h2e2" -> h 2 e 2),
 then one token per square content: the 7 piece kinds of the side to move (written as red's pieces, 帥仕相傌俥炮兵),
-empty ("·"), and the 7 of the other side (written as black's, 將士象馬車砲卒).
+empty ("·"), and the 7 of the other side (written as black's, 將士象馬車砲卒), and last `[SEEN]`, the start token of a
+position that has occurred before in the game.
 
 A position's prompt is the start token and its 90 squares, rank 0 to 9, file a to i, always seen from the side to
 move: when black moves, the board is flipped top to bottom with the colours swapped, and the ranks of moves are
 flipped the same way (rank r <-> 9 - r). Xiangqi is symmetric under that flip, so the model learns one side's play
-and uses it for both. The legal move's characters follow the prompt; the game's history is not part of it (the
-rules, which see the history, decide repetitions).
+and uses it for both. The legal move's characters follow the prompt. Of the game's history the prompt holds one
+fact, whether the position is a repeat (`[SEEN]`): where its usual move would go round the same cycle again (a
+third repetition draws), the model can learn to play another. A bundle whose vocabulary stops before `[SEEN]`
+(`HISTORYLESS_VOCAB`) always gets `[PAD]`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ START = 0
 PIECE_OFFSET = len(MOVE_SYMBOLS) + 7  # token of square content c (-7..7, own pieces > 0) is PIECE_OFFSET + c
 OWN_PIECES = "帥仕相傌俥炮兵"  # king, advisor, elephant, horse, rook, cannon, pawn (tables.KING .. tables.PAWN)
 OTHER_PIECES = "將士象馬車砲卒"
-VOCAB = [*MOVE_SYMBOLS, *reversed(OTHER_PIECES), "·", *OWN_PIECES]
+VOCAB = [*MOVE_SYMBOLS, *reversed(OTHER_PIECES), "·", *OWN_PIECES, "[SEEN]"]
+HISTORYLESS_VOCAB = VOCAB[:-1]
+SEEN = len(VOCAB) - 1  # start token of a repeated position
 TOKEN_ID = {symbol: i for i, symbol in enumerate(VOCAB)}
 PROMPT_TOKENS = 1 + FILES * RANKS
 
@@ -32,9 +37,10 @@ def oriented_squares(squares: list[int], side: int) -> list[int]:
     return [-squares[(RANKS - 1 - sq // FILES) * FILES + sq % FILES] for sq in range(FILES * RANKS)]
 
 
-def board_tokens(squares: list[int], side: int) -> list[int]:
-    """The prompt of a position: [START] + 90 square tokens, seen from `side` (the side to move)."""
-    return [START, *(PIECE_OFFSET + piece for piece in oriented_squares(squares, side))]
+def board_tokens(squares: list[int], side: int, seen: bool = False) -> list[int]:
+    """The prompt of a position: [START] ([SEEN] if it has occurred before) + 90 square tokens, seen from `side`
+    (the side to move)."""
+    return [SEEN if seen else START, *(PIECE_OFFSET + piece for piece in oriented_squares(squares, side))]
 
 
 def oriented_move(move: str, side: int) -> str:
