@@ -1,7 +1,7 @@
 """Xiangqi move model: speed of move choice, agreement with the engine, and match results, in one command.
 
     python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1,100,1000]
-        [--parts latency,agreement,random,engine] [--out results/xiangqi_moves.json]
+        [--parts latency,agreement,random,engine] [--search] [--out results/xiangqi_moves.json]
 
 1. latency of choosing a move at plies 10, 40 and 80 of --latency-positions test games each (medians over the
    positions, and the speedup's range): the tree scorer (the prompt once, every legal
@@ -14,7 +14,8 @@
    fairy-stockfish at each `--nodes` budget. Every game is refereed by pyffish (variant "xiangqi": its legal moves
    and its game end) as well as by `edgeinfer.xiangqi`, and a disagreement stops the run. In the random-mover
    games, how often the model takes a free capture (a capture the opponent cannot answer by recapturing) and plays
-   mate in one when it has them.
+   mate in one when it has them. With --search the matches are played by `edgeinfer.xiangqi.search` (two plies of
+   material, the model's scores as priors) instead of the model's own choice.
 Writes --out (results/xiangqi_moves.json).
 """
 
@@ -40,6 +41,7 @@ from edgeinfer.export.xiangqi_data import (
 )
 from edgeinfer.xiangqi import START_FEN, Board, iccs_to_uci, uci_to_iccs
 from edgeinfer.xiangqi.mover import MoveModel
+from edgeinfer.xiangqi.search import PRIOR_WEIGHT, searched_best
 from edgeinfer.xiangqi.tokens import move_tokens, oriented_move
 
 
@@ -148,8 +150,9 @@ def refereed_outcome(moves: list[str], board: Board):
     return outcome
 
 
-def play_match(mover: MoveModel, opponent, games: int, seed: int, count_tactics: bool = False) -> dict:
-    """The model against `opponent(board, rng) -> move`; the model plays red in even games. Counts from its side.
+def play_match(choose, opponent, games: int, seed: int, count_tactics: bool = False) -> dict:
+    """The model's `choose(board) -> move` against `opponent(board, rng) -> move`; the model plays red in even games.
+    Counts from its side.
 
     Games 2k and 2k+1 open with the same 2-5 random plies; every move is checked against pyffish's legal moves."""
     rng = random.Random(seed)
@@ -165,7 +168,7 @@ def play_match(mover: MoveModel, opponent, games: int, seed: int, count_tactics:
             if len(moves) < opening_plies:
                 move = opening.choice(board.legal_moves())
             elif board.turn == model_side:
-                move = mover.best(board).move
+                move = choose(board)
                 if count_tactics:
                     mates, free = tactics(board)
                     for name, options in (("mate_in_one", mates), ("free_capture", free)):
@@ -203,6 +206,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--latency-positions", type=int, default=10, help="test positions timed at each ply")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--search", action="store_true", help="matches played by the model-guided two-ply search")
     parser.add_argument("--out", type=Path, default=Path("results/xiangqi_moves.json"))
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -212,7 +216,12 @@ def main() -> None:
     model = edgeinfer.load(args.bundle or default_bundle("xiangqi"), device="cpu")
     mover = MoveModel(model)
     test_games = [g for g in load_games(args.data / "games.jsonl") if split_of(g["moves"]) == "test"]
-    results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d")}
+    results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d"),
+               "matches_played_by": f"search, prior weight {PRIOR_WEIGHT}" if args.search else "the model's best move"}
+
+    def choose(board: Board) -> str:
+        return (searched_best(mover, board) if args.search else mover.best(board)).move
+
     if "latency" in parts:
         results["latency"] = latency(model, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats,
                                      args.latency_positions)
@@ -220,7 +229,7 @@ def main() -> None:
         results["agreement"] = agreement(model, test_games, args.positions, args.seed)
         print(results["agreement"], flush=True)
     if "random" in parts:
-        results["vs_random"] = play_match(mover, lambda board, rng: rng.choice(board.legal_moves()), args.games,
+        results["vs_random"] = play_match(choose, lambda board, rng: rng.choice(board.legal_moves()), args.games,
                                           args.seed, count_tactics=True)
         print("vs random", results["vs_random"], flush=True)
     if "engine" in parts:
@@ -229,7 +238,7 @@ def main() -> None:
             def stockfish(board, rng, nodes=nodes):
                 return uci_to_iccs(engine.best_move([iccs_to_uci(m) for m in board.move_stack], nodes))
 
-            results[f"vs_fairy_stockfish_nodes{nodes}"] = play_match(mover, stockfish, args.games, args.seed)
+            results[f"vs_fairy_stockfish_nodes{nodes}"] = play_match(choose, stockfish, args.games, args.seed)
             print(f"vs fairy-stockfish nodes {nodes}", results[f"vs_fairy_stockfish_nodes{nodes}"], flush=True)
         engine.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -167,9 +167,9 @@ def command_lines(places: dict[str, str]) -> st.SearchStrategy[list[str]]:
                               "--divide": None, "--json": None}, required=("--depth",)),
         command("move", [], common | {"--moves": games(), "--fen": fens(), "--top": pool(["1", "3"], INTS),
                                       "--temperature": pool(["0.5", "2"], FLOATS), "--seed": pool(["0", "5"], ["-1"]),
-                                      "--bundle": bundle(XIANGQI)}),
+                                      "--search": None, "--bundle": bundle(XIANGQI)}),
         command("play", [], common | {"--side": pool(["red", "black"], ["green"]), "--fen": fens(), "--letters": None,
-                                      "--bundle": bundle(XIANGQI)}),
+                                      "--search": None, "--bundle": bundle(XIANGQI)}),
         *(command("qa", [], qa, required=required) for required in (("--question", "--context"), ("--jsonl",))),
         # no masked-LM bundle ships: every bundle here is refused by task, after the options are checked
         command("cloze", [], common | {"--bundle": bundle(places["gpt2"]),

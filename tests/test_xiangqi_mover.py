@@ -12,6 +12,7 @@ from edgeinfer.errors import BundleError, InputError
 from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.control import CONTROL_SEGMENTS, control_counts, control_segments
 from edgeinfer.xiangqi.mover import MoveModel
+from edgeinfer.xiangqi.search import MATE, best_reply_value, move_value, searched_best
 from edgeinfer.xiangqi.tables import BLACK, PAWN, RED
 from edgeinfer.xiangqi.tokens import (
     HISTORYLESS_VOCAB,
@@ -414,3 +415,83 @@ def test_a_bidirectional_prefix_needs_the_query_key_mask(tmp_path):
     model = GPT(GPTConfig(vocab_size=20, n_positions=16, n_embd=16, n_layer=1, n_head=2, bidirectional_prefix=4))
     with pytest.raises(ExportError, match="a prefix LM needs attention_mask 'query_key'"):
         export_gpt_bundle(model, tmp_path / "b", attention="standard")
+
+
+class _FirstMoveEngine:
+    """Stands in for fairy-stockfish: its best move is the first legal one, and it records the node budgets asked."""
+
+    def __init__(self) -> None:
+        self.nodes: list[int] = []
+
+    def new_game(self) -> None:
+        pass
+
+    def best_move(self, uci_moves: list[str], nodes: int) -> str:
+        from edgeinfer.xiangqi import iccs_to_uci, uci_to_iccs
+
+        self.nodes.append(nodes)
+        return iccs_to_uci(Board.from_moves([uci_to_iccs(m) for m in uci_moves], max_plies=None).legal_moves()[0])
+
+
+@pytest.mark.parametrize("seed, kind", [(2, "policy_random_opponent"), (3, "policy_engine_opponent")])
+def test_policy_games_play_the_policy_against_the_benchmark_opponents(seed, kind):
+    from edgeinfer.export.xiangqi_data import OPPONENT_NODES, play_game
+
+    engine, asked = _FirstMoveEngine(), []
+
+    def policy(board: Board) -> str:  # the last legal move: never the engine's label
+        asked.append(board.turn)
+        return board.legal_moves()[-1]
+
+    game = play_game(engine, seed, label_nodes=1000, max_plies=60, opening=(2, 2), policy=policy)
+    assert game["kind"] == kind
+    moves, labels = game["moves"].split(), game["labels"].split()
+    board, strong = Board(max_plies=None), set(asked)
+    assert len(strong) == 1  # one side is the policy's
+    played_policy = 0
+    for ply, (move, label) in enumerate(zip(moves, labels, strict=True)):
+        legal = board.legal_moves()
+        assert label == legal[0] and move in legal
+        if ply >= 2 and board.turn in strong:
+            played_policy += move == legal[-1]
+        board.push(move)
+    strong_plies = sum(1 for ply in range(2, len(moves)) if ("red", "black")[ply % 2] in strong)
+    assert played_policy >= 0.9 * strong_plies  # all but the 3% exploring moves
+    opponent_engine_calls = engine.nodes.count(OPPONENT_NODES)
+    assert (opponent_engine_calls > 0) == (kind == "policy_engine_opponent")
+    assert engine.nodes.count(1000) == len(moves)  # every position labelled
+
+
+@pytest.mark.parametrize("fen, expected", [
+    ("3k5/9/9/9/4r4/9/9/9/4R4/4K4 w - - 0 1", {"e1e5": 9.0}),  # a free rook
+    ("3k5/9/9/9/4r4/9/4p4/9/4R4/4K4 w - - 0 1", {"e1e3": 2.0 - 9.0}),  # a crossed pawn, then the rook is lost
+    ("3k5/R8/9/9/9/9/9/9/9/1R2K4 w - - 0 1", {"b0b9": MATE, "a8e8": MATE}),  # mate; and stalemate, also a win
+])
+def test_search_values_are_material_two_plies_deep(fen, expected):
+    board = Board(fen)
+    for move, value in expected.items():
+        assert move_value(board, move) == value
+    assert board.fen() == fen
+
+
+def test_search_finds_the_opponents_mate_and_keeps_the_board():
+    board = Board("3k5/R8/9/9/9/9/9/9/9/1R3K3 b - - 0 1")  # black to move: after d9e9, b0b9 mates
+    assert best_reply_value(board) == 0.0  # black's own replies capture nothing
+    board.push("d9e9")
+    assert best_reply_value(board) == MATE and board.move_stack == ["d9e9"]
+
+
+def test_search_trades_the_prior_against_material(movers):
+    mover = MoveModel(movers)
+    board = Board("3k5/9/9/9/4r4/9/4p4/9/4R4/4K4 w - - 0 1")
+    values = {move: move_value(board, move) for move in board.legal_moves()}
+    by_material = searched_best(mover, board, prior_weight=0.0)
+    assert values[by_material.move] == max(values.values())
+    assert searched_best(mover, board, prior_weight=1e6).move == mover.best(board).move
+    assert searched_best(mover, board).move in board.legal_moves()
+
+
+def test_search_keeps_the_repetition_rules_last_word(movers):
+    board = Board.from_moves("d9d8 i9i8 d8d9 i8i9 d9d8 i9i8 d8d9", fen="3k4R/9/9/9/9/9/9/9/9/4K4 b - - 1 1")
+    # i8i9 checks, so the search would favour it; it loses by perpetual check
+    assert searched_best(MoveModel(movers), board, prior_weight=0.0).move != "i8i9"

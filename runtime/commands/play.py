@@ -6,7 +6,8 @@ import argparse
 
 from ..errors import InputError
 from ..xiangqi import Board, render
-from .move import mover_for
+from ..xiangqi.search import searched_best
+from .move import add_search_argument, mover_for
 
 HELP = "play Xiangqi against the model in the terminal (moves in ICCS, e.g. h2e2)"
 
@@ -14,6 +15,7 @@ HELP = "play Xiangqi against the model in the terminal (moves in ICCS, e.g. h2e2
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side", choices=["red", "black"], default="red", help="the side you play")
     parser.add_argument("--fen", default=None, help="start position")
+    add_search_argument(parser)
     parser.add_argument("--letters", action="store_true", help="draw pieces as letters instead of Chinese")
     parser.add_argument("--bundle", default=None, help="Xiangqi bundle (default: the shipped one)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     while board.outcome() is None:
         print(render(board, chinese=not args.letters))
         if board.turn != human:
-            move = mover.best(board).move
+            move = (searched_best(mover, board) if args.search else mover.best(board)).move
             print(f"model plays {move}")
             board.push(move)
             continue

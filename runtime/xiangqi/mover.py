@@ -80,7 +80,7 @@ class MoveModel:
         scores = self.model.score(prompt, candidates)
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
-        losing = _losing_by_repetition(board, moves)
+        losing = losing_by_repetition(board, moves)
         order = sorted(range(len(moves)), key=lambda i: (moves[i] in losing, -scores[i]))
         return [ScoredMove(moves[i], float(scores[i]), float(probs[i])) for i in order]
 
@@ -100,7 +100,7 @@ class MoveModel:
         return scored[int((rng or np.random.default_rng()).choice(len(scored), p=probs))]
 
 
-def _losing_by_repetition(board: Board, moves: list[str]) -> set[str]:
+def losing_by_repetition(board: Board, moves: list[str]) -> set[str]:
     """The moves after which the repetition rules end the game as a loss for the side that played them: at once, or
     by a reply of the opponent that completes the repetition (the side that checked, or chased, on every move of the
     cycle loses, whoever's move makes the position occur the 3rd time)."""
