@@ -19,6 +19,7 @@ from edgeinfer.chat import Chat
 from edgeinfer.loader import default_bundle
 from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.mover import MoveModel
+from edgeinfer.xiangqi.search import searched_best
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -249,6 +250,10 @@ def test_qa_and_xiangqi_answer_as_the_library(server):
     board = Board.from_moves(["h2e2", "h9g7"])
     assert move["move"] == MoveModel(edgeinfer.load(default_bundle("xiangqi"), device="cpu")).best(board).move
     assert len(move["top"]) == 3 and move["move"] in board.legal_moves()
+    fen = "3k5/9/9/9/4r4/9/4p4/9/4R4/4K4 w - - 0 1"  # the pawn on e3 costs the rook
+    searched = httpx.post(f"{server.url}/v1/xiangqi/move", json={"fen": fen, "search": True}).json()
+    mover = MoveModel(edgeinfer.load(default_bundle("xiangqi"), device="cpu"))
+    assert searched["move"] == searched_best(mover, Board(fen)).move != "e1e3"
 
 
 def test_sigterm_finishes_the_requests_in_flight_then_exits(lively_bundles, gpt):

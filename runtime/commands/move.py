@@ -10,7 +10,7 @@ from ..errors import InputError
 from ..loader import default_bundle
 from ..xiangqi import Board
 from ..xiangqi.mover import MoveModel
-from ..xiangqi.search import searched_best
+from ..xiangqi.search import choose_by_search
 from .common import at_least, load_for
 
 HELP = "choose the next Xiangqi move after the given moves (exact scores over all legal moves)"
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
             raise InputError("--search chooses a move itself; leave out --temperature")
         chosen = mover.sample(board, args.temperature, np.random.default_rng(args.seed))
     elif args.search:
-        chosen = searched_best(mover, board)
+        chosen = choose_by_search(board, scored)
     else:
         chosen = scored[0]
     top = [{"move": s.move, "probability": round(s.probability, 4), "logprob": round(s.logprob, 4)}

@@ -244,7 +244,7 @@ def create_app(config: ServeConfig, loaded: dict | None = None) -> FastAPI:
     async def xiangqi_move(body: MoveRequest):
         worker = worker_for(body.model, XiangqiWorker)
         moves = body.moves.split() if isinstance(body.moves, str) else body.moves
-        result = await worker.move(moves, body.fen, body.top)
+        result = await worker.move(moves, body.fen, body.top, body.search)
         metrics.requests.labels("/v1/xiangqi/move", "200").inc()
         return result
 

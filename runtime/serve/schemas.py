@@ -86,3 +86,4 @@ class MoveRequest(BaseModel):
     moves: str | list[str] = ""
     fen: str | None = None
     top: int = Field(1, ge=1, le=200)
+    search: bool = False  # choose by the model-guided two-ply search (edgeinfer.xiangqi.search)

@@ -156,16 +156,18 @@ class XiangqiWorker:
         self.name, self.mover = name, MoveModel(model)
         self._lock = threading.Lock()
 
-    async def move(self, moves: list[str], fen: str | None, top: int) -> dict:
-        return await asyncio.to_thread(self._move, moves, fen, top)
+    async def move(self, moves: list[str], fen: str | None, top: int, search: bool = False) -> dict:
+        return await asyncio.to_thread(self._move, moves, fen, top, search)
 
-    def _move(self, moves: list[str], fen: str | None, top: int) -> dict:
+    def _move(self, moves: list[str], fen: str | None, top: int, search: bool) -> dict:
         from ..xiangqi import Board
+        from ..xiangqi.search import choose_by_search
 
         board = Board.from_moves(moves, fen=fen)
         with self._lock:
             scored = self.mover.score(board)
-        return {"move": scored[0].move, "fen": board.fen(), "legal_moves": len(scored),
+        chosen = choose_by_search(board, scored) if search else scored[0]
+        return {"move": chosen.move, "fen": board.fen(), "legal_moves": len(scored),
                 "top": [{"move": s.move, "probability": s.probability, "logprob": s.logprob} for s in scored[:top]]}
 
     def close(self) -> None:

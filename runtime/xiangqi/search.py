@@ -24,7 +24,11 @@ PRIOR_WEIGHT = 0.25  # pawns per nat of log-probability
 
 def searched_best(mover: MoveModel, board: Board, prior_weight: float = PRIOR_WEIGHT) -> ScoredMove:
     """The legal move of highest material value after two plies plus `prior_weight` times its log-probability."""
-    scored = mover.score(board)
+    return choose_by_search(board, mover.score(board), prior_weight)
+
+
+def choose_by_search(board: Board, scored: list[ScoredMove], prior_weight: float = PRIOR_WEIGHT) -> ScoredMove:
+    """`searched_best` over moves the model has already scored (`MoveModel.score(board)`)."""
     losing = losing_by_repetition(board, [s.move for s in scored])
     return max(scored, key=lambda s: (s.move not in losing, move_value(board, s.move) + prior_weight * s.logprob))
 
