@@ -302,6 +302,20 @@ def test_an_extreme_repetition_penalty_still_decodes(chat_model):
             assert len(result.token_ids) == 4
 
 
+def test_a_temperature_below_float32s_range_samples_the_best_token(chat_model):
+    """1e-300 became 0 in the float32 logits: 0 / 0 made every probability NaN, and token 0 came out every step."""
+    from edgeinfer.lm.sampling import SamplingOptions, probabilities
+
+    logits = np.array([[1.0, 3.0, 3.0, -2.0]], dtype=np.float32)
+    with np.errstate(all="raise"):
+        probs = probabilities(logits, SamplingOptions(do_sample=True, temperature=1e-300))
+    assert probs.tolist() == [[0.0, 0.5, 0.5, 0.0]]
+    [greedy] = chat_model.generate([[101, 872, 1962]], max_new_tokens=4, do_sample=False, stop_token_ids=[])
+    [sampled] = chat_model.generate([[101, 872, 1962]], max_new_tokens=4, do_sample=True, temperature=1e-300, seed=0,
+                                    stop_token_ids=[])
+    assert sampled.token_ids == greedy.token_ids
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"length_penalty": 10**9}, "length_penalty must be a number in"),  # length ** 10**9 overflowed (or hung)
     ({"length_penalty": math.nan}, "length_penalty must be a number in"),

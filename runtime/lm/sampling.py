@@ -80,8 +80,12 @@ def probabilities(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
     # shift before scaling: a tiny temperature then sends every other token to -inf instead of overflowing to nan
     logits -= best
     if options.temperature != 1.0:
-        with np.errstate(over="ignore"):  # -x / tiny is meant to be -inf
-            logits /= options.temperature
+        temperature = logits.dtype.type(options.temperature)
+        if temperature == 0:  # below the logits' precision (float32 from 1e-45): the limit, all on the best tokens
+            logits[logits < 0] = -np.inf
+        else:
+            with np.errstate(over="ignore"):  # -x / tiny is meant to be -inf
+                logits /= temperature
     top_k_top_p_filter(logits, options.top_k, options.top_p)
     probs = np.exp(logits, out=logits)
     probs /= probs.sum(axis=-1, keepdims=True)
