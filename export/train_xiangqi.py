@@ -72,7 +72,7 @@ def game_positions(game: dict) -> tuple[np.ndarray, ...]:
             np.array(wins, dtype=bool), np.array(seen, dtype=bool))
 
 
-def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...]]:
     """`game_positions` of each split, replayed from games.jsonl (cached beside it as positions-<games>.npz)."""
     games = load_games(data / "games.jsonl")
     cache = data / f"positions-{len(games)}.npz"

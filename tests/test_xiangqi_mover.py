@@ -12,7 +12,13 @@ from edgeinfer.errors import BundleError, InputError
 from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.control import CONTROL_SEGMENTS, control_counts, control_segments
 from edgeinfer.xiangqi.mover import MoveModel
-from edgeinfer.xiangqi.search import MATE, best_reply_value, move_value, searched_best
+from edgeinfer.xiangqi.search import (
+    MATE,
+    best_reply_value,
+    material_lead,
+    move_value,
+    searched_best,
+)
 from edgeinfer.xiangqi.tables import BLACK, PAWN, RED
 from edgeinfer.xiangqi.tokens import (
     HISTORYLESS_VOCAB,
@@ -495,3 +501,15 @@ def test_search_keeps_the_repetition_rules_last_word(movers):
     board = Board.from_moves("d9d8 i9i8 d8d9 i8i9 d9d8 i9i8 d8d9", fen="3k4R/9/9/9/9/9/9/9/9/4K4 b - - 1 1")
     # i8i9 checks, so the search would favour it; it loses by perpetual check
     assert searched_best(MoveModel(movers), board, prior_weight=0.0).move != "i8i9"
+
+
+def test_search_values_a_draw_by_repetition_at_the_material_lead():
+    fen = "3k5/9/9/9/9/9/9/9/R8/4K4 w - - 0 1"  # red is a rook up
+    board = Board.from_moves("a1b1 d9d8 b1a1 d8d9 a1b1 d9d8", fen=fen)
+    assert material_lead(board) == 9.0
+    # b1a1 lets black's d8d9 make the position occur a third time: red would give up its rook's worth
+    assert move_value(board, "b1a1") == -9.0 and move_value(board, "b1c1") == 0.0
+    board.push("b1a1")
+    assert material_lead(board) == -9.0 and move_value(board, "d8d9") == 9.0  # black, behind, takes the draw
+    board.push("d8d9")
+    assert board.outcome().reason == "repetition"
