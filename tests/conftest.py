@@ -60,20 +60,22 @@ def lively_bundles(lively_gpt2, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def query_key_bundle(tmp_path_factory):
-    """A lively causal GPT (35 tokens, the Xiangqi bundle's character tokenizer) whose graph takes the whole query-key
+    """A lively causal GPT (the Xiangqi bundle's character tokenizer and its vocabulary) whose graph takes the whole query-key
     mask, as tree scoring needs, on a concat cache: decoding must not depend on the mask's form. (The shipped Xiangqi
     bundle is a prefix LM over 91-token boards, whose free-form prompts are refused.)"""
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle
     from edgeinfer.loader import default_bundle
 
+    tokenizer = default_bundle("xiangqi") / "tokenizer.json"
     torch.manual_seed(3)
-    model = GPT(GPTConfig(vocab_size=35, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    model = GPT(GPTConfig(vocab_size=Tokenizer.from_file(str(tokenizer)).get_vocab_size(), n_positions=64, n_embd=32,
+                          n_layer=2, n_head=2))
     for p in model.parameters():  # lively: continuations vary instead of repeating
         p.data.mul_(6)
     folder = tmp_path_factory.mktemp("query-key") / "bundle"
     export_gpt_bundle(model, folder, attention="standard", attention_mask="query_key",
-                      tokenizer_file=default_bundle("xiangqi") / "tokenizer.json", special_tokens={"pad": 0})
+                      tokenizer_file=tokenizer, special_tokens={"pad": 0})
     return folder
 
 
