@@ -2,7 +2,7 @@
 
     python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi   # the positions (once)
     python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi [--device cuda]
-        [--init build/xq/model.pt]   # start from an earlier checkpoint (the shipped model: README's command)
+        [--init runtime/bundles/xiangqi]   # go on from a bundle or a model.pt (the shipped model: README's command)
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
 `edgeinfer.xiangqi.tokens`, each square's token with its control segment, `edgeinfer.xiangqi.control`; the start
@@ -40,6 +40,7 @@ from edgeinfer.xiangqi.tokens import (
     oriented_squares,
 )
 
+from .bundle_import import gpt_from_bundle
 from .gpt import GPT, GPTConfig
 from .onnx_export import export_gpt_bundle
 from .train_gpt import TrainConfig, evaluate, train
@@ -138,10 +139,13 @@ def held_out(split: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
 
 
 def warm_start(model: GPT, path: Path) -> None:
-    """Load a checkpoint's weights into `model`; a segment table it lacks starts at zero and a `[SEEN]` token it lacks
-    starts as a copy of the start token (either way, training starts from the same function)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint["state_dict"]
+    """Load a checkpoint's weights (a model.pt, or a float32 bundle folder read back by `bundle_import`) into
+    `model`; a segment table it lacks starts at zero and a `[SEEN]` token it lacks starts as a copy of the start token
+    (either way, training starts from the same function)."""
+    if path.is_dir():
+        state = gpt_from_bundle(path).state_dict()
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     for name in ("wte.weight", "lm_head.weight"):
         if name in state and len(state[name]) == len(VOCAB) - 1:
             state[name] = torch.cat([state[name], state[name][START:START + 1]])
@@ -189,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="draw positions whose labelled move mates (or stalemates) this many times as often")
     parser.add_argument("--seen-weight", type=float, default=1.0,
                         help="draw repeated positions (their start token is [SEEN]) this many times as often")
-    parser.add_argument("--init", type=Path, help="start from this model.pt (a model without control segments: "
-                        "its segment table starts at zero, so training starts from the same function)")
+    parser.add_argument("--init", type=Path, help="start from this model.pt or float32 bundle folder (a model without "
+                        "control segments: its segment table starts at zero, so training starts from the same function)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")

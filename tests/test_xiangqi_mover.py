@@ -198,6 +198,23 @@ def test_warm_start_from_a_model_without_seen_keeps_its_function(tmp_path):
         assert torch.allclose(new.training_logits(prompt)[..., : len(HISTORYLESS_VOCAB)], reference, atol=1e-6)
 
 
+def test_warm_start_from_the_shipped_bundle_folder_keeps_its_function():
+    from edgeinfer.export.bundle_import import gpt_from_bundle
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.train_xiangqi import warm_start
+    from edgeinfer.loader import default_bundle
+
+    shipped = gpt_from_bundle(default_bundle("xiangqi")).eval()
+    new = GPT(GPTConfig(**{**shipped.cfg.to_dict(), "vocab_size": len(VOCAB)})).eval()
+    warm_start(new, default_bundle("xiangqi"))
+    board = Board.from_moves(REPEATING)
+    prompt = torch.tensor([board_tokens(board.squares, board.side) + move_tokens("h2e2")])
+    segments = torch.tensor([[0, *control_segments(oriented_squares(board.squares, board.side)), 0, 0, 0, 0]])
+    with torch.no_grad():
+        reference = shipped.training_logits(prompt, segments)
+        assert torch.equal(new.training_logits(prompt, segments)[..., : len(HISTORYLESS_VOCAB)], reference)
+
+
 def test_a_bundle_of_another_prompt_is_refused(tmp_path):
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle
