@@ -14,7 +14,9 @@
    fairy-stockfish at each `--nodes` budget. Every game is refereed by pyffish (variant "xiangqi": its legal moves
    and its game end) as well as by `edgeinfer.xiangqi`, and a disagreement stops the run. In the random-mover
    games, how often the model takes a free capture (a capture the opponent cannot answer by recapturing) and plays
-   mate in one when it has them. With --search the matches are played by `edgeinfer.xiangqi.search` (two plies of
+   mate in one when it has them. Each drawn game's material lead at its end, from the model's side
+   (`draws_ahead` / `draws_level` / `draws_behind`, 2 pawns either way): a draw from ahead is a win thrown away, one
+   from behind a loss escaped. With --search the matches are played by `edgeinfer.xiangqi.search` (two plies of
    material, the model's scores as priors) instead of the model's own choice.
 Writes --out (results/xiangqi_moves.json).
 """
@@ -41,7 +43,7 @@ from edgeinfer.export.xiangqi_data import (
 )
 from edgeinfer.xiangqi import START_FEN, Board, iccs_to_uci, uci_to_iccs
 from edgeinfer.xiangqi.mover import MoveModel
-from edgeinfer.xiangqi.search import PRIOR_WEIGHT, searched_best
+from edgeinfer.xiangqi.search import PRIOR_WEIGHT, material_lead, searched_best
 from edgeinfer.xiangqi.tokens import move_tokens, oriented_move
 
 
@@ -150,6 +152,9 @@ def refereed_outcome(moves: list[str], board: Board):
     return outcome
 
 
+DECISIVE_LEAD = 2.0  # pawns of material: a drawn game this far ahead (or behind) counts as a win thrown away (escaped)
+
+
 def play_match(choose, opponent, games: int, seed: int, count_tactics: bool = False) -> dict:
     """The model's `choose(board) -> move` against `opponent(board, rng) -> move`; the model plays red in even games.
     Counts from its side.
@@ -157,6 +162,7 @@ def play_match(choose, opponent, games: int, seed: int, count_tactics: bool = Fa
     Games 2k and 2k+1 open with the same 2-5 random plies; every move is checked against pyffish's legal moves."""
     rng = random.Random(seed)
     tally: dict = {"win": 0, "loss": 0, "draw": 0}
+    draws = {"draws_ahead": 0, "draws_level": 0, "draws_behind": 0}
     reasons: dict[str, int] = {}
     chances = {"mate_in_one": [0, 0], "free_capture": [0, 0]}  # [positions that had one, times the model took one]
     for index in tqdm(range(games), desc="match", mininterval=2):
@@ -184,8 +190,12 @@ def play_match(choose, opponent, games: int, seed: int, count_tactics: bool = Fa
         outcome = refereed_outcome(moves, board)
         tally["draw" if outcome.winner is None else "win" if outcome.winner == model_side else "loss"] += 1
         reasons[outcome.reason] = reasons.get(outcome.reason, 0) + 1
+        if outcome.winner is None:
+            lead = material_lead(board) * (1 if board.turn == model_side else -1)
+            draws["draws_ahead" if lead >= DECISIVE_LEAD else "draws_behind" if lead <= -DECISIVE_LEAD else "draws_level"] += 1
     tally["score"] = round((tally["win"] + tally["draw"] / 2) / games, 3)
     tally["reasons"] = reasons
+    tally |= draws
     if count_tactics:
         tally |= {f"{name}_rate": round(taken / had, 3) if had else None for name, (had, taken) in chances.items()}
         tally |= {f"{name}_positions": had for name, (had, _) in chances.items()}
