@@ -89,8 +89,8 @@ def gpt_from_bundle(bundle: Path) -> GPT:
             raise BundleError(f"{bundle}: the graph has {len(found[op])} {op} weights, the manifest's GPT "
                               f"{len(modules)} {kind.__name__} layers")
         for (name, module), arrays in zip(modules, found[op], strict=True):
-            params = ["weight", "bias"][:len(arrays)] if kind is not nn.Linear or module.bias is not None else ["weight"]
-            for param, array in zip(params, arrays, strict=False):
+            params = ("weight",) if kind is nn.Linear and module.bias is None else ("weight", "bias")
+            for param, array in zip(params, arrays, strict=False):  # an Embedding has its table only
                 weights[f"{name}.{param}"] = array
     if model.cfg.tied_lm_head and not np.array_equal(weights.get("wte.weight"), weights.get("lm_head.weight")):
         raise BundleError(f"{bundle}: the tied LM head's MatMul does not match the token embedding")
