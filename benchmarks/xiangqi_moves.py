@@ -192,7 +192,8 @@ def play_match(choose, opponent, games: int, seed: int, count_tactics: bool = Fa
         reasons[outcome.reason] = reasons.get(outcome.reason, 0) + 1
         if outcome.winner is None:
             lead = material_lead(board) * (1 if board.turn == model_side else -1)
-            draws["draws_ahead" if lead >= DECISIVE_LEAD else "draws_behind" if lead <= -DECISIVE_LEAD else "draws_level"] += 1
+            side = "ahead" if lead >= DECISIVE_LEAD else "behind" if lead <= -DECISIVE_LEAD else "level"
+            draws[f"draws_{side}"] += 1
     tally["score"] = round((tally["win"] + tally["draw"] / 2) / games, 3)
     tally["reasons"] = reasons
     tally |= draws

@@ -100,6 +100,7 @@ def gpt_from_bundle(bundle: Path) -> GPT:
         raise BundleError(f"{bundle} does not fit its manifest's GPT: no weights for {missing}")
     for name, tensor in state.items():
         if tuple(weights[name].shape) != tuple(tensor.shape):
-            raise BundleError(f"{bundle}: {name} is {weights[name].shape} in the graph, the model wants {tuple(tensor.shape)}")
+            raise BundleError(f"{bundle}: {name} is {weights[name].shape} in the graph, "
+                              f"the model wants {tuple(tensor.shape)}")
     model.load_state_dict({name: torch.tensor(np.array(weights[name])) for name in state})
     return model

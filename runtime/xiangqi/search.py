@@ -6,9 +6,10 @@ leaves the opponent without a legal move wins at once (mate, or stalemate, also 
 the material the move captures, less the best the opponent can do in one reply - a reply that mates us is a loss,
 and a capture counts the piece it takes less the piece we can take back on that square. A draw (a third
 repetition, by our move or by the reply) costs the side that is ahead its material lead: that side avoids it and
-the side behind seeks it. The move's log-probability times `prior_weight` is added, so among moves of equal material the model's choice stands and it gives way only to a
-material swing worth more than its confidence. As in `MoveModel.score`, the repetition rules have the last word:
-a move that loses by perpetual check or chase is chosen only when every move does.
+the side behind seeks it. The move's log-probability times `prior_weight` is added, so among moves of equal
+material the model's choice stands and it gives way only to a material swing worth more than its confidence. As
+in `MoveModel.score`, the repetition rules have the last word: a move that loses by perpetual check or chase is
+chosen only when every move does.
 """
 
 from __future__ import annotations
