@@ -16,6 +16,7 @@ import pytest
 
 import edgeinfer
 from edgeinfer.chat import Chat
+from edgeinfer.cli import main
 from edgeinfer.loader import default_bundle
 from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.mover import MoveModel
@@ -275,10 +276,12 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(lively_bundles, gpt)
         server.stop()
 
 
-def test_speculative_server_gives_the_librarys_greedy_text(lively_bundles):
-    """`--speculate 4`: one stream at a time verifies prompt-lookup drafts; the text is plain greedy's."""
+@pytest.mark.parametrize("draft", [[], ["--draft", f"chat={default_bundle('chat')}"]], ids=["prompt lookup", "draft"])
+def test_speculative_server_gives_the_librarys_greedy_text(lively_bundles, draft):
+    """`--speculate 4`: one stream at a time verifies drafts (prompt lookup, or a draft bundle: here the chat bundle
+    drafting for itself); the text is plain greedy's."""
     chat = edgeinfer.load(default_bundle("chat"), device="cpu")
-    server = Server({"chat": default_bundle("chat")}, "--speculate", "4")
+    server = Server({"chat": default_bundle("chat")}, "--speculate", "4", *draft)
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
         for prompt in ("i love to go to the park and i love to go to the", "你好，你好，你好"):
@@ -288,3 +291,15 @@ def test_speculative_server_gives_the_librarys_greedy_text(lively_bundles):
             assert got.choices[0].text == expected and got.usage.completion_tokens == 40
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--draft", f"chat={default_bundle('chat')}"], "--draft needs --speculate K"),
+    (["--speculate", "2", "--draft", f"nope={default_bundle('chat')}"], "--draft nope: no model of that name"),
+    (["--speculate", "2", "--draft", f"chat={default_bundle('qa')}"], "--draft chat: the draft is a bundle for task"),
+    (["--speculate", "2", "--draft", f"chat={default_bundle('xiangqi')}"], "--draft chat: the draft model reads a bidi"),
+    (["--speculate", "2", "--draft", "chat"], "--draft takes NAME=BUNDLE"),
+])
+def test_drafts_that_cannot_draft_stop_the_server_before_it_starts(flags, message, capsys):
+    code = main(["serve", "--model", f"chat={default_bundle('chat')}", "--device", "cpu", *flags, "--json"])
+    assert code == 2 and message in json.loads(capsys.readouterr().out)["error"]

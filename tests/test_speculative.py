@@ -86,11 +86,16 @@ def test_after_a_rejected_draft_only_a_short_probe_is_drafted_until_one_is_accep
     model = edgeinfer.load(lively_bundles["contrib"], device="cpu")
     engine = model.engine(slots=1, capacity=64, speculate=6)
     handle = engine.submit(Request([5, 6, 7, 8] * 4 + [5], decode_options(model, max_new_tokens=20)))
-    assert engine._draft(handle) == [6, 7, 8, 5, 6, 7]  # what followed the last 5
+    engine._slots[0] = handle
+
+    def draft() -> list[int]:
+        return engine._drafts([0])[0].tokens
+
+    assert draft() == [6, 7, 8, 5, 6, 7]  # what followed the last 5
     handle.draft_misses = 1
-    assert engine._draft(handle) == [6, 7][:PROBE_DRAFT] and PROBE_DRAFT < 6
+    assert draft() == [6, 7][:PROBE_DRAFT] and PROBE_DRAFT < 6
     handle.draft_misses, handle.draft_cooldown = 2, 3  # and it waits out its cooldown first
-    assert [engine._draft(handle) for _ in range(4)] == [[], [], [], [6, 7][:PROBE_DRAFT]]
+    assert [draft() for _ in range(4)] == [[], [], [], [6, 7][:PROBE_DRAFT]]
 
 
 def test_drafts_stop_at_the_cache_capacity(lively_bundles):

@@ -19,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
     parser.add_argument("--seed", type=at_least(0), default=None)
     parser.add_argument("--beams", type=at_least(1), default=1, help="beam search width (1: no beam search)")
+    parser.add_argument("--speculate", type=at_least(0), default=0, metavar="K",
+                        help="verify up to K draft tokens per decode step (the same greedy output; 0: off)")
+    parser.add_argument("--draft", default=None, metavar="BUNDLE",
+                        help="draft with this smaller bundle of the same tokenizer (default: prompt lookup)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -34,6 +38,14 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     prompt = token_ids(args.prompt) if args.ids else args.prompt
     model = load_for("generate", args.bundle, DECODER_TASKS, args.device)
     options = decoding_options(args)
+    if args.draft is not None:
+        if not args.speculate:
+            raise InputError("--draft needs --speculate K: the number of draft tokens verified per step")
+        options["draft"] = load_for("generate --draft", args.draft, DECODER_TASKS, args.device)
+    if args.speculate:
+        if args.beams > 1:
+            raise InputError("--speculate drafts for greedy or sampled decoding, not for beam search")
+        options["speculate"] = args.speculate
     if args.seed is not None and not args.greedy:
         options.setdefault("do_sample", True)  # a seed asks for sampling
     if args.beams > 1:

@@ -20,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-active", type=int, default=16, help="requests decoded together per decoder bundle")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests per bundle before 429")
     parser.add_argument("--speculate", type=int, default=0, metavar="K",
-                        help="verify up to K prompt-lookup draft tokens per decode step (same greedy output; 0: off)")
+                        help="verify up to K draft tokens per decode step (same greedy output; 0: off)")
+    parser.add_argument("--draft", action="append", default=None, metavar="NAME=BUNDLE",
+                        help="draft for model NAME with BUNDLE, a smaller bundle of its tokenizer (repeatable; "
+                             "default: prompt lookup)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads per bundle")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -28,16 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
 
 
-def parse_models(specs: list[str] | None) -> dict[str, str]:
+def parse_models(specs: list[str] | None, flag: str = "--model") -> dict[str, str]:
+    """NAME=BUNDLE pairs; no --model at all serves the shipped chat, qa and xiangqi bundles."""
     if not specs:
-        return {name: str(default_bundle(name)) for name in ("chat", "qa", "xiangqi")}
+        return {name: str(default_bundle(name)) for name in ("chat", "qa", "xiangqi")} if flag == "--model" else {}
     models = {}
     for spec in specs:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
-            raise InputError(f"--model takes NAME=BUNDLE, got {spec!r}")
+            raise InputError(f"{flag} takes NAME=BUNDLE, got {spec!r}")
         if name in models:
-            raise InputError(f"--model {name!r} is given twice")
+            raise InputError(f"{flag} {name!r} is given twice")
         models[name] = folder
     return models
 
@@ -60,14 +64,23 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
         raise InputError(f"--threads must be from 0 (onnxruntime's choice) to {MAX_THREADS}, got {args.threads}")
     if not 0 <= args.speculate <= MAX_SPECULATE:
         raise InputError(f"--speculate must be in 0..{MAX_SPECULATE}, got {args.speculate}")
+    drafts = parse_models(args.draft, "--draft")
+    if drafts and not args.speculate:
+        raise InputError("--draft needs --speculate K: the number of draft tokens verified per step")
     config = ServeConfig(parse_models(args.model), max_active=args.max_active, max_queue=args.max_queue,
-                         speculate=args.speculate, threads=args.threads, device=args.device, timeout_s=args.timeout)
+                         speculate=args.speculate, drafts=drafts, threads=args.threads, device=args.device,
+                         timeout_s=args.timeout)
     if args.ray:
-        for name, folder in config.models.items():  # each replica opens the bundles: here only their manifests
+        unknown = sorted(set(config.drafts) - set(config.models))
+        if unknown:
+            raise InputError(f"--draft {unknown[0]}: no model of that name is served")
+        # each replica opens the bundles: here only their manifests
+        for what, name, folder in [*(("model", *item) for item in config.models.items()),
+                                   *(("draft for", *item) for item in config.drafts.items())]:
             try:
                 Manifest.read(folder)
             except BundleError as exc:
-                raise BundleError(f"model {name}: {exc}") from exc
+                raise BundleError(f"{what} {name}: {exc}") from exc
         return serve_on_ray(config, args.host, args.port, args.replicas), ""
     uvicorn.run(create_app(config, load_models(config)), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=30)

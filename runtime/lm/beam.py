@@ -39,7 +39,7 @@ def beam_search(
     prefix=None,
     **options,
 ) -> list[Generation]:
-    for unsupported in ("seed", "max_active", "speculate"):
+    for unsupported in ("seed", "max_active", "speculate", "draft"):
         if options.pop(unsupported, None) is not None:
             raise InputError(f"{unsupported} does not apply to beam search")
     samples = options.pop("num_return_sequences", None)

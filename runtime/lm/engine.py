@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import EdgeInferError, InputError
 from .cache import KVCache
-from .draft import prompt_lookup
+from .draft import Draft, DraftModel, prompt_lookup
 from .options import DecodeOptions, is_int
 from .sampling import (
     accept_draft,
@@ -135,11 +135,12 @@ class Handle:
 
 class Engine:
     """`slots` rows of KV cache of `capacity` tokens, at most `max_queue` requests waiting; with `speculate` > 0,
-    each decode step also verifies up to that many draft tokens per request (prompt lookup): greedy output is
-    unchanged, sampled output keeps its distribution (speculative sampling's acceptance rule)."""
+    each decode step also verifies up to that many draft tokens per request, drafted by prompt lookup or by a
+    `draft` model (a smaller bundle with the same tokenizer, `DraftModel`): greedy output is unchanged, sampled
+    output keeps its distribution (speculative sampling's acceptance rule)."""
 
     def __init__(self, model, slots: int, capacity: int | None = None, max_queue: int | None = None,
-                 speculate: int = 0) -> None:
+                 speculate: int = 0, draft=None) -> None:
         if not (is_int(slots) and 1 <= slots <= MAX_SLOTS):
             raise InputError(f"slots must be an integer in [1, {MAX_SLOTS}], got {slots!r}")
         if capacity is not None and not (is_int(capacity) and capacity >= 1):
@@ -148,9 +149,12 @@ class Engine:
             raise InputError(f"max_queue must be an integer >= 0, got {max_queue!r}")
         if not (is_int(speculate) and 0 <= speculate <= MAX_SPECULATE):
             raise InputError(f"speculate must be an integer in [0, {MAX_SPECULATE}], got {speculate!r}")
+        if draft is not None and not speculate:
+            raise InputError("a draft model needs speculate >= 1: the number of draft tokens verified per step")
         self.speculate = int(speculate)
         self.model = model
         self.capacity = capacity or model.max_positions
+        self._drafter = DraftModel(draft, model, slots, self.capacity) if draft is not None else None
         self.max_queue = max_queue
         self.cache = KVCache(model, slots, self.capacity)
         self._step = Step(model, self.cache)
@@ -272,8 +276,8 @@ class Engine:
         # onnxruntime's GroupQueryAttention takes a run of tokens over a past for one row only: a shared buffer
         # verifies drafts when one request runs (the case speculation speeds up most), a concat cache at any batch
         speculating = self.speculate and (not self.cache.shared or (len(running) == 1 and self.cache.can_view_rows))
-        drafts = {slot: self._draft(self._slots[slot]) for slot in running} if speculating else {}
-        if any(drafts.values()):
+        drafts = self._drafts(running) if speculating else {}
+        if any(draft.tokens for draft in drafts.values()):
             return events + self._speculative_step(running, drafts, rows, segments)
         logits = self._step.decode(last[:rows], None if segments is None else segments[:rows], active[:rows])
         if self.on_step is not None:
@@ -379,22 +383,34 @@ class Engine:
         return [h.request.segments or [0] * len(h.request.tokens) for h in handles]
 
     # ------------------------------------------------------------------ speculative steps
-    def _draft(self, handle: Handle) -> list[int]:
-        """Draft tokens for a running request, as many as its remaining tokens and the cache allow."""
+    def _draft_room(self, handle: Handle) -> int:
+        """How many draft tokens a running request may have this step: none while it waits out a cooldown, else as
+        many as its remaining tokens and the caches allow."""
         if handle.draft_cooldown:
             handle.draft_cooldown -= 1
-            return []
+            return 0
         room = min(PROBE_DRAFT if handle.draft_misses else self.speculate, self.capacity - len(handle.history) - 1,
                    handle.request.options.max_new_tokens - len(handle.generated) - 1)
-        return prompt_lookup(handle.history, room) if room > 0 else []
+        return room if self._drafter is None else min(room, self._drafter.room(len(handle.history)))
 
-    def _speculative_step(self, running: list[int], drafts: dict[int, list[int]], rows: int,
+    def _drafts(self, running: list[int]) -> dict[int, Draft]:
+        """Each running request's draft: prompt lookup, or one round of the draft model for all that have room."""
+        rooms = {slot: self._draft_room(self._slots[slot]) for slot in running}
+        drafts = {slot: Draft([]) for slot in running}
+        if self._drafter is None:
+            drafts |= {slot: Draft(prompt_lookup(self._slots[slot].history, room))
+                       for slot, room in rooms.items() if room > 0}
+        elif any(room > 0 for room in rooms.values()):
+            drafts |= self._drafter.propose({slot: (self._slots[slot], room) for slot, room in rooms.items() if room > 0})
+        return drafts
+
+    def _speculative_step(self, running: list[int], drafts: dict[int, Draft], rows: int,
                           segments: np.ndarray | None) -> list[StreamEvent]:
         """One call feeds each running request its last token and its drafts; each keeps what it accepts."""
         runs = [[0]] * rows  # idle rows are fed a filler token and keep nothing
         active = np.zeros(rows, dtype=bool)
         for slot in running:
-            runs[slot], active[slot] = [self._slots[slot].generated[-1], *drafts[slot]], True
+            runs[slot], active[slot] = [self._slots[slot].generated[-1], *drafts[slot].tokens], True
         if self.cache.shared:  # one running request: verify on a view of its row
             (slot,) = running
             view, step = self._row_step(slot)
@@ -412,8 +428,10 @@ class Engine:
             handle, draft = self._slots[slot], drafts[slot]
             emitted = self._accept(slot, logits[slot], draft, events)
             if self._slots[slot] is handle:  # still running: forget the drafts it did not accept
-                self.cache.rollback(slot, len(draft) + 1 - emitted)
-                if draft:
+                self.cache.rollback(slot, len(draft.tokens) + 1 - emitted)
+                if self._drafter is not None:
+                    self._drafter.keep(slot, accepted=emitted - 1)
+                if draft.tokens:
                     handle.draft_misses = handle.draft_misses + 1 if emitted == 1 else 0
                     handle.draft_cooldown = min(2**handle.draft_misses, MAX_DRAFT_COOLDOWN) - 1
         return events
@@ -425,22 +443,23 @@ class Engine:
             self._row_steps[slot] = (view, Step(self.model, view))
         return self._row_steps[slot]
 
-    def _accept(self, slot: int, logits: np.ndarray, draft: list[int], events: list[StreamEvent]) -> int:
+    def _accept(self, slot: int, logits: np.ndarray, draft: Draft, events: list[StreamEvent]) -> int:
         """Choose tokens after each fed position in turn while they agree with the draft; the number emitted."""
         handle = self._slots[slot]
         sampling = handle.request.options.sampling
-        for j in range(len(draft) + 1):
+        for j in range(len(draft.tokens) + 1):
             if not self._prepared(slot, handle, logits[j], events):
                 return j
-            proposed = draft[j] if j < len(draft) else None
+            proposed = draft.tokens[j] if j < len(draft.tokens) else None
             if proposed is not None and sampling.do_sample:
-                token = accept_draft(probabilities(logits[j : j + 1], sampling)[0], proposed, handle.rng)
+                token = accept_draft(probabilities(logits[j : j + 1], sampling)[0], proposed, handle.rng,
+                                     None if draft.probs is None else draft.probs[j])
             else:
                 token = int(choose_tokens(logits[j : j + 1], sampling, [handle.rng] if sampling.do_sample else [])[0])
             events.append(self._emit(slot, token))
             if self._slots[slot] is not handle or token != proposed:
                 return j + 1
-        return len(draft) + 1
+        return len(draft.tokens) + 1
 
     # ------------------------------------------------------------------ choosing tokens
     def _prepared(self, slot: int, handle: Handle, logits: np.ndarray, events: list[StreamEvent]) -> bool:
@@ -509,6 +528,8 @@ class Engine:
         if slot is not None:
             self._slots[slot] = None
             self.cache.free(slot)
+            if self._drafter is not None:
+                self._drafter.free(slot)
         if handle.text_stream is not None and reason != "error":
             delta += handle.text_stream.flush()
         handle.finish_reason, handle.error = reason, error

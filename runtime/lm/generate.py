@@ -117,13 +117,13 @@ def row_seeds(seed, n_prompts: int, n_samples: int) -> list:
 
 def stream(model, prompts: Sequence, *, seed=None, num_return_sequences: int = 1, segment_ids=None,
            reply_segment: int | Sequence[int] = 0, prefix: Prefix | None = None, max_active: int | None = None,
-           speculate: int = 0, **options) -> Iterator[StreamEvent]:
+           speculate: int = 0, draft=None, **options) -> Iterator[StreamEvent]:
     """Yield one event per generated token, as soon as it is chosen.
 
     Every prompt and option is checked when this is called, before the first event is asked for. More requests
     than `max_active` (default: all, at most MAX_BATCH) run by continuous batching: a finished request's slot goes
-    to the next waiting one. `speculate` > 0 verifies up to that many prompt-lookup draft tokens per step (see
-    `Engine`): the same greedy tokens, fewer steps when the text repeats itself.
+    to the next waiting one. `speculate` > 0 verifies up to that many draft tokens per step (see `Engine`), drafted
+    by prompt lookup or by the `draft` model: the same greedy tokens, fewer steps when the drafts agree.
     """
     checked = decode_options(model, **options)
     requests = make_requests(model, prompts, checked, seed, num_return_sequences, segment_ids, reply_segment, prefix)
@@ -136,7 +136,8 @@ def stream(model, prompts: Sequence, *, seed=None, num_return_sequences: int = 1
     longest = start + max(len(r.tokens) for r in requests)
     if longest >= model.max_positions:
         raise InputError(f"prompt of {longest} tokens leaves no room in the model's {model.max_positions} positions")
-    engine = Engine(model, slots, min(model.max_positions, longest + checked.max_new_tokens), speculate=speculate)
+    engine = Engine(model, slots, min(model.max_positions, longest + checked.max_new_tokens), speculate=speculate,
+                    draft=draft)
     return _events(engine, [engine.submit(r, sink=_discard) for r in requests])
 
 

@@ -116,7 +116,7 @@ class CausalLM:
 
         Options: max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
         stop_token_ids, stop_strings, logits_processor (defaults: the manifest's generation block), seed,
-        num_return_sequences, max_active, speculate, segment_ids, reply_segment, prefix; num_beams > 1 for beam search
+        num_return_sequences, max_active, speculate, draft, segment_ids, reply_segment, prefix; num_beams > 1 for beam search
         (with length_penalty, early_stopping).
         """
         if not is_int(num_beams) or not 1 <= num_beams <= front_door.MAX_BATCH:
@@ -140,9 +140,10 @@ class CausalLM:
         return self._scorer(prefix, self._check_ids(candidates, "candidates"))
 
     def engine(self, slots: int, capacity: int | None = None, max_queue: int | None = None,
-               speculate: int = 0) -> Engine:
-        """A request-level engine over this model: `submit` from any thread, `start()` its loop (a server's core)."""
-        return Engine(self, slots, capacity, max_queue, speculate)
+               speculate: int = 0, draft: CausalLM | None = None) -> Engine:
+        """A request-level engine over this model: `submit` from any thread, `start()` its loop (a server's core).
+        With `draft` (a smaller bundle with this one's tokenizer), `speculate` draft tokens come from it."""
+        return Engine(self, slots, capacity, max_queue, speculate, draft)
 
     def use_huge_pages(self) -> int:
         """Move the session's weight buffers into 2 MiB pages; returns the bytes moved (0 where the OS cannot).

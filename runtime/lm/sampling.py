@@ -92,17 +92,28 @@ def probabilities(logits: np.ndarray, options: SamplingOptions) -> np.ndarray:
     return probs
 
 
-def accept_draft(probs: np.ndarray, draft: int, rng: np.random.Generator) -> int:
-    """Speculative sampling with a draft proposed with certainty (prompt lookup): keep it with probability p(draft),
-    else draw from p without it. Either way the token is distributed exactly as p."""
-    if rng.random() < probs[draft]:
+def accept_draft(probs: np.ndarray, draft: int, rng: np.random.Generator, draft_probs: np.ndarray | None = None) -> int:
+    """Speculative sampling's acceptance rule: keep the draft with probability min(1, p(draft) / q(draft)), else draw
+    from max(p - q, 0) renormalised. q is the distribution the draft was sampled from (a draft model's), or None for a
+    draft proposed with certainty (prompt lookup, or a greedy draft model): q is then one-hot. Either way the token
+    is distributed exactly as p."""
+    proposed = 1.0 if draft_probs is None else float(draft_probs[draft])
+    if rng.random() * proposed < probs[draft]:
         return draft
     rest = probs.astype(np.float64)
-    rest[draft] = 0.0
-    cumulative = np.cumsum(rest)
-    if cumulative[-1] <= 0:
-        return draft
-    return int(min(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"), len(probs) - 1))
+    if draft_probs is None:
+        rest[draft] = 0.0
+    else:
+        np.maximum(rest - draft_probs, 0.0, out=rest)
+    return sample_from(rest, rng, fallback=draft)
+
+
+def sample_from(weights: np.ndarray, rng: np.random.Generator, fallback: int = 0) -> int:
+    """One index drawn in proportion to `weights` (not necessarily normalised); `fallback` if they sum to 0."""
+    cumulative = np.cumsum(weights, dtype=np.float64)
+    if not cumulative[-1] > 0:
+        return fallback
+    return int(min(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"), len(weights) - 1))
 
 
 def _check_usable(best: np.ndarray) -> None:

@@ -130,8 +130,10 @@ class Step:
         logits = self.run(ids, positions, mask, wanted, types if segments is not None else None, counts)
         return logits if every_position else logits[:, 0]
 
-    def verify(self, tokens: list[list[int]], segments: np.ndarray | None, active: np.ndarray) -> np.ndarray:
+    def verify(self, tokens: list[list[int]], segments, active: np.ndarray) -> np.ndarray:
         """Feed each of the first len(tokens) rows a ragged run (its last chosen token, then draft tokens) in one call.
+
+        `segments` gives each row's run one segment id, or one per token (a list of runs like `tokens`), or is None.
 
         Returns the logits after every fed token, (rows, longest run, vocab); a shorter run's later columns repeat its
         last. Rows not `active` are fed to fill the batch and keep nothing. Every fed token is kept: the caller rolls

@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Query
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..chat import TidyStream, encode_dialogue, reply_segment_id, tidy
-from ..errors import BundleError, InputError
+from ..errors import BundleError, EdgeInferError, InputError
 from ..lm import QueueFull, Request, decode_options
+from ..lm.draft import check_draft_model
 from ..loader import load
 from .metrics import Metrics
 from .schemas import ChatRequest, CompletionRequest, MoveRequest, QaItem, Sampling
@@ -35,7 +36,8 @@ class ServeConfig:
     models: dict[str, str]  # name -> bundle folder
     max_active: int = 16  # slots per decoder bundle
     max_queue: int = 64  # waiting requests per decoder bundle beyond which requests get 429
-    speculate: int = 0  # prompt-lookup draft tokens verified per decode step (see edgeinfer.lm.Engine)
+    speculate: int = 0  # draft tokens verified per decode step (see edgeinfer.lm.Engine)
+    drafts: dict[str, str] = field(default_factory=dict)  # served model name -> draft bundle folder (else prompt lookup)
     threads: int | None = None
     device: str = "auto"
     timeout_s: float = 300.0
@@ -54,14 +56,15 @@ def _error(status: int, message: str, param: str | None, kind: str, headers: dic
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(config: ServeConfig, loaded: dict | None = None) -> FastAPI:
-    """The app over `config.models`; bundles already opened (`load_models`) are passed in `loaded` and not re-read."""
+def create_app(config: ServeConfig, loaded: tuple[dict, dict] | None = None) -> FastAPI:
+    """The app over `config.models`; bundles already opened (`load_models`: the models and their drafts) are passed
+    in `loaded` and not re-read."""
     metrics = Metrics()
     workers: dict[str, object] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        models = loaded if loaded is not None else load_models(config)
+        models, drafts = loaded if loaded is not None else load_models(config)
         for name, model in models.items():
             task = model.manifest["task"]
             if task == "extractive-qa":
@@ -70,7 +73,7 @@ def create_app(config: ServeConfig, loaded: dict | None = None) -> FastAPI:
                 workers[name] = XiangqiWorker(name, model)
             else:
                 workers[name] = DecoderWorker(name, model, config.max_active, config.max_queue, metrics,
-                                              config.speculate)
+                                              config.speculate, drafts.get(name))
         yield
         for worker in workers.values():
             worker.close()  # decoders finish the requests in flight first
@@ -326,12 +329,23 @@ def _qa_answer(answer) -> dict:
             "score": answer.score}
 
 
-def load_models(config: ServeConfig) -> dict:
-    """Open every served bundle once; a bundle that cannot be opened is a BundleError naming its model."""
-    models = {}
+def load_models(config: ServeConfig) -> tuple[dict, dict]:
+    """Open every served bundle and draft bundle once: ({name: model}, {name: its draft model}). A bundle that cannot
+    be opened is a BundleError naming its model; a draft that cannot draft for its model, an InputError."""
+    models, drafts = {}, {}
     for name, folder in config.models.items():
         try:
             models[name] = load(folder, device=config.device, threads=config.threads)
         except BundleError as exc:
             raise BundleError(f"model {name}: {exc}") from exc
-    return models
+    for name, folder in config.drafts.items():
+        if name not in models:
+            raise InputError(f"--draft {name}: no model of that name is served")
+        if models[name].manifest["task"] not in ("causal-lm", "chat"):
+            raise InputError(f"--draft {name}: model {name} is not a text decoder")
+        try:
+            drafts[name] = load(folder, device=config.device, threads=config.threads)
+            check_draft_model(drafts[name], models[name])
+        except EdgeInferError as exc:
+            raise type(exc)(f"--draft {name}: {exc}") from exc
+    return models, drafts

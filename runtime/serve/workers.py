@@ -25,9 +25,10 @@ class RequestTimeout(InputError):
 
 
 class DecoderWorker:
-    def __init__(self, name: str, model, slots: int, max_queue: int, metrics: Metrics, speculate: int = 0) -> None:
+    def __init__(self, name: str, model, slots: int, max_queue: int, metrics: Metrics, speculate: int = 0,
+                 draft=None) -> None:
         self.name, self.model, self.metrics = name, model, metrics
-        self.engine = model.engine(slots=slots, max_queue=max_queue, speculate=speculate)
+        self.engine = model.engine(slots=slots, max_queue=max_queue, speculate=speculate, draft=draft)
         self.engine.on_step = lambda rows: metrics.batch_size.labels(name).observe(rows)
         self.engine.start()
 
