@@ -1,11 +1,14 @@
-"""Speculative decoding by prompt lookup against plain greedy decoding: tokens/s on copy-heavy and random prompts.
+"""Speculative decoding against plain decoding: tokens/s on copy-heavy, random and sampled prompts.
 
-`python benchmarks/speculative.py [BUNDLE ...] [--speculate 6] [--new 64] [--repeats 3]` (default: the shipped chat
-bundle and the GPT-2-small-shaped bundle of `decode_step.py`, if built). Copy-heavy prompts repeat a passage the
-answer continues (as answering over a given text, editing or a long dialogue history do); random prompts draw ids
-uniformly; "misses" prompts repeat a few ids (so prompt lookup always finds a draft) and are continued by sampling at
-temperature 1, which almost never agrees with a draft: the cost of drafting when it does not pay. Greedy workloads
-must give identical tokens with and without drafts. One request at a time (B=1), both settings interleaved.
+`python benchmarks/speculative.py [BUNDLE ...] [--speculate 6] [--new 64] [--repeats 3] [--drafts int8 int4]`
+(default: the shipped chat bundle and the GPT-2-small-shaped bundle of `decode_step.py`, if built). Copy-heavy
+prompts repeat a passage the answer continues (as answering over a given text, editing or a long dialogue history
+do); random prompts draw ids uniformly; "misses" prompts repeat a few ids (so prompt lookup always finds a draft) and
+are continued by sampling at temperature 1, which almost never agrees with a prompt-lookup draft: the cost of
+drafting when it does not pay. Drafts come from prompt lookup, and with `--drafts` also from each named quantized
+copy of the bundle as a draft model (`quantized_quality.quantized_copy`: the same weights in int8 or int4, a
+fraction of the bytes a step reads). Greedy workloads must give identical tokens in every setting. One request at a
+time (B=1), the settings interleaved.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from quantized_quality import quantized_copy
 
 import edgeinfer
 from edgeinfer.loader import default_bundle
@@ -40,12 +44,12 @@ def workloads(model, n: int = 4) -> dict[str, tuple[list[list[int]], dict]]:
     return {"copy_heavy": (copy_heavy, GREEDY), "random": (random_ids, GREEDY), "misses": (few_ids, SAMPLED)}
 
 
-def tokens_per_s(model, prompts: list[list[int]], options: dict, speculate: int,
-                 new: int) -> tuple[float, list[list[int]]]:
+def tokens_per_s(model, prompts: list[list[int]], options: dict, speculate: int, new: int,
+                 draft=None) -> tuple[float, list[list[int]]]:
     out, start = [], time.perf_counter()
     for prompt in prompts:
         out.append(model.generate([prompt], max_new_tokens=new, min_new_tokens=new, stop_token_ids=[],
-                                  speculate=speculate, **options)[0].token_ids)
+                                  speculate=speculate, draft=draft, **options)[0].token_ids)
     return len(prompts) * new / (time.perf_counter() - start), out
 
 
@@ -55,25 +59,36 @@ def main() -> None:
     parser.add_argument("--speculate", type=int, default=6)
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--drafts", nargs="*", default=[], choices=["int8", "int4"],
+                        help="also draft with these quantized copies of each bundle")
     args = parser.parse_args()
     bundles = args.bundles or [default_bundle("chat"), *([GPT2_SMALL] if GPT2_SMALL.is_dir() else [])]
     report = {}
     for bundle in bundles:
         model = edgeinfer.load(bundle, device="cpu")
+        # a model and its draft take turns on the same cores: both open with idle threads that sleep, not spin
+        drafting = edgeinfer.load(bundle, device="cpu", allow_spinning=False)
+        # setting -> (model, speculate, draft model): plain decoding, prompt lookup, each draft bundle
+        settings = {"plain": (model, 0, None), "prompt_lookup": (model, args.speculate, None),
+                    **{f"draft_{kind}": (drafting, args.speculate,
+                                         edgeinfer.load(quantized_copy(bundle, kind), device="cpu", allow_spinning=False))
+                       for kind in args.drafts}}
         for name, (prompts, options) in workloads(model).items():
-            rates = {0: [], args.speculate: []}
+            rates = {setting: [] for setting in settings}
             for _ in range(args.repeats):
                 outputs = {}
-                for speculate, measured in rates.items():
-                    rate, outputs[speculate] = tokens_per_s(model, prompts, options, speculate, args.new)
-                    measured.append(rate)
+                for setting, (runner, speculate, draft) in settings.items():
+                    rate, outputs[setting] = tokens_per_s(runner, prompts, options, speculate, args.new, draft)
+                    rates[setting].append(rate)
                 if not options["do_sample"]:
-                    assert outputs[0] == outputs[args.speculate], "speculative greedy output differs"
-            plain, spec = statistics.median(rates[0]), statistics.median(rates[args.speculate])
-            report[f"{bundle.name}/{name}"] = {"plain_tokens_per_s": round(plain, 1),
-                                               "speculative_tokens_per_s": round(spec, 1),
-                                               "ratio": round(spec / plain, 2)}
-            print(json.dumps({f"{bundle.name}/{name}": report[f"{bundle.name}/{name}"]}), flush=True)
+                    assert all(out == outputs["plain"] for out in outputs.values()), "speculative greedy output differs"
+            plain = statistics.median(rates["plain"])
+            row = {"plain_tokens_per_s": round(plain, 1)}
+            for setting in list(settings)[1:]:
+                rate = statistics.median(rates[setting])
+                row |= {f"{setting}_tokens_per_s": round(rate, 1), f"{setting}_ratio": round(rate / plain, 2)}
+            report[f"{bundle.name}/{name}"] = row
+            print(json.dumps({f"{bundle.name}/{name}": row}), flush=True)
     print(json.dumps({"speculate": args.speculate, "new": args.new, "results": report}, indent=1))
 
 

@@ -25,16 +25,19 @@ def default_bundle(name: str) -> Path:
     return path
 
 
-def load(path: str | Path, device: str = "auto", threads: int | None = None, verify: bool | None = None):
+def load(path: str | Path, device: str = "auto", threads: int | None = None, verify: bool | None = None,
+         allow_spinning: bool | None = None):
     """Validate the bundle at `path` and open it on onnxruntime (CUDA if present and asked for, else CPU).
 
     verify: check each file's sha256 against the manifest (default: yes, unless EDGEINFER_VERIFY=0); the hashing
-    runs while the session opens.
+    runs while the session opens. allow_spinning: whether onnxruntime's idle threads spin (default: the
+    EDGEINFER_ALLOW_SPINNING variable, else the manifest's `session` block); False for models that take turns on
+    the same cores, as a main model and its draft model do.
     """
     folder, manifest = Manifest.read(path, verify=False)
     digests_match = check_digests_in_background(folder, manifest, verify)
     try:
-        model = _open(folder, manifest, device, threads)
+        model = _open(folder, manifest, device, threads, allow_spinning)
     except BundleError:
         digests_match()  # a corrupt file explains a failure to open it better than the failure does
         raise
@@ -42,12 +45,12 @@ def load(path: str | Path, device: str = "auto", threads: int | None = None, ver
     return model
 
 
-def _open(folder: Path, manifest: dict, device: str, threads: int | None):
+def _open(folder: Path, manifest: dict, device: str, threads: int | None, allow_spinning: bool | None):
     task = manifest["task"]
     if task in ("causal-lm", "chat", "xiangqi"):
         from .lm import CausalLM, decode_options
 
-        model = CausalLM(folder, manifest, device=device, threads=threads)
+        model = CausalLM(folder, manifest, device=device, threads=threads, allow_spinning=allow_spinning)
         try:  # else a bad default would load and then fail every call that does not override it, as the caller's fault
             decode_options(model)
         except InputError as exc:
@@ -57,9 +60,9 @@ def _open(folder: Path, manifest: dict, device: str, threads: int | None):
     if task == "extractive-qa":
         from .qa import Reader
 
-        return Reader(folder, manifest, device=device, threads=threads)
+        return Reader(folder, manifest, device=device, threads=threads, allow_spinning=allow_spinning)
     if task == "masked-lm":
         from .mlm import MaskedLM
 
-        return MaskedLM(folder, manifest, device=device, threads=threads)
+        return MaskedLM(folder, manifest, device=device, threads=threads, allow_spinning=allow_spinning)
     raise BundleError(f"task {task!r} has no runtime")

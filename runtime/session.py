@@ -67,13 +67,15 @@ def choose_providers(device: str = "auto") -> ProviderChoice:
     return ProviderChoice(["CPUExecutionProvider"], f"CPU: {why}")
 
 
-def open_session(model_path: Path, manifest: dict, device: str = "auto", threads: int | None = None):
+def open_session(model_path: Path, manifest: dict, device: str = "auto", threads: int | None = None,
+                 allow_spinning: bool | None = None):
     """An InferenceSession whose inputs and outputs match the manifest, or a BundleError naming the mismatch.
 
     Settings, first found wins: the caller's arguments, the EDGEINFER_THREADS and EDGEINFER_ALLOW_SPINNING ("0" or
     "1") environment variables, the manifest's `session` block (threads, allow_spinning, disabled_optimizers,
     provider_options), this module's CPU defaults. allow_spinning false makes onnxruntime's idle intra-op threads
-    sleep instead of spin: a little slower on an idle machine, far faster on one whose cores other processes use.
+    sleep instead of spin: a little slower on an idle machine, far faster on one whose cores other processes use, or
+    other sessions of this process (a main model and its draft model take turns on the same cores).
     """
     ort = onnxruntime()
 
@@ -94,7 +96,9 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     spin = os.environ.get("EDGEINFER_ALLOW_SPINNING", "")
     if spin not in ("", "0", "1"):
         raise InputError(f"EDGEINFER_ALLOW_SPINNING must be 0 or 1, got {spin!r}")
-    spin = spin == "1" if spin else settings.get("allow_spinning")
+    if allow_spinning is not None and not isinstance(allow_spinning, bool):
+        raise InputError(f"allow_spinning must be True, False or None, got {allow_spinning!r}")
+    spin = allow_spinning if allow_spinning is not None else spin == "1" if spin else settings.get("allow_spinning")
     if spin is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     on_cpu = choice.providers == ["CPUExecutionProvider"]

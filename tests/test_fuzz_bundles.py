@@ -273,7 +273,7 @@ def test_thread_counts_beyond_any_machine_are_refused(monkeypatch):
         edgeinfer.load(BUNDLES / "xiangqi", device="cpu")
 
 
-def test_spinning_follows_the_environment_then_the_manifest(monkeypatch, tmp_path):
+def test_spinning_follows_the_caller_then_the_environment_then_the_manifest(monkeypatch, tmp_path):
     def spinning(model) -> str:
         return model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
@@ -285,6 +285,9 @@ def test_spinning_follows_the_environment_then_the_manifest(monkeypatch, tmp_pat
     assert spinning(edgeinfer.load(folder, device="cpu")) == "0"
     monkeypatch.setenv("EDGEINFER_ALLOW_SPINNING", "1")
     assert spinning(edgeinfer.load(folder, device="cpu")) == "1"
+    assert spinning(edgeinfer.load(folder, device="cpu", allow_spinning=False)) == "0"
+    with pytest.raises(InputError, match="allow_spinning must be True, False or None, got 'no'"):
+        edgeinfer.load(folder, device="cpu", allow_spinning="no")
     monkeypatch.setenv("EDGEINFER_ALLOW_SPINNING", "yes")
     with pytest.raises(InputError, match="EDGEINFER_ALLOW_SPINNING must be 0 or 1, got 'yes'"):
         edgeinfer.load(folder, device="cpu")

@@ -303,3 +303,20 @@ def test_speculative_server_gives_the_librarys_greedy_text(lively_bundles, draft
 def test_drafts_that_cannot_draft_stop_the_server_before_it_starts(flags, message, capsys):
     code = main(["serve", "--model", f"chat={default_bundle('chat')}", "--device", "cpu", *flags, "--json"])
     assert code == 2 and message in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_a_served_model_and_its_draft_open_with_idle_threads_that_sleep(monkeypatch):
+    """They take turns on the same cores: spinning threads of one would hold up the other."""
+    from edgeinfer.serve.app import ServeConfig, load_models
+
+    def spinning(model) -> str | None:
+        try:
+            return model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: onnxruntime's default, spinning
+            return None
+
+    monkeypatch.delenv("EDGEINFER_ALLOW_SPINNING", raising=False)
+    chat = str(default_bundle("chat"))
+    models, drafts = load_models(ServeConfig({"chat": chat, "other": chat}, speculate=2, drafts={"chat": chat}))
+    assert spinning(models["chat"]) == spinning(drafts["chat"]) == "0" and spinning(models["other"]) != "0"
+    assert set(drafts) == {"chat"}

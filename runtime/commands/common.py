@@ -13,12 +13,13 @@ from ..loader import load
 DECODER_TASKS = ("causal-lm", "chat", "xiangqi")
 
 
-def load_for(command: str, bundle: str | Path, tasks: tuple[str, ...], device: str):
+def load_for(command: str, bundle: str | Path, tasks: tuple[str, ...], device: str,
+             allow_spinning: bool | None = None):
     """Open `bundle` for `edgeinfer COMMAND`, refusing a bundle of another task.
 
     Without this a QA bundle given to `generate` would load and then fail on a method it lacks.
     """
-    model = load(bundle, device=device)
+    model = load(bundle, device=device, allow_spinning=allow_spinning)
     task = model.manifest["task"]
     if task not in tasks:
         names = [repr(t) for t in tasks]

@@ -36,12 +36,14 @@ def token_ids(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> tuple[dict, str]:
     prompt = token_ids(args.prompt) if args.ids else args.prompt
-    model = load_for("generate", args.bundle, DECODER_TASKS, args.device)
+    if args.draft is not None and not args.speculate:
+        raise InputError("--draft needs --speculate K: the number of draft tokens verified per step")
+    # a model and its draft take turns on the same cores: idle threads that spin would hold them up
+    spinning = False if args.draft is not None else None
+    model = load_for("generate", args.bundle, DECODER_TASKS, args.device, spinning)
     options = decoding_options(args)
     if args.draft is not None:
-        if not args.speculate:
-            raise InputError("--draft needs --speculate K: the number of draft tokens verified per step")
-        options["draft"] = load_for("generate --draft", args.draft, DECODER_TASKS, args.device)
+        options["draft"] = load_for("generate --draft", args.draft, DECODER_TASKS, args.device, spinning)
     if args.speculate:
         if args.beams > 1:
             raise InputError("--speculate drafts for greedy or sampled decoding, not for beam search")

@@ -45,11 +45,13 @@ CACHE_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtyp
 class CausalLM:
     """A GPT bundle opened on an onnxruntime session."""
 
-    def __init__(self, folder: Path, manifest: dict, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, folder: Path, manifest: dict, device: str = "auto", threads: int | None = None,
+                 allow_spinning: bool | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
         with new_mappings() as session_memory:  # the weights onnxruntime allocated and prepacked (see use_huge_pages)
-            self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads)
+            self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device,
+                                                            threads, allow_spinning)
         self._session_memory = session_memory
         cfg = manifest["model"]
         self.n_layer, self.n_head, self.head_dim = cfg["n_layer"], cfg["n_head"], cfg["head_dim"]

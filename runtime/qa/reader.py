@@ -51,14 +51,16 @@ class Answer:
 class Reader:
     """An extractive-QA bundle opened on an onnxruntime session."""
 
-    def __init__(self, folder: Path, manifest: dict, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, folder: Path, manifest: dict, device: str = "auto", threads: int | None = None,
+                 allow_spinning: bool | None = None) -> None:
         if manifest["reader"] not in BACKENDS:
             raise BundleError(f"manifest reader {manifest['reader']!r} is unknown; expected one of {sorted(BACKENDS)}")
         self.folder = folder
         self.manifest = manifest
         self.defaults = manifest["qa"]
         self.features = BACKENDS[manifest["reader"]](folder, manifest)
-        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads)
+        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device,
+                                                            threads, allow_spinning)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._probe()
 

@@ -334,8 +334,9 @@ def load_models(config: ServeConfig) -> tuple[dict, dict]:
     be opened is a BundleError naming its model; a draft that cannot draft for its model, an InputError."""
     models, drafts = {}, {}
     for name, folder in config.models.items():
-        try:
-            models[name] = load(folder, device=config.device, threads=config.threads)
+        try:  # a model and its draft take turns on the same cores: idle threads that spin would hold them up
+            models[name] = load(folder, device=config.device, threads=config.threads,
+                                allow_spinning=False if name in config.drafts else None)
         except BundleError as exc:
             raise BundleError(f"model {name}: {exc}") from exc
     for name, folder in config.drafts.items():
@@ -344,7 +345,7 @@ def load_models(config: ServeConfig) -> tuple[dict, dict]:
         if models[name].manifest["task"] not in ("causal-lm", "chat"):
             raise InputError(f"--draft {name}: model {name} is not a text decoder")
         try:
-            drafts[name] = load(folder, device=config.device, threads=config.threads)
+            drafts[name] = load(folder, device=config.device, threads=config.threads, allow_spinning=False)
             check_draft_model(drafts[name], models[name])
         except EdgeInferError as exc:
             raise type(exc)(f"--draft {name}: {exc}") from exc
