@@ -68,8 +68,8 @@ def test_float32_group_query_attention_on_cuda_warns(lively_bundles, monkeypatch
 
     open_cpu = causal_lm.open_session
 
-    def cuda_session(path, manifest, device, threads):  # a CPU session, reported as a CUDA one
-        session, _ = open_cpu(path, manifest, "cpu", threads)
+    def cuda_session(path, manifest, device, threads, allow_spinning=None):  # a CPU session, reported as a CUDA one
+        session, _ = open_cpu(path, manifest, "cpu", threads, allow_spinning)
         return session, ProviderChoice(["CUDAExecutionProvider", "CPUExecutionProvider"], "pretend")
 
     monkeypatch.setattr(causal_lm, "open_session", cuda_session)
@@ -102,8 +102,8 @@ def test_a_float16_contrib_bundle_keeps_its_cache_on_cuda_without_warning(float1
 
     open_cpu = causal_lm.open_session
 
-    def cuda_session(path, manifest, device, threads):  # a CPU session, reported as a CUDA one
-        session, _ = open_cpu(path, manifest, "cpu", threads)
+    def cuda_session(path, manifest, device, threads, allow_spinning=None):  # a CPU session, reported as a CUDA one
+        session, _ = open_cpu(path, manifest, "cpu", threads, allow_spinning)
         return session, ProviderChoice(["CUDAExecutionProvider", "CPUExecutionProvider"], "pretend")
 
     monkeypatch.setattr(causal_lm, "open_session", cuda_session)
