@@ -202,3 +202,19 @@ def test_the_cli_drafts_with_a_bundle(lively_bundles, drafts, capsys):
                           (["--speculate", "2", "--beams", "2"], "not for beam search")):
         code = main(["generate", str(bundle), "--ids", "--prompt", "5 6 7", *argv, "--json"])
         assert code == 2 and message in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_the_engine_reports_each_draft_and_what_was_accepted(mains, drafts):
+    model = mains["standard"]
+    for draft, whole in ((model, True), (drafts["unrelated"], False)):
+        engine = model.engine(slots=1, capacity=64, speculate=4, draft=draft)
+        reports: list[tuple[int, int]] = []
+        engine.on_draft = lambda drafted, accepted, reports=reports: reports.append((drafted, accepted))
+        engine.submit(Request(PROMPTS[2], decode_options(model, **GREEDY)))
+        while engine.busy:
+            engine.step()
+        assert reports and all(0 <= accepted <= drafted <= 4 for drafted, accepted in reports)
+        if whole:  # every draft taken: 29 tokens after the first in 6 steps of 4 drafts and 1 of the main model's
+            assert reports == [(4, 4)] * 5 + [(3, 3)]
+        else:
+            assert sum(accepted for _, accepted in reports) == 0

@@ -289,6 +289,9 @@ def test_speculative_server_gives_the_librarys_greedy_text(lively_bundles, draft
             got = client.completions.create(model="chat", prompt=prompt, max_tokens=40, temperature=0,
                                             extra_body={"ignore_eos": True})
             assert got.choices[0].text == expected and got.usage.completion_tokens == 40
+        drafted, accepted = (_metric(server, f"edgeinfer_{name}_total", "chat") for name in ("draft_tokens",
+                                                                                              "accepted_draft_tokens"))
+        assert drafted >= accepted > 0  # greedy text that loops: drafts are taken
     finally:
         server.stop()
 

@@ -167,6 +167,7 @@ class Engine:
         self._stopping = False
         self._cancels = 0  # cancellations not yet handled by a round
         self.on_step: Callable[[int], None] | None = None  # called with the rows of each decode step (metrics)
+        self.on_draft: Callable[[int, int], None] | None = None  # with each draft's tokens and those accepted (metrics)
 
     # ------------------------------------------------------------------ any thread
     def submit(self, request: Request, sink: Callable[[StreamEvent], None] | None = None) -> Handle:
@@ -427,6 +428,8 @@ class Engine:
         for slot in running:
             handle, draft = self._slots[slot], drafts[slot]
             emitted = self._accept(slot, logits[slot], draft, events)
+            if draft.tokens and self.on_draft is not None:
+                self.on_draft(len(draft.tokens), min(emitted - 1, len(draft.tokens)) if emitted else 0)
             if self._slots[slot] is handle:  # still running: forget the drafts it did not accept
                 self.cache.rollback(slot, len(draft.tokens) + 1 - emitted)
                 if self._drafter is not None:

@@ -20,4 +20,8 @@ class Metrics:
         self.inter_token = Histogram("edgeinfer_inter_token_seconds", "gap between a request's tokens", ["model"],
                                      registry=r, buckets=LATENCY_BUCKETS)
         self.tokens = Counter("edgeinfer_generated_tokens", "tokens generated", ["model"], registry=r)
+        self.draft_tokens = Counter("edgeinfer_draft_tokens", "draft tokens verified (--speculate)", ["model"],
+                                    registry=r)
+        self.accepted_draft_tokens = Counter("edgeinfer_accepted_draft_tokens", "draft tokens accepted", ["model"],
+                                             registry=r)
         self.requests = Counter("edgeinfer_requests", "requests answered", ["endpoint", "status"], registry=r)

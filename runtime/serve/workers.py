@@ -30,7 +30,12 @@ class DecoderWorker:
         self.name, self.model, self.metrics = name, model, metrics
         self.engine = model.engine(slots=slots, max_queue=max_queue, speculate=speculate, draft=draft)
         self.engine.on_step = lambda rows: metrics.batch_size.labels(name).observe(rows)
+        self.engine.on_draft = self._count_draft
         self.engine.start()
+
+    def _count_draft(self, drafted: int, accepted: int) -> None:
+        self.metrics.draft_tokens.labels(self.name).inc(drafted)
+        self.metrics.accepted_draft_tokens.labels(self.name).inc(accepted)
 
     def encode(self, prompt) -> list[int]:
         return encode_prompt(self.model, prompt)
