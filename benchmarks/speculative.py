@@ -69,10 +69,10 @@ def main() -> None:
         # a model and its draft take turns on the same cores: both open with idle threads that sleep, not spin
         drafting = edgeinfer.load(bundle, device="cpu", allow_spinning=False)
         # setting -> (model, speculate, draft model): plain decoding, prompt lookup, each draft bundle
+        drafts = {kind: edgeinfer.load(quantized_copy(bundle, kind), device="cpu", allow_spinning=False)
+                  for kind in args.drafts}
         settings = {"plain": (model, 0, None), "prompt_lookup": (model, args.speculate, None),
-                    **{f"draft_{kind}": (drafting, args.speculate,
-                                         edgeinfer.load(quantized_copy(bundle, kind), device="cpu", allow_spinning=False))
-                       for kind in args.drafts}}
+                    **{f"draft_{kind}": (drafting, args.speculate, draft) for kind, draft in drafts.items()}}
         for name, (prompts, options) in workloads(model).items():
             rates = {setting: [] for setting in settings}
             for _ in range(args.repeats):

@@ -53,8 +53,8 @@ class MaskedLM:
             raise BundleError(f"masked-LM bundle {folder} names no {', '.join(missing)} token id in "
                               f"[0, {self.vocab_size}) (manifest special_tokens)")
         self.cls, self.sep, self.pad, self.mask = (special[t] for t in ("cls", "sep", "pad", "mask"))
-        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device,
-                                                            threads, allow_spinning)
+        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads,
+                                                        allow_spinning)
         self.token_types = "token_type_ids" in {i.name for i in self.session.get_inputs()}
         try:  # the largest input the manifest promises, so wrong model numbers fail at load, named
             self._run([[self.vocab_size - 1] * self.max_length])

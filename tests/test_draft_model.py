@@ -60,8 +60,10 @@ def _steps(model, draft, prompt: list[int], speculate: int = 4, **options) -> tu
     return handle.generated, len(steps)
 
 
-@pytest.mark.parametrize(("layout", "draft_name"),
-                         itertools.product(["standard", "contrib"], ["same", "other layout", "int8", "unrelated", "short"]))
+DRAFT_NAMES = ["same", "other layout", "int8", "unrelated", "short"]
+
+
+@pytest.mark.parametrize(("layout", "draft_name"), itertools.product(["standard", "contrib"], DRAFT_NAMES))
 def test_greedy_with_a_draft_model_equals_plain_greedy(mains, drafts, layout, draft_name):
     model = mains[layout]
     draft = {"same": model, "other layout": mains[{"standard": "contrib", "contrib": "standard"}[layout]]}.get(
@@ -198,7 +200,8 @@ def test_the_cli_drafts_with_a_bundle(lively_bundles, drafts, capsys):
                  "--speculate", "4", "--draft", str(draft), "--json"])
     assert code == 0 and json.loads(capsys.readouterr().out)["token_ids"] == expected
     for argv, message in ((["--draft", str(draft)], "--draft needs --speculate K"),
-                          (["--speculate", "2", "--draft", str(default_bundle("qa"))], "edgeinfer generate --draft needs"),
+                          (["--speculate", "2", "--draft", str(default_bundle("qa"))],
+                           "edgeinfer generate --draft needs"),
                           (["--speculate", "2", "--beams", "2"], "not for beam search")):
         code = main(["generate", str(bundle), "--ids", "--prompt", "5 6 7", *argv, "--json"])
         assert code == 2 and message in json.loads(capsys.readouterr().out)["error"]

@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     prompt = token_ids(args.prompt) if args.ids else args.prompt
     if args.draft is not None and not args.speculate:
         raise InputError("--draft needs --speculate K: the number of draft tokens verified per step")
+    if args.speculate and args.beams > 1:
+        raise InputError("--speculate drafts for greedy or sampled decoding, not for beam search")
     # a model and its draft take turns on the same cores: idle threads that spin would hold them up
     spinning = False if args.draft is not None else None
     model = load_for("generate", args.bundle, DECODER_TASKS, args.device, spinning)
@@ -45,8 +47,6 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
     if args.draft is not None:
         options["draft"] = load_for("generate --draft", args.draft, DECODER_TASKS, args.device, spinning)
     if args.speculate:
-        if args.beams > 1:
-            raise InputError("--speculate drafts for greedy or sampled decoding, not for beam search")
         options["speculate"] = args.speculate
     if args.seed is not None and not args.greedy:
         options.setdefault("do_sample", True)  # a seed asks for sampling

@@ -71,9 +71,6 @@ def run(args: argparse.Namespace) -> tuple[dict, str]:
                          speculate=args.speculate, drafts=drafts, threads=args.threads, device=args.device,
                          timeout_s=args.timeout)
     if args.ray:
-        unknown = sorted(set(config.drafts) - set(config.models))
-        if unknown:
-            raise InputError(f"--draft {unknown[0]}: no model of that name is served")
         # each replica opens the bundles: here only their manifests
         for what, name, folder in [*(("model", *item) for item in config.models.items()),
                                    *(("draft for", *item) for item in config.drafts.items())]:

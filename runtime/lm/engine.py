@@ -402,7 +402,8 @@ class Engine:
             drafts |= {slot: Draft(prompt_lookup(self._slots[slot].history, room))
                        for slot, room in rooms.items() if room > 0}
         elif any(room > 0 for room in rooms.values()):
-            drafts |= self._drafter.propose({slot: (self._slots[slot], room) for slot, room in rooms.items() if room > 0})
+            wanted = {slot: (self._slots[slot], room) for slot, room in rooms.items() if room > 0}
+            drafts |= self._drafter.propose(wanted)
         return drafts
 
     def _speculative_step(self, running: list[int], drafts: dict[int, Draft], rows: int,
@@ -428,12 +429,13 @@ class Engine:
         for slot in running:
             handle, draft = self._slots[slot], drafts[slot]
             emitted = self._accept(slot, logits[slot], draft, events)
+            accepted = max(emitted - 1, 0)  # the last token emitted is the main model's own
             if draft.tokens and self.on_draft is not None:
-                self.on_draft(len(draft.tokens), min(emitted - 1, len(draft.tokens)) if emitted else 0)
+                self.on_draft(len(draft.tokens), accepted)
             if self._slots[slot] is handle:  # still running: forget the drafts it did not accept
                 self.cache.rollback(slot, len(draft.tokens) + 1 - emitted)
                 if self._drafter is not None:
-                    self._drafter.keep(slot, accepted=emitted - 1)
+                    self._drafter.keep(slot, accepted)
                 if draft.tokens:
                     handle.draft_misses = handle.draft_misses + 1 if emitted == 1 else 0
                     handle.draft_cooldown = min(2**handle.draft_misses, MAX_DRAFT_COOLDOWN) - 1

@@ -50,8 +50,8 @@ class CausalLM:
         self.folder = folder
         self.manifest = manifest
         with new_mappings() as session_memory:  # the weights onnxruntime allocated and prepacked (see use_huge_pages)
-            self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device,
-                                                            threads, allow_spinning)
+            self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads,
+                                                            allow_spinning)
         self._session_memory = session_memory
         cfg = manifest["model"]
         self.n_layer, self.n_head, self.head_dim = cfg["n_layer"], cfg["n_head"], cfg["head_dim"]
@@ -118,8 +118,8 @@ class CausalLM:
 
         Options: max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
         stop_token_ids, stop_strings, logits_processor (defaults: the manifest's generation block), seed,
-        num_return_sequences, max_active, speculate, draft, segment_ids, reply_segment, prefix; num_beams > 1 for beam search
-        (with length_penalty, early_stopping).
+        num_return_sequences, max_active, speculate, draft, segment_ids, reply_segment, prefix; num_beams > 1 for
+        beam search (with length_penalty, early_stopping).
         """
         if not is_int(num_beams) or not 1 <= num_beams <= front_door.MAX_BATCH:
             raise InputError(f"num_beams must be an integer in [1, {front_door.MAX_BATCH}], got {num_beams!r}")

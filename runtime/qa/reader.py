@@ -59,8 +59,8 @@ class Reader:
         self.manifest = manifest
         self.defaults = manifest["qa"]
         self.features = BACKENDS[manifest["reader"]](folder, manifest)
-        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device,
-                                                            threads, allow_spinning)
+        self.session, self.providers = open_session(folder / manifest["files"]["model"], manifest, device, threads,
+                                                        allow_spinning)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._probe()
 

@@ -37,12 +37,17 @@ class ServeConfig:
     max_active: int = 16  # slots per decoder bundle
     max_queue: int = 64  # waiting requests per decoder bundle beyond which requests get 429
     speculate: int = 0  # draft tokens verified per decode step (see edgeinfer.lm.Engine)
-    drafts: dict[str, str] = field(default_factory=dict)  # served model name -> draft bundle folder (else prompt lookup)
+    drafts: dict[str, str] = field(default_factory=dict)  # served model name -> draft bundle (else prompt lookup)
     threads: int | None = None
     device: str = "auto"
     timeout_s: float = 300.0
     qa_max_wait_ms: float = 5.0
     qa_batch_chars: int = 20_000
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.drafts) - set(self.models))
+        if unknown:
+            raise InputError(f"--draft {unknown[0]}: no model of that name is served")
 
 
 class ApiError(Exception):
@@ -340,8 +345,6 @@ def load_models(config: ServeConfig) -> tuple[dict, dict]:
         except BundleError as exc:
             raise BundleError(f"model {name}: {exc}") from exc
     for name, folder in config.drafts.items():
-        if name not in models:
-            raise InputError(f"--draft {name}: no model of that name is served")
         if models[name].manifest["task"] not in ("causal-lm", "chat"):
             raise InputError(f"--draft {name}: model {name} is not a text decoder")
         try:
