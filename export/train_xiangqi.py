@@ -5,7 +5,8 @@
         [--init runtime/bundles/xiangqi]   # go on from a bundle or a model.pt (the shipped model: README's command)
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
-`edgeinfer.xiangqi.tokens`, each square's token with its control segment, `edgeinfer.xiangqi.control`; the start
+`edgeinfer.xiangqi.tokens`, each square's token with its segment, `edgeinfer.xiangqi.features`: its control, and
+whether a move from or to it gives check or mates, unless --features says less; the start
 token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
 fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each
 other both ways (a prefix LM). Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from edgeinfer.xiangqi import Board
-from edgeinfer.xiangqi.control import CONTROL_SEGMENTS, control_segments
+from edgeinfer.xiangqi.features import SEGMENTS, check_levels, feature_segments
 from edgeinfer.xiangqi.tables import FILES, RANKS
 from edgeinfer.xiangqi.tokens import (
     PIECE_OFFSET,
@@ -38,6 +39,7 @@ from edgeinfer.xiangqi.tokens import (
     VOCAB,
     oriented_move,
     oriented_squares,
+    oriented_values,
 )
 
 from .bundle_import import gpt_from_bundle
@@ -52,25 +54,28 @@ MIRRORED_TOKEN = np.arange(len(VOCAB))
 MIRRORED_TOKEN[FILE_TOKENS] = FILE_TOKENS[::-1]  # a move's file characters under the left-right mirror
 
 
-PARTS = ("squares", "labels", "wins", "seen")
+PARTS = ("squares", "labels", "wins", "seen", "checks")
 
 
 def game_positions(game: dict) -> tuple[np.ndarray, ...]:
     """Each position of a game as (squares seen from the side to move, int8 90), its label's 4 token ids, whether
     the label wins on the spot (the opponent is left without a legal move: mate, or stalemate, also a loss there),
-    and whether the position has occurred before in the game."""
+    whether the position has occurred before in the game, and its squares' check levels seen the same way
+    (`features.check_levels`, int8 90)."""
     board = Board(max_plies=None)
-    squares, labels, wins, seen = [], [], [], []
+    squares, labels, wins, seen, checks = [], [], [], [], []
     for move, label in zip(game["moves"].split(), game["labels"].split(), strict=True):
         squares.append(oriented_squares(board.squares, board.side))
         seen.append(board.repetitions() > 1)
+        checks.append(oriented_values(check_levels(board), board.side))
         labels.append([TOKEN_ID[c] for c in oriented_move(label, board.side)])
         board.push(label)
         wins.append(not board.legal_moves())
         board.pop()
         board.push(move)
     return (np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4),
-            np.array(wins, dtype=bool), np.array(seen, dtype=bool))
+            np.array(wins, dtype=bool), np.array(seen, dtype=bool),
+            np.array(checks, dtype=np.int8).reshape(-1, FILES * RANKS))
 
 
 def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...]]:
@@ -91,26 +96,36 @@ def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...
     return out
 
 
-def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, mirror: np.ndarray, control: bool = True):
-    """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments):
-    segments are the squares' control segments (None without `control`), 0 for the start token and the move."""
+def mirrored(squares: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """Per-square rows (n, 90) with the rows where `mirror` is True flipped left to right (a new array)."""
     boards = squares.reshape(-1, RANKS, FILES).copy()
     boards[mirror] = boards[mirror][:, :, ::-1]
-    boards = boards.reshape(len(squares), -1)
+    return boards.reshape(len(squares), -1)
+
+
+def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: np.ndarray, mirror: np.ndarray,
+            features: str | None = "control+checks+threats"):
+    """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments):
+    segments are the squares' segments under `features` (`edgeinfer.xiangqi.features`; None: no segments), 0 for
+    the start token and the move."""
+    boards = mirrored(squares, mirror)
     moves = np.where(mirror[:, None], MIRRORED_TOKEN[labels], labels)
     ids = np.concatenate([np.where(seen, SEEN, START)[:, None], PIECE_OFFSET + boards, moves], axis=1)
     targets = np.full(ids.shape, -100)
     targets[:, PROMPT_TOKENS - 1 : -1] = ids[:, PROMPT_TOKENS:]
     segments = None
-    if control:
+    if features:
+        levels = mirrored(checks, mirror) if "checks" in features else [None] * len(boards)
+        threats = features.endswith("threats")
         segments = np.zeros(ids.shape, dtype=np.int64)
-        segments[:, 1:PROMPT_TOKENS] = [control_segments(board.tolist()) for board in boards]
+        segments[:, 1:PROMPT_TOKENS] = [feature_segments(board.tolist(), None if level is None else level.tolist(),
+                                                         threats) for board, level in zip(boards, levels, strict=True)]
         segments = torch.from_numpy(segments)
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), segments
 
 
-def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.ndarray, batch_size: int, seed: int,
-            control: bool, win_weight: float = 1.0, seen_weight: float = 1.0):
+def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.ndarray, checks: np.ndarray,
+            batch_size: int, seed: int, features: str | None, win_weight: float = 1.0, seen_weight: float = 1.0):
     """Endless random batches, half of each mirrored. A position is drawn `win_weight` times as often as another if
     its label wins on the spot (a game has at most one such move, so mates are about 1% of positions), and
     `seen_weight` times as often if it is a repeat (the positions where going round again draws); both multiply."""
@@ -119,29 +134,31 @@ def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.
     cumulative = np.cumsum(weights / weights.sum())
     while True:
         rows = np.minimum(np.searchsorted(cumulative, rng.random(batch_size), side="right"), len(weights) - 1)
-        yield collate(squares[rows], labels[rows], seen[rows], rng.random(batch_size) < 0.5, control)
+        yield collate(squares[rows], labels[rows], seen[rows], checks[rows], rng.random(batch_size) < 0.5, features)
 
 
-def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, limit: int, control: bool,
-             batch_size: int = 512):
+def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: np.ndarray, limit: int,
+             features: str | None, batch_size: int = 512):
     """The first `limit` positions, unmirrored, in batches (validation)."""
     def run():
         for i in range(0, min(limit, len(squares)), batch_size):
             rows = slice(i, min(i + batch_size, limit))
-            yield collate(squares[rows], labels[rows], seen[rows], np.zeros(len(squares[rows]), dtype=bool), control)
+            yield collate(squares[rows], labels[rows], seen[rows], checks[rows], np.zeros(len(squares[rows]), dtype=bool),
+                          features)
     return run
 
 
 def held_out(split: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """A split's squares, labels and repeat flags: what an evaluation reads."""
-    squares, labels, _, seen = split
-    return squares, labels, seen
+    """A split's squares, labels, repeat flags and check levels: what an evaluation reads."""
+    squares, labels, _, seen, checks = split
+    return squares, labels, seen, checks
 
 
 def warm_start(model: GPT, path: Path) -> None:
     """Load a checkpoint's weights (a model.pt, or a float32 bundle folder read back by `bundle_import`) into
-    `model`; a segment table it lacks starts at zero and a `[SEEN]` token it lacks starts as a copy of the start token
-    (either way, training starts from the same function)."""
+    `model`; a segment table it lacks starts at zero, a table of fewer square features is repeated for each value of
+    the added ones (`edgeinfer.xiangqi.features`: they add multiples of the smaller table's size), and a `[SEEN]`
+    token it lacks starts as a copy of the start token (each way, training starts from the same function)."""
     if path.is_dir():
         state = gpt_from_bundle(path).state_dict()
     else:
@@ -149,6 +166,11 @@ def warm_start(model: GPT, path: Path) -> None:
     for name in ("wte.weight", "lm_head.weight"):
         if name in state and len(state[name]) == len(VOCAB) - 1:
             state[name] = torch.cat([state[name], state[name][START:START + 1]])
+    table = state.get("wse.weight")
+    if table is not None and model.wse is not None and len(table) < len(model.wse.weight):
+        copies, rest = divmod(len(model.wse.weight) - 1, len(table) - 1)
+        if not rest:  # each added feature's segments start as copies of the ones it refines
+            state["wse.weight"] = torch.cat([table[:1], table[1:].repeat(copies, 1)])
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - {"wse.weight"}:
         raise SystemExit(f"{path} does not fit this model: missing {missing}, unexpected {unexpected}")
@@ -188,13 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--causal-prompt", action="store_true",
                         help="board squares see only earlier squares (default: they see each other, a prefix LM)")
-    parser.add_argument("--no-control", action="store_true", help="squares without their control segments")
+    parser.add_argument("--features", choices=["none", *filter(None, SEGMENTS)], default="control+checks+threats",
+                        help="what each square's segment says (edgeinfer.xiangqi.features; none: no segments)")
     parser.add_argument("--win-weight", type=float, default=1.0,
                         help="draw positions whose labelled move mates (or stalemates) this many times as often")
     parser.add_argument("--seen-weight", type=float, default=1.0,
                         help="draw repeated positions (their start token is [SEEN]) this many times as often")
-    parser.add_argument("--init", type=Path, help="start from this model.pt or float32 bundle folder (a model without "
-                        "control segments: its segment table starts at zero, so training starts from the same function)")
+    parser.add_argument("--init", type=Path, help="start from this model.pt or float32 bundle folder (a model with fewer "
+                        "square features starts from the same function: see warm_start)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")
@@ -203,10 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    control = not args.no_control
+    features = None if args.features == "none" else args.features
     cfg = GPTConfig(vocab_size=len(VOCAB), n_positions=EXAMPLE_TOKENS, n_embd=args.embd, n_layer=args.layers,
                     n_head=args.heads, gelu="tanh", bidirectional_prefix=0 if args.causal_prompt else PROMPT_TOKENS,
-                    n_segments=CONTROL_SEGMENTS if control else 0)
+                    n_segments=SEGMENTS[features])
     model = GPT(cfg)
     if args.init:
         warm_start(model, args.init)
@@ -220,13 +243,13 @@ def main(argv: list[str] | None = None) -> None:
         extra = [split_positions(folder, args.workers)["train"] for folder in args.data[1:]]
         splits["train"] = tuple(np.concatenate(parts) for parts in zip(splits["train"], *extra, strict=True))
         print({name: len(parts[0]) for name, parts in splits.items()}, "positions", flush=True)
-        valid = in_order(*held_out(splits["valid"]), args.valid_positions, control)
+        valid = in_order(*held_out(splits["valid"]), args.valid_positions, features)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
                                 max_seconds=60 * args.max_minutes if args.max_minutes else None)
-        log = train(model, batches(*splits["train"], args.batch_size, args.seed, control, args.win_weight,
+        log = train(model, batches(*splits["train"], args.batch_size, args.seed, features, args.win_weight,
                                    args.seen_weight), valid, train_cfg, args.work)
-        log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, control)), 4)
+        log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, features)), 4)
         log["positions"] = {name: len(pair[0]) for name, pair in splits.items()}
         log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
@@ -237,13 +260,14 @@ def main(argv: list[str] | None = None) -> None:
             return
 
     tokenizer, vocab = args.work / "tokenizer.json", VOCAB[:model.cfg.vocab_size]
+    features = {count: name for name, count in SEGMENTS.items()}[model.cfg.n_segments]
     save_tokenizer(tokenizer, vocab)
     manifest = export_gpt_bundle(
         model, args.out, attention="standard", task="xiangqi", tokenizer_file=tokenizer,
         # a query-key mask lets move scoring feed every legal move's characters in one call (runtime/xiangqi/mover.py)
         attention_mask="query_key",
         special_tokens={"start": START, "pad": START},
-        extra={"vocab": vocab, "input": "board", **({"square_features": "control"} if model.cfg.n_segments else {}),
+        extra={"vocab": vocab, "input": "board", **({"square_features": features} if features else {}),
                "move_score": "sum of the 4 character log-probabilities of each legal move after the position's prompt",
                "training": {
             "positions": log["positions"], "steps": log.get("steps_run", log["config"]["steps"]),

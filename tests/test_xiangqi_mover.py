@@ -10,7 +10,8 @@ import pytest
 import edgeinfer
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.xiangqi import Board
-from edgeinfer.xiangqi.control import CONTROL_SEGMENTS, control_counts, control_segments
+from edgeinfer.xiangqi.control import control_counts, control_segments
+from edgeinfer.xiangqi.features import SEGMENTS, VALUE, en_prise, square_segments
 from edgeinfer.xiangqi.mover import MoveModel
 from edgeinfer.xiangqi.search import (
     MATE,
@@ -19,7 +20,7 @@ from edgeinfer.xiangqi.search import (
     move_value,
     searched_best,
 )
-from edgeinfer.xiangqi.tables import BLACK, PAWN, RED
+from edgeinfer.xiangqi.tables import BLACK, KING, PAWN, RED
 from edgeinfer.xiangqi.tokens import (
     HISTORYLESS_VOCAB,
     PIECE_OFFSET,
@@ -123,14 +124,15 @@ def test_training_examples_hold_legal_moves_mirrored_or_not():
         labels.append(legal[rng.integers(len(legal))])
         moves.append(legal[rng.integers(len(legal))])
         board.push(moves[-1])
-    squares, label_ids, _, seen = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
+    squares, label_ids, _, seen, checks = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
     for mirror in (False, True):
-        ids, targets, segments = collate(squares, label_ids, seen, np.full(len(squares), mirror))
+        ids, targets, segments = collate(squares, label_ids, seen, checks, np.full(len(squares), mirror))
         assert (targets[:, : PROMPT_TOKENS - 1] == -100).all() and (targets[:, -1] == -100).all()
         for row, row_segments in zip(ids.numpy(), segments.numpy()):
             position = Board(format_placement(list(row[1:PROMPT_TOKENS] - PIECE_OFFSET)) + " w - - 0 1", max_plies=None)
             assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in position.legal_moves()
-            assert list(row_segments[1:PROMPT_TOKENS]) == control_segments(position.squares)
+            # the check levels replayed from the game, oriented and mirrored, are the ones of the board as seen
+            assert list(row_segments[1:PROMPT_TOKENS]) == square_segments(position, "control+checks+threats")
             assert row_segments[0] == 0 and (row_segments[PROMPT_TOKENS:] == 0).all()
 
 
@@ -143,10 +145,10 @@ def test_winning_labels_are_flagged_and_drawn_as_often_as_weighted():
         moves.append(legal[rng.integers(len(legal))])
         board.push(moves[-1])
     assert len(moves) == 130 and board.is_check()
-    squares, labels, wins, seen = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    squares, labels, wins, seen, checks = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
     assert wins.tolist() == [False] * 129 + [True]
     # with weight 10 the one winning position of 130 is drawn with probability 10 / 139
-    ids, _, _ = next(batches(squares, labels, wins, seen, 20000, seed=0, control=False, win_weight=10.0))
+    ids, _, _ = next(batches(squares, labels, wins, seen, checks, 20000, seed=0, features=None, win_weight=10.0))
     share = np.mean((ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1]).all(axis=1)
                     | (ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1].reshape(10, 9)[:, ::-1].ravel()).all(axis=1))
     assert abs(share - 10 / 139) < 0.005
@@ -158,12 +160,12 @@ def test_repeated_positions_start_with_seen_in_training_and_at_run_time(movers, 
     from edgeinfer.export.train_xiangqi import batches, collate, game_positions
 
     moves = (REPEATING + " h0g2 h9g7 b0c2").split()  # positions 4-6 repeat positions 0-2
-    squares, labels, wins, seen = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    squares, labels, wins, seen, checks = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
     assert seen.tolist() == [False] * 4 + [True] * 3
-    ids, _, _ = collate(squares, labels, seen, np.zeros(len(moves), dtype=bool), control=False)
+    ids, _, _ = collate(squares, labels, seen, checks, np.zeros(len(moves), dtype=bool), features=None)
     assert ids[:, 0].tolist() == [START] * 4 + [SEEN] * 3
     # seen_weight 5: the 3 repeats of 7 positions are drawn with probability 15 / 19
-    ids, _, _ = next(batches(squares, labels, wins, seen, 20000, seed=0, control=False, seen_weight=5.0))
+    ids, _, _ = next(batches(squares, labels, wins, seen, checks, 20000, seed=0, features=None, seen_weight=5.0))
     assert abs((ids[:, 0] == SEEN).float().mean().item() - 15 / 19) < 0.01
 
     board = Board.from_moves(REPEATING)
@@ -204,15 +206,40 @@ def test_warm_start_from_the_shipped_bundle_folder_keeps_its_function():
     from edgeinfer.export.train_xiangqi import warm_start
     from edgeinfer.loader import default_bundle
 
-    shipped = gpt_from_bundle(default_bundle("xiangqi")).eval()
+    folder = default_bundle("xiangqi")
+    shipped = gpt_from_bundle(folder).eval()
     new = GPT(GPTConfig(**{**shipped.cfg.to_dict(), "vocab_size": len(VOCAB)})).eval()
-    warm_start(new, default_bundle("xiangqi"))
+    warm_start(new, folder)
     board = Board.from_moves(REPEATING)
     prompt = torch.tensor([board_tokens(board.squares, board.side) + move_tokens("h2e2")])
-    segments = torch.tensor([[0, *control_segments(oriented_squares(board.squares, board.side)), 0, 0, 0, 0]])
+    features = MoveModel(edgeinfer.load(folder)).features
+    segments = torch.tensor([[0, *square_segments(board, features), 0, 0, 0, 0]])
     with torch.no_grad():
         reference = shipped.training_logits(prompt, segments)
-        assert torch.equal(new.training_logits(prompt, segments)[..., : len(HISTORYLESS_VOCAB)], reference)
+        assert torch.equal(new.training_logits(prompt, segments)[..., : shipped.cfg.vocab_size], reference)
+
+
+@pytest.mark.parametrize("before, after", [("control", "control+checks"), ("control", "control+checks+threats"),
+                                           ("control+checks", "control+checks+threats")])
+def test_warm_start_from_fewer_square_features_keeps_its_function(before, after, tmp_path):
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.train_xiangqi import warm_start
+
+    config = {"vocab_size": len(VOCAB), "n_positions": PROMPT_TOKENS + 4, "n_embd": 16, "n_layer": 1, "n_head": 2,
+              "bidirectional_prefix": PROMPT_TOKENS}
+    torch.manual_seed(4)
+    old = GPT(GPTConfig(**config, n_segments=SEGMENTS[before])).eval()
+    torch.save({"config": old.cfg.to_dict(), "state_dict": old.state_dict()}, tmp_path / "model.pt")
+    new = GPT(GPTConfig(**config, n_segments=SEGMENTS[after])).eval()
+    warm_start(new, tmp_path / "model.pt")
+    board = next(board for seed in range(40) if (board := _random_game(40, seed)).checking_moves())
+    segments = square_segments(board, after)
+    assert max(segments) >= SEGMENTS[before]  # the added features are in force on this board
+    prompt = torch.tensor([board_tokens(board.squares, board.side) + move_tokens("h2e2")])
+    with torch.no_grad():
+        reference = old.training_logits(prompt, torch.tensor([[0, *square_segments(board, before), 0, 0, 0, 0]]))
+        got = new.training_logits(prompt, torch.tensor([[0, *segments, 0, 0, 0, 0]]))
+    assert torch.allclose(got, reference, atol=1e-6)
 
 
 def test_a_bundle_of_another_prompt_is_refused(tmp_path):
@@ -313,18 +340,19 @@ def _most_repetitions(board: Board, plies: int):
 # ---------------------------------------------------------------- the board prompt read both ways (a prefix LM)
 @pytest.fixture(scope="module")
 def prefix_lm(tmp_path_factory):
-    """A torch GPT whose 91 prompt tokens see each other and carry their squares' control segments, and its bundle."""
+    """A torch GPT whose 91 prompt tokens see each other and carry their squares' segments (control, check levels and
+    threats), and its bundle."""
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle
 
     torch.manual_seed(5)
     model = GPT(GPTConfig(vocab_size=len(VOCAB), n_positions=PROMPT_TOKENS + 4, n_embd=32, n_layer=2, n_head=4,
-                          bidirectional_prefix=PROMPT_TOKENS, n_segments=CONTROL_SEGMENTS))
+                          bidirectional_prefix=PROMPT_TOKENS, n_segments=SEGMENTS["control+checks+threats"]))
     for p in model.parameters():
         p.data.mul_(3)
     path = tmp_path_factory.mktemp("xq") / "prefix"
     export_gpt_bundle(model.eval(), path, attention="standard", attention_mask="query_key", task="xiangqi",
-                      extra={"input": "board", "vocab": VOCAB, "square_features": "control"})
+                      extra={"input": "board", "vocab": VOCAB, "square_features": "control+checks+threats"})
     return model, edgeinfer.load(path, device="cpu")
 
 
@@ -334,7 +362,7 @@ def torch_scores(model, board: Board, prefix: int) -> dict[str, float]:
     prompt = board_tokens(board.squares, board.side)
     ids = torch.tensor([prompt + move_tokens(oriented_move(move, board.side)) for move in moves])
     segments = torch.zeros_like(ids)
-    segments[:, 1:PROMPT_TOKENS] = torch.tensor(control_segments(oriented_squares(board.squares, board.side)))
+    segments[:, 1:PROMPT_TOKENS] = torch.tensor(square_segments(board, "control+checks+threats"))
     model.cfg.bidirectional_prefix, kept = prefix, model.cfg.bidirectional_prefix
     try:
         with torch.no_grad():
@@ -387,12 +415,48 @@ def test_control_counts_equal_the_move_generator(plies, seed):
     assert control_segments(oriented) == [1 + 3 * min(a, 2) + min(b, 2) for a, b in zip(own, other)]
 
 
+def en_prise_reference(squares: list[int]) -> list[int]:
+    """Pieces (not kings) of a board seen from the side to move that the other side can capture, by the rules' own
+    move generator: with no defender (`control_reference`), or a capturer of lower VALUE."""
+    board, flags = Board(), []
+    for target, piece in enumerate(squares):
+        owner = RED if piece > 0 else BLACK
+        board.squares, board.side = list(squares), -owner
+        capturers = [abs(squares[m >> 7]) for m in board._pseudo_moves() if m & 127 == target]
+        if not piece or abs(piece) == KING or not capturers:
+            flags.append(0)
+            continue
+        crossed = abs(piece) == PAWN and (target // 9 >= 5) == (owner == RED)
+        value = VALUE[abs(piece)] * (2 if crossed else 1)
+        defended = control_reference(squares, owner)[target] > 0
+        flags.append(int(not defended or min(VALUE[k] for k in capturers) < value))
+    return flags
+
+
+@pytest.mark.parametrize("plies, seed", [(12, 6), (40, 7), (90, 8), (120, 9)])
+def test_en_prise_equals_the_move_generator(plies, seed):
+    board = _random_game(plies, seed)
+    oriented = oriented_squares(board.squares, board.side)
+    flags = en_prise(oriented)
+    assert flags == en_prise_reference(oriented)
+    segments = square_segments(board, "control+checks+threats")
+    checks = square_segments(board, "control+checks")
+    assert segments == [c + 27 * f for c, f in zip(checks, flags)]
+    assert max(segments) < SEGMENTS["control+checks+threats"]
+
+
+def test_en_prise_flags_met_in_play():
+    flagged = sum(sum(en_prise(oriented_squares(b.squares, b.side))) for b in map(_random_game, [20, 40, 60], [1, 2, 3]))
+    assert flagged >= 3  # random play leaves pieces en prise: the reference comparison above sees both answers
+
+
 def test_a_bundle_with_unknown_square_features_is_refused(prefix_lm, tmp_path):
     import json
     import shutil
 
     _, bundle = prefix_lm
-    for features, message in (("attacks", "'square_features' is 'attacks'"), (None, "needs model.n_segments 10")):
+    for features, message in (("attacks", "'square_features' is 'attacks'"), (None, "None needs model.n_segments 0"),
+                              ("control", "'control' needs model.n_segments 10")):
         folder = tmp_path / str(features)
         shutil.copytree(bundle.folder, folder)
         manifest = json.loads((folder / "manifest.json").read_text())

@@ -110,6 +110,20 @@ def test_legal_moves_and_check_match_pyffish() -> None:
     assert checks >= 20  # the comparison covers positions in check, not only quiet ones
 
 
+def test_checking_moves_match_pyffish() -> None:
+    sf = pytest.importorskip("pyffish")
+    checks, mates = 0, 0
+    for fen in fixture_fens()[::16]:
+        expected = {}
+        for move in Board(fen).legal_moves():
+            uci = iccs_to_uci(move)
+            if sf.gives_check("xiangqi", fen, [uci]):
+                expected[move] = not sf.legal_moves("xiangqi", fen, [uci])
+        assert Board(fen).checking_moves() == expected, fen
+        checks, mates = checks + len(expected), mates + sum(expected.values())
+    assert checks >= 100 and mates >= 3  # checks and mates both met
+
+
 def test_no_legal_move_outcomes_match_pyffish() -> None:
     sf = pytest.importorskip("pyffish")
     reasons = set()

@@ -72,9 +72,12 @@ def make_requests(model, prompts: Sequence, options: DecodeOptions, seed=None, n
             for i, ids in enumerate(encoded) for k in range(num_return_sequences)]
 
 
+def _segment_count(model) -> int:
+    return model.manifest["model"].get("n_segments") or 1
+
+
 def _segment_ok(model, segment: int) -> bool:
-    n = model.manifest["model"].get("n_segments") or 1
-    return 0 <= segment < n
+    return 0 <= segment < _segment_count(model)
 
 
 def check_prefix(model, prefix) -> None:
@@ -95,7 +98,8 @@ def _segments(model, segment_ids, encoded: list[list[int]]) -> list[list[int] | 
     segments = [list(s) for s in segment_ids]
     if len(segments) != len(encoded) or any(len(s) != len(e) for s, e in zip(segments, encoded)):
         raise InputError("segment_ids must give one segment id per prompt token")
-    if not all(is_int(t) and _segment_ok(model, t) for row in segments for t in row):
+    n = _segment_count(model)
+    if not all(is_int(t) and 0 <= t < n for row in segments for t in row):
         raise InputError("segment_ids hold a value that is not a segment id of this model")
     return segments
 

@@ -32,7 +32,7 @@ class DecodeOptions:
 
 
 def is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    return type(value) is int or isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def is_number(value) -> bool:

@@ -310,6 +310,16 @@ class Board:
         """All legal moves for the side to move, as sorted ICCS strings."""
         return sorted(format_move(m) for m in self._legal())
 
+    def checking_moves(self) -> dict[str, bool]:
+        """The legal moves that give check, each with whether it mates (leaves the opponent no legal move)."""
+        found = {}
+        for m in self._legal():
+            self._make(m)
+            if self._in_check:
+                found[format_move(m)] = not self._legal()
+            self._unmake()
+        return found
+
     # ---- make / unmake ---------------------------------------------------------
 
     def _make(self, m: int) -> None:

@@ -9,6 +9,8 @@ as the prompt token's segment: a free capture or a hanging piece is then one squ
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from .tables import (
     ADVISOR,
     ADVISOR_MOVES,
@@ -30,9 +32,8 @@ from .tables import (
 CONTROL_SEGMENTS = 10  # segment 0: tokens that are not squares; 1 + 3 * own + other: a square (counts capped at 2)
 
 
-def control_counts(squares: list[int], side: int) -> list[int]:
-    """For each square, how many of `side`'s pieces control it."""
-    counts = [0] * SQUARES
+def controls(squares: list[int], side: int) -> Iterator[tuple[int, int]]:
+    """(square, piece kind) for each square each of `side`'s pieces controls."""
     for s in range(SQUARES):
         kind = squares[s] * side
         if kind <= 0:
@@ -40,7 +41,7 @@ def control_counts(squares: list[int], side: int) -> list[int]:
         if kind == ROOK:
             for ray in RAYS[s]:
                 for t in ray:
-                    counts[t] += 1
+                    yield t, kind
                     if squares[t]:
                         break
         elif kind == CANNON:
@@ -48,7 +49,7 @@ def control_counts(squares: list[int], side: int) -> list[int]:
                 screened = False
                 for t in ray:
                     if screened:
-                        counts[t] += 1
+                        yield t, kind
                         if squares[t]:
                             break
                     elif squares[t]:
@@ -56,14 +57,21 @@ def control_counts(squares: list[int], side: int) -> list[int]:
         elif kind == HORSE:
             for t, leg in HORSE_MOVES[s]:
                 if squares[leg] == 0:
-                    counts[t] += 1
+                    yield t, kind
         elif kind == ELEPHANT:
             for t, eye in ELEPHANT_MOVES[s]:
                 if squares[eye] == 0:
-                    counts[t] += 1
+                    yield t, kind
         else:
             for t in PAWN_MOVES[side][s] if kind == PAWN else ADVISOR_MOVES[s] if kind == ADVISOR else KING_MOVES[s]:
-                counts[t] += 1
+                yield t, kind
+
+
+def control_counts(squares: list[int], side: int) -> list[int]:
+    """For each square, how many of `side`'s pieces control it."""
+    counts = [0] * SQUARES
+    for t, _ in controls(squares, side):
+        counts[t] += 1
     return counts
 
 

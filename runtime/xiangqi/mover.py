@@ -1,9 +1,9 @@
 """Move choice with the Xiangqi GPT: every legal move scored exactly, in one forward call.
 
 A move's score is the sum of the log-probabilities of its 4 ICCS characters after the position's prompt (the
-board seen from the side to move, `tokens.board_tokens`, with each square's control segment, `control.py`, when the
-manifest's `square_features` is "control", and its start token saying whether the position is a repeat, when the
-bundle's vocabulary has `[SEEN]`). The prompt is run once and the legal moves are scored
+board seen from the side to move, `tokens.board_tokens`, with each square's segment, `features.py`, when the
+manifest names `square_features`, and its start token saying whether the position is a repeat, when the bundle's
+vocabulary has `[SEEN]`). The prompt is run once and the legal moves are scored
 together as its candidate continuations (`CausalLM.score`: a tree of shared characters, one call with the query-key
 mask). Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
 rules, which see all of it, have the last word on repetitions: a move that would lose the game at once (a perpetual
@@ -19,14 +19,13 @@ import numpy as np
 from ..errors import BundleError, InputError
 from ..lm.options import is_number
 from .board import REPETITION_COUNT, Board
-from .control import CONTROL_SEGMENTS, control_segments
+from .features import SEGMENTS, square_segments
 from .tokens import (
     HISTORYLESS_VOCAB,
     VOCAB,
     board_tokens,
     move_tokens,
     oriented_move,
-    oriented_squares,
 )
 
 
@@ -49,23 +48,23 @@ class MoveModel:
             why = f"manifest 'input' is {manifest.get('input')!r}, not 'board'"
         elif manifest.get("vocab") not in (VOCAB, HISTORYLESS_VOCAB):
             why = f"manifest 'vocab' is not the board prompt's {len(VOCAB)} tokens (or the first {len(VOCAB) - 1})"
-        elif features not in (None, "control"):
-            why = f"manifest 'square_features' is {features!r}, not 'control' or absent"
-        elif segments != (CONTROL_SEGMENTS if features == "control" else 0):
-            why = (f"model.n_segments is {segments}: square_features 'control' needs model.n_segments "
-                   f"{CONTROL_SEGMENTS}, and nothing else gives the squares segments")
+        elif features not in SEGMENTS:
+            why = f"manifest 'square_features' is {features!r}, not one of {sorted(filter(None, SEGMENTS))} or absent"
+        elif segments != SEGMENTS[features]:
+            why = (f"model.n_segments is {segments}: square_features {features!r} needs model.n_segments "
+                   f"{SEGMENTS[features]}")
         else:
             why = None
         if why:
             raise BundleError(f"bundle {model.folder}: its model does not read the board prompt of this runtime "
                               f"({why}); retrain it with python -m edgeinfer.export.train_xiangqi")
         self.model = model
-        self.control = model.uses_segments  # each square's prompt token carries its control segment
+        self.features = features  # what each square's prompt token carries as its segment (None: nothing)
         self.reads_repeats = manifest["vocab"] == VOCAB  # a repeated position starts with [SEEN]
 
     def prompt(self, board: Board) -> tuple[list[int], list[int] | None]:
-        """The position's prompt as this bundle reads it: its tokens, and their segments (None without control)."""
-        segments = [0, *control_segments(oriented_squares(board.squares, board.side))] if self.control else None
+        """The position's prompt as this bundle reads it: its tokens, and their segments (None without features)."""
+        segments = [0, *square_segments(board, self.features)] if self.features else None
         return board_tokens(board.squares, board.side, self.reads_repeats and board.repetitions() > 1), segments
 
     def score(self, board: Board) -> list[ScoredMove]:

@@ -30,11 +30,17 @@ TOKEN_ID = {symbol: i for i, symbol in enumerate(VOCAB)}
 PROMPT_TOKENS = 1 + FILES * RANKS
 
 
+def oriented_values(values: list[int], side: int) -> list[int]:
+    """Per-square values in the order `side` sees the board (a new list): its back rank first."""
+    if side != BLACK:
+        return list(values)
+    return [values[(RANKS - 1 - sq // FILES) * FILES + sq % FILES] for sq in range(FILES * RANKS)]
+
+
 def oriented_squares(squares: list[int], side: int) -> list[int]:
     """The 90 square contents seen from `side` (a new list): its own pieces positive, its back rank first."""
-    if side != BLACK:
-        return list(squares)
-    return [-squares[(RANKS - 1 - sq // FILES) * FILES + sq % FILES] for sq in range(FILES * RANKS)]
+    oriented = oriented_values(squares, side)
+    return oriented if side != BLACK else [-piece for piece in oriented]
 
 
 def board_tokens(squares: list[int], side: int, seen: bool = False) -> list[int]:

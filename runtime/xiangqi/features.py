@@ -1,0 +1,89 @@
+"""What the move model's prompt says about each square beyond its piece: its segment, by the manifest's
+`square_features`.
+
+- "control": how many pieces of each side control the square (`control.py`), segments 1-9.
+- "control+checks": that, plus whether a legal move of the side to move from or to the square gives check (+9) or
+  mates (+18), segments 1-27.
+- "control+checks+threats": that, plus whether the piece on the square (either side's, not a king) is en prise (+27):
+  attacked, and undefended or attacked by a piece worth less; segments 1-54.
+All are facts of the rules, found by the same move generator that keeps the model's output legal; which move to play
+stays the model's choice: it learns from the engine's moves what a check, a mate or a piece en prise is worth, as it
+learns what control means. Segment 0 is every token that is not a square (the start token and the move's characters).
+"""
+
+from __future__ import annotations
+
+from .board import Board
+from .control import CONTROL_SEGMENTS, control_segments, controls
+from .notation import parse_move
+from .tables import (
+    ADVISOR,
+    BLACK,
+    CANNON,
+    ELEPHANT,
+    HORSE,
+    KING,
+    PAWN,
+    RED,
+    ROOK,
+    SQUARES,
+)
+from .tokens import oriented_squares, oriented_values
+
+CHECK, MATE = 1, 2
+LEVELS = CONTROL_SEGMENTS - 1  # segments per check level
+SEGMENTS = {None: 0, "control": CONTROL_SEGMENTS, "control+checks": 1 + 3 * LEVELS,
+            "control+checks+threats": 1 + 6 * LEVELS}
+VALUE = {ADVISOR: 4, ELEPHANT: 4, HORSE: 8, ROOK: 18, CANNON: 9, PAWN: 2, KING: 1000}  # half pawns (king: never less)
+RIVER = SQUARES // 2  # the first square of the other side's half, seen from red
+
+
+def check_levels(board: Board) -> list[int]:
+    """For each square (board order): MATE if a legal move from or to it mates, else CHECK if one gives check, else 0.
+    An own piece's square says what its moves do; any other square what the moves landing on it do."""
+    levels = [0] * SQUARES
+    for move, mates in board.checking_moves().items():
+        level, m = MATE if mates else CHECK, parse_move(move)
+        for square in (m >> 7, m & 127):
+            levels[square] = max(levels[square], level)
+    return levels
+
+
+def cheapest_controller(squares: list[int], side: int) -> list[int]:
+    """For each square, the VALUE of the cheapest of `side`'s pieces that control it (0: none)."""
+    cheapest = [0] * SQUARES
+    for square, kind in controls(squares, side):
+        if not cheapest[square] or VALUE[kind] < cheapest[square]:
+            cheapest[square] = VALUE[kind]
+    return cheapest
+
+
+def en_prise(oriented: list[int]) -> list[int]:
+    """1 for each piece but a king (either side's, on a board seen from the side to move) that its opponent attacks
+    while it is undefended or worth more than the cheapest attacker; else 0. A pawn across the river is worth 2."""
+    cheapest = {RED: cheapest_controller(oriented, RED), BLACK: cheapest_controller(oriented, BLACK)}
+    flags = [0] * SQUARES
+    for square, piece in enumerate(oriented):
+        kind, owner = abs(piece), RED if piece > 0 else BLACK
+        if not piece or kind == KING or not (attacker := cheapest[-owner][square]):
+            continue
+        value = VALUE[kind] * (2 if kind == PAWN and (square >= RIVER) == (owner == RED) else 1)
+        flags[square] = int(not cheapest[owner][square] or attacker < value)
+    return flags
+
+
+def feature_segments(oriented: list[int], levels: list[int] | None, threats: bool = False) -> list[int]:
+    """The 90 squares' segments of a board seen from the side to move (`tokens.oriented_squares`), with the check
+    levels seen the same way (`tokens.oriented_values`; None for "control") and, with `threats`, the en prise flags."""
+    segments = control_segments(oriented)
+    if levels is not None:
+        segments = [segment + LEVELS * level for segment, level in zip(segments, levels, strict=True)]
+    if threats:
+        segments = [segment + 3 * LEVELS * flag for segment, flag in zip(segments, en_prise(oriented), strict=True)]
+    return segments
+
+
+def square_segments(board: Board, features: str) -> list[int]:
+    """The 90 squares' segments of the position's prompt under `features` (a key of SEGMENTS other than None)."""
+    levels = oriented_values(check_levels(board), board.side) if "checks" in features else None
+    return feature_segments(oriented_squares(board.squares, board.side), levels, features.endswith("threats"))
