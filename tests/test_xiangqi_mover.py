@@ -456,6 +456,7 @@ def test_a_bundle_with_unknown_square_features_is_refused(prefix_lm, tmp_path):
 
     _, bundle = prefix_lm
     for features, message in (("attacks", "'square_features' is 'attacks'"), (None, "None needs model.n_segments 0"),
+                              (["control"], r"'square_features' is \['control'\]"),
                               ("control", "'control' needs model.n_segments 10")):
         folder = tmp_path / str(features)
         shutil.copytree(bundle.folder, folder)

@@ -48,7 +48,7 @@ class MoveModel:
             why = f"manifest 'input' is {manifest.get('input')!r}, not 'board'"
         elif manifest.get("vocab") not in (VOCAB, HISTORYLESS_VOCAB):
             why = f"manifest 'vocab' is not the board prompt's {len(VOCAB)} tokens (or the first {len(VOCAB) - 1})"
-        elif features not in SEGMENTS:
+        elif not (features is None or isinstance(features, str)) or features not in SEGMENTS:
             why = f"manifest 'square_features' is {features!r}, not one of {sorted(filter(None, SEGMENTS))} or absent"
         elif segments != SEGMENTS[features]:
             why = (f"model.n_segments is {segments}: square_features {features!r} needs model.n_segments "
