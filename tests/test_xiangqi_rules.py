@@ -124,6 +124,23 @@ def test_checking_moves_match_pyffish() -> None:
     assert checks >= 100 and mates >= 3  # checks and mates both met
 
 
+def test_checking_moves_equal_playing_each_move() -> None:
+    rng, positions = random.Random(3), 0
+    for _ in range(12):
+        board = Board(max_plies=None)
+        while (moves := board.legal_moves()) and positions < 1500:
+            expected = {}
+            for move in moves:
+                board.push(move)
+                if board.is_check():
+                    expected[move] = not board.legal_moves()
+                board.pop()
+            assert board.checking_moves() == expected, board.fen()
+            positions += 1
+            board.push(rng.choice(moves))
+    assert positions == 1500
+
+
 def test_no_legal_move_outcomes_match_pyffish() -> None:
     sf = pytest.importorskip("pyffish")
     reasons = set()

@@ -51,7 +51,12 @@ class ContinuationScorer:
     def _tree(self, prefix: Prefix, candidates: np.ndarray) -> np.ndarray:
         """Every distinct proper prefix of the candidates as one row of tokens under a tree mask: one call."""
         length = candidates.shape[1]
-        levels = [np.unique(candidates[:, :depth], axis=0, return_inverse=True) for depth in range(1, length)]
+        levels, parent, base = [], np.zeros(len(candidates), dtype=np.int64), int(candidates.max()) + 1
+        for depth in range(1, length):  # a node is (its parent node, its last token): one integer key, kept small
+            _, first, inverse = np.unique(parent * base + candidates[:, depth - 1], return_index=True,
+                                          return_inverse=True)
+            levels.append((candidates[first, :depth], inverse))
+            parent = inverse
         first = np.cumsum([0] + [len(nodes) for nodes, _ in levels])  # index of each level's first node
         node = [first[d] + inverse.reshape(-1) for d, (_, inverse) in enumerate(levels)]  # per candidate, per level
         count, cache = int(first[-1]), prefix.cache

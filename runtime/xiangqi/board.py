@@ -312,8 +312,15 @@ class Board:
 
     def checking_moves(self) -> dict[str, bool]:
         """The legal moves that give check, each with whether it mates (leaves the opponent no legal move)."""
-        found = {}
+        king, sq, found = self.kings[-self.side], self.squares, {}
+        from_sens, to_sens = FROM_SENSITIVE[king], TO_SENSITIVE[king]
         for m in self._legal():
+            fr, to = m >> 7, m & 127
+            # a check comes along the king's rank or file (landing there, or a line or cannon screen changed by
+            # leaving), through a horse leg left free, or from a horse landing a horse's move away
+            if not (from_sens[fr] or to_sens[to] or sq[fr] * self.side == HORSE
+                    and any(h == to for h, _ in HORSE_ATTACKERS[king])):
+                continue
             self._make(m)
             if self._in_check:
                 found[format_move(m)] = not self._legal()
