@@ -5,9 +5,9 @@
         [--init runtime/bundles/xiangqi]   # go on from a bundle or a model.pt (the shipped model: README's command)
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
-`edgeinfer.xiangqi.tokens`, each square's token with its segment, `edgeinfer.xiangqi.features`: its control, and
-whether a move from or to it gives check or mates, unless --features says less; the start
-token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
+`edgeinfer.xiangqi.tokens`, each square's token with its segment, `edgeinfer.xiangqi.features`: its control,
+whether a move from or to it gives check or mates, and whether its piece is en prise, unless --features says less; the
+start token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
 fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each
 other both ways (a prefix LM). Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
 the game. Positions come from every game of the train split (`xiangqi_data.split_of`) of each --data folder (the engine's games,
@@ -115,11 +115,10 @@ def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: n
     targets[:, PROMPT_TOKENS - 1 : -1] = ids[:, PROMPT_TOKENS:]
     segments = None
     if features:
-        levels = mirrored(checks, mirror) if "checks" in features else [None] * len(boards)
-        threats = features.endswith("threats")
+        levels = mirrored(checks, mirror)
         segments = np.zeros(ids.shape, dtype=np.int64)
-        segments[:, 1:PROMPT_TOKENS] = [feature_segments(board.tolist(), None if level is None else level.tolist(),
-                                                         threats) for board, level in zip(boards, levels, strict=True)]
+        segments[:, 1:PROMPT_TOKENS] = [feature_segments(board.tolist(), features, level.tolist())
+                                        for board, level in zip(boards, levels, strict=True)]
         segments = torch.from_numpy(segments)
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), segments
 

@@ -72,13 +72,14 @@ def en_prise(oriented: list[int]) -> list[int]:
     return flags
 
 
-def feature_segments(oriented: list[int], levels: list[int] | None, threats: bool = False) -> list[int]:
-    """The 90 squares' segments of a board seen from the side to move (`tokens.oriented_squares`), with the check
-    levels seen the same way (`tokens.oriented_values`; None for "control") and, with `threats`, the en prise flags."""
+def feature_segments(oriented: list[int], features: str, levels: list[int] | None = None) -> list[int]:
+    """The 90 squares' segments under `features` (a key of SEGMENTS other than None) of a board seen from the side to
+    move (`tokens.oriented_squares`), with its check levels seen the same way (`tokens.oriented_values`; read only
+    when `features` has checks)."""
     segments = control_segments(oriented)
-    if levels is not None:
+    if "checks" in features:
         segments = [segment + LEVELS * level for segment, level in zip(segments, levels, strict=True)]
-    if threats:
+    if features.endswith("threats"):
         segments = [segment + 3 * LEVELS * flag for segment, flag in zip(segments, en_prise(oriented), strict=True)]
     return segments
 
@@ -86,4 +87,4 @@ def feature_segments(oriented: list[int], levels: list[int] | None, threats: boo
 def square_segments(board: Board, features: str) -> list[int]:
     """The 90 squares' segments of the position's prompt under `features` (a key of SEGMENTS other than None)."""
     levels = oriented_values(check_levels(board), board.side) if "checks" in features else None
-    return feature_segments(oriented_squares(board.squares, board.side), levels, features.endswith("threats"))
+    return feature_segments(oriented_squares(board.squares, board.side), features, levels)
