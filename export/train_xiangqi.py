@@ -6,7 +6,8 @@
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
 `edgeinfer.xiangqi.tokens`, each square's token with its segment, `edgeinfer.xiangqi.features`: its control,
-whether a move from or to it gives check or mates, and whether its piece is en prise, unless --features says less; the
+whether a move from or to it gives check or mates, whether its piece is en prise and the cheapest enemy piece that
+controls it, unless --features says less; the
 start token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
 fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each
 other both ways (a prefix LM). Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
@@ -104,7 +105,7 @@ def mirrored(squares: np.ndarray, mirror: np.ndarray) -> np.ndarray:
 
 
 def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: np.ndarray, mirror: np.ndarray,
-            features: str | None = "control+checks+threats"):
+            features: str | None = "control+checks+threats+attackers"):
     """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments):
     segments are the squares' segments under `features` (`edgeinfer.xiangqi.features`; None: no segments), 0 for
     the start token and the move."""
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--causal-prompt", action="store_true",
                         help="board squares see only earlier squares (default: they see each other, a prefix LM)")
-    parser.add_argument("--features", choices=["none", *filter(None, SEGMENTS)], default="control+checks+threats",
+    parser.add_argument("--features", choices=["none", *filter(None, SEGMENTS)], default="control+checks+threats+attackers",
                         help="what each square's segment says (edgeinfer.xiangqi.features; none: no segments)")
     parser.add_argument("--win-weight", type=float, default=1.0,
                         help="draw positions whose labelled move mates (or stalemates) this many times as often")

@@ -10,8 +10,15 @@ import pytest
 import edgeinfer
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.xiangqi import Board
-from edgeinfer.xiangqi.control import control_counts, control_segments
-from edgeinfer.xiangqi.features import SEGMENTS, VALUE, en_prise, square_segments
+from edgeinfer.xiangqi.control import control_segments
+from edgeinfer.xiangqi.features import (
+    ATTACKER_CLASS,
+    SEGMENTS,
+    VALUE,
+    controllers,
+    en_prise,
+    square_segments,
+)
 from edgeinfer.xiangqi.mover import MoveModel
 from edgeinfer.xiangqi.search import (
     MATE,
@@ -79,6 +86,7 @@ def rerun_scores(model, board: Board) -> dict[str, float]:
     return {move: float(chosen[i].sum()) for i, move in enumerate(moves)}
 
 
+FEATURES = "control+checks+threats+attackers"  # what train_xiangqi gives each square by default
 # 4 plies of knights out and back: the start position again, its prompt led by [SEEN]
 REPEATING = "h0g2 h9g7 g2h0 g7h9"
 
@@ -132,7 +140,7 @@ def test_training_examples_hold_legal_moves_mirrored_or_not():
             position = Board(format_placement(list(row[1:PROMPT_TOKENS] - PIECE_OFFSET)) + " w - - 0 1", max_plies=None)
             assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in position.legal_moves()
             # the check levels replayed from the game, oriented and mirrored, are the ones of the board as seen
-            assert list(row_segments[1:PROMPT_TOKENS]) == square_segments(position, "control+checks+threats")
+            assert list(row_segments[1:PROMPT_TOKENS]) == square_segments(position, FEATURES)
             assert row_segments[0] == 0 and (row_segments[PROMPT_TOKENS:] == 0).all()
 
 
@@ -220,7 +228,8 @@ def test_warm_start_from_the_shipped_bundle_folder_keeps_its_function():
 
 
 @pytest.mark.parametrize("before, after", [("control", "control+checks"), ("control", "control+checks+threats"),
-                                           ("control+checks", "control+checks+threats")])
+                                           ("control+checks", "control+checks+threats"), ("control", FEATURES),
+                                           ("control+checks+threats", FEATURES)])
 def test_warm_start_from_fewer_square_features_keeps_its_function(before, after, tmp_path):
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.train_xiangqi import warm_start
@@ -347,12 +356,12 @@ def prefix_lm(tmp_path_factory):
 
     torch.manual_seed(5)
     model = GPT(GPTConfig(vocab_size=len(VOCAB), n_positions=PROMPT_TOKENS + 4, n_embd=32, n_layer=2, n_head=4,
-                          bidirectional_prefix=PROMPT_TOKENS, n_segments=SEGMENTS["control+checks+threats"]))
+                          bidirectional_prefix=PROMPT_TOKENS, n_segments=SEGMENTS[FEATURES]))
     for p in model.parameters():
         p.data.mul_(3)
     path = tmp_path_factory.mktemp("xq") / "prefix"
     export_gpt_bundle(model.eval(), path, attention="standard", attention_mask="query_key", task="xiangqi",
-                      extra={"input": "board", "vocab": VOCAB, "square_features": "control+checks+threats"})
+                      extra={"input": "board", "vocab": VOCAB, "square_features": FEATURES})
     return model, edgeinfer.load(path, device="cpu")
 
 
@@ -362,7 +371,7 @@ def torch_scores(model, board: Board, prefix: int) -> dict[str, float]:
     prompt = board_tokens(board.squares, board.side)
     ids = torch.tensor([prompt + move_tokens(oriented_move(move, board.side)) for move in moves])
     segments = torch.zeros_like(ids)
-    segments[:, 1:PROMPT_TOKENS] = torch.tensor(square_segments(board, "control+checks+threats"))
+    segments[:, 1:PROMPT_TOKENS] = torch.tensor(square_segments(board, FEATURES))
     model.cfg.bidirectional_prefix, kept = prefix, model.cfg.bidirectional_prefix
     try:
         with torch.no_grad():
@@ -409,10 +418,11 @@ def control_reference(squares: list[int], side: int) -> list[int]:
 def test_control_counts_equal_the_move_generator(plies, seed):
     board = _random_game(plies, seed)
     for side in (RED, BLACK):
-        assert control_counts(board.squares, side) == control_reference(board.squares, side)
+        assert controllers(board.squares, side)[0] == control_reference(board.squares, side)
     oriented = oriented_squares(board.squares, board.side)
     own, other = control_reference(oriented, RED), control_reference(oriented, BLACK)
-    assert control_segments(oriented) == [1 + 3 * min(a, 2) + min(b, 2) for a, b in zip(own, other)]
+    assert control_segments(own, other) == [1 + 3 * min(a, 2) + min(b, 2) for a, b in zip(own, other)]
+    assert square_segments(board, "control") == control_segments(own, other)
 
 
 def en_prise_reference(squares: list[int]) -> list[int]:
@@ -437,7 +447,7 @@ def en_prise_reference(squares: list[int]) -> list[int]:
 def test_en_prise_equals_the_move_generator(plies, seed):
     board = _random_game(plies, seed)
     oriented = oriented_squares(board.squares, board.side)
-    flags = en_prise(oriented)
+    flags = en_prise(oriented, {side: controllers(oriented, side)[1] for side in (RED, BLACK)})
     assert flags == en_prise_reference(oriented)
     segments = square_segments(board, "control+checks+threats")
     checks = square_segments(board, "control+checks")
@@ -446,8 +456,36 @@ def test_en_prise_equals_the_move_generator(plies, seed):
 
 
 def test_en_prise_flags_met_in_play():
-    flagged = sum(sum(en_prise(oriented_squares(b.squares, b.side))) for b in map(_random_game, [20, 40, 60], [1, 2, 3]))
+    def flags(board: Board) -> list[int]:
+        oriented = oriented_squares(board.squares, board.side)
+        return en_prise(oriented, {side: controllers(oriented, side)[1] for side in (RED, BLACK)})
+
+    flagged = sum(sum(flags(board)) for board in map(_random_game, [20, 40, 60], [1, 2, 3]))
     assert flagged >= 3  # random play leaves pieces en prise: the reference comparison above sees both answers
+
+
+def cheapest_attacker_reference(squares: list[int]) -> list[int]:
+    """The VALUE of the cheapest piece of the side not to move (a board seen from the side to move) that could capture
+    on each square were a piece of the side to move there, by the rules' own move generator (0: none)."""
+    board, cheapest = Board(), []
+    for target in range(len(squares)):
+        board.squares, board.side = list(squares), BLACK
+        board.squares[target] = PAWN
+        capturers = [VALUE[abs(squares[m >> 7])] for m in board._pseudo_moves() if m & 127 == target]
+        cheapest.append(min(capturers, default=0))
+    return cheapest
+
+
+@pytest.mark.parametrize("plies, seed", [(12, 6), (40, 7), (90, 8), (120, 9)])
+def test_attacker_classes_equal_the_move_generator(plies, seed):
+    board = _random_game(plies, seed)
+    oriented = oriented_squares(board.squares, board.side)
+    classes = [ATTACKER_CLASS[value] for value in cheapest_attacker_reference(oriented)]
+    assert sorted(set(classes)) == [0, 1, 2, 3]  # every class met, so the comparison sees each answer
+    threats = square_segments(board, "control+checks+threats")
+    segments = square_segments(board, FEATURES)
+    assert segments == [t + 54 * c for t, c in zip(threats, classes)]
+    assert max(segments) < SEGMENTS[FEATURES]
 
 
 def test_a_bundle_with_unknown_square_features_is_refused(prefix_lm, tmp_path):

@@ -115,6 +115,7 @@ class Board:
         self._validate(fen)
         self._hash = self._compute_hash()
         self._in_check = self._attacked(self.kings[self.side], self.side)
+        self._legal_of: tuple[int | None, list[int]] = (None, [])  # the last position's hash and its legal moves
 
     # ---- construction and text -------------------------------------------------
 
@@ -284,7 +285,10 @@ class Board:
         return moves
 
     def _legal(self) -> list[int]:
-        """Pseudo-legal moves that do not leave the own king attacked (or facing the other king)."""
+        """Pseudo-legal moves that do not leave the own king attacked (or facing the other king). The last position's
+        list is kept (by its hash), as move choice asks for the same position's moves more than once."""
+        if self._legal_of[0] == self._hash:
+            return self._legal_of[1]
         sq = self.squares
         side = self.side
         ksq = self.kings[side]
@@ -304,6 +308,7 @@ class Board:
                 legal.append(m)
             sq[fr] = sq[to]
             sq[to] = captured
+        self._legal_of = (self._hash, legal)
         return legal
 
     def legal_moves(self) -> list[str]:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from .tables import (
     ADVISOR,
     ADVISOR_MOVES,
-    BLACK,
     CANNON,
     ELEPHANT,
     ELEPHANT_MOVES,
@@ -24,7 +23,6 @@ from .tables import (
     PAWN,
     PAWN_MOVES,
     RAYS,
-    RED,
     ROOK,
     SQUARES,
 )
@@ -67,16 +65,8 @@ def controls(squares: list[int], side: int) -> Iterator[tuple[int, int]]:
                 yield t, kind
 
 
-def control_counts(squares: list[int], side: int) -> list[int]:
-    """For each square, how many of `side`'s pieces control it."""
-    counts = [0] * SQUARES
-    for t, _ in controls(squares, side):
-        counts[t] += 1
-    return counts
-
-
-def control_segments(oriented: list[int]) -> list[int]:
+def control_segments(own: list[int], other: list[int]) -> list[int]:
     """The segment of each square of a board seen from the side to move (`tokens.oriented_squares`: its pieces
-    positive, moving up the board as red's do): 1 + 3 * min(own control, 2) + min(other side's control, 2)."""
-    own, other = control_counts(oriented, RED), control_counts(oriented, BLACK)
+    positive, moving up the board as red's do) from how many pieces of the side to move and of the other side control
+    it (`features.controllers`): 1 + 3 * min(own control, 2) + min(other side's control, 2)."""
     return [1 + 3 * min(a, 2) + min(b, 2) for a, b in zip(own, other, strict=True)]

@@ -6,6 +6,9 @@
   mates (+18), segments 1-27.
 - "control+checks+threats": that, plus whether the piece on the square (either side's, not a king) is en prise (+27):
   attacked, and undefended or attacked by a piece worth less; segments 1-54.
+- "control+checks+threats+attackers": that, plus the cheapest piece of the other side that controls the square
+  (+54 times ATTACKER_CLASS: none, a pawn, advisor or elephant, a horse or cannon, a rook or the king): what a piece
+  moved there risks, or what defends the other side's piece there; segments 1-216.
 All are facts of the rules, found by the same move generator that keeps the model's output legal; which move to play
 stays the model's choice: it learns from the engine's moves what a check, a mate or a piece en prise is worth, as it
 learns what control means. Segment 0 is every token that is not a square (the start token and the move's characters).
@@ -33,8 +36,9 @@ from .tokens import oriented_squares, oriented_values
 CHECK, MATE = 1, 2
 LEVELS = CONTROL_SEGMENTS - 1  # segments per check level
 SEGMENTS = {None: 0, "control": CONTROL_SEGMENTS, "control+checks": 1 + 3 * LEVELS,
-            "control+checks+threats": 1 + 6 * LEVELS}
+            "control+checks+threats": 1 + 6 * LEVELS, "control+checks+threats+attackers": 1 + 24 * LEVELS}
 VALUE = {ADVISOR: 4, ELEPHANT: 4, HORSE: 8, ROOK: 18, CANNON: 9, PAWN: 2, KING: 1000}  # half pawns (king: never less)
+ATTACKER_CLASS = {0: 0, 2: 1, 4: 1, 8: 2, 9: 2, 18: 3, 1000: 3}  # by the cheapest controller's VALUE (0: none)
 RIVER = SQUARES // 2  # the first square of the other side's half, seen from red
 
 
@@ -49,19 +53,21 @@ def check_levels(board: Board) -> list[int]:
     return levels
 
 
-def cheapest_controller(squares: list[int], side: int) -> list[int]:
-    """For each square, the VALUE of the cheapest of `side`'s pieces that control it (0: none)."""
-    cheapest = [0] * SQUARES
+def controllers(squares: list[int], side: int) -> tuple[list[int], list[int]]:
+    """For each square, how many of `side`'s pieces control it and the VALUE of the cheapest of them (0: none), in
+    one pass over `control.controls`."""
+    counts, cheapest = [0] * SQUARES, [0] * SQUARES
     for square, kind in controls(squares, side):
+        counts[square] += 1
         if not cheapest[square] or VALUE[kind] < cheapest[square]:
             cheapest[square] = VALUE[kind]
-    return cheapest
+    return counts, cheapest
 
 
-def en_prise(oriented: list[int]) -> list[int]:
+def en_prise(oriented: list[int], cheapest: dict[int, list[int]]) -> list[int]:
     """1 for each piece but a king (either side's, on a board seen from the side to move) that its opponent attacks
-    while it is undefended or worth more than the cheapest attacker; else 0. A pawn across the river is worth 2."""
-    cheapest = {RED: cheapest_controller(oriented, RED), BLACK: cheapest_controller(oriented, BLACK)}
+    while it is undefended or worth more than the cheapest attacker; else 0. A pawn across the river is worth 2.
+    `cheapest` holds each side's cheapest controllers (`controllers`)."""
     flags = [0] * SQUARES
     for square, piece in enumerate(oriented):
         kind, owner = abs(piece), RED if piece > 0 else BLACK
@@ -76,11 +82,16 @@ def feature_segments(oriented: list[int], features: str, levels: list[int] | Non
     """The 90 squares' segments under `features` (a key of SEGMENTS other than None) of a board seen from the side to
     move (`tokens.oriented_squares`), with its check levels seen the same way (`tokens.oriented_values`; read only
     when `features` has checks)."""
-    segments = control_segments(oriented)
+    (own, own_cheapest), (other, other_cheapest) = controllers(oriented, RED), controllers(oriented, BLACK)
+    segments = control_segments(own, other)
     if "checks" in features:
         segments = [segment + LEVELS * level for segment, level in zip(segments, levels, strict=True)]
-    if features.endswith("threats"):
-        segments = [segment + 3 * LEVELS * flag for segment, flag in zip(segments, en_prise(oriented), strict=True)]
+    if "threats" in features:
+        flags = en_prise(oriented, {RED: own_cheapest, BLACK: other_cheapest})
+        segments = [segment + 3 * LEVELS * flag for segment, flag in zip(segments, flags, strict=True)]
+    if features.endswith("attackers"):
+        segments = [segment + 6 * LEVELS * ATTACKER_CLASS[value]
+                    for segment, value in zip(segments, other_cheapest, strict=True)]
     return segments
 
 
