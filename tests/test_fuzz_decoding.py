@@ -352,6 +352,14 @@ def test_score_refuses_junk_and_foreign_prefixes_and_positions_past_the_model(ch
                                          f"{positions}"):
         xiangqi.score(xiangqi.prefill([1] * (positions - 4)), [[1] * 10])
     assert xiangqi.score(xiangqi.prefill([1] * (positions - 4)), [[1] * 5]).shape == (1,)  # the last token is never fed
+    with pytest.raises(InputError, match=f"a prompt of {positions - 4} tokens and candidates of 10 leave the model's "
+                                         f"{positions}"):
+        xiangqi.score_prompt([1] * (positions - 4), [[1] * 10])
+    assert xiangqi.score_prompt([1] * (positions - 4), [[1] * 5]) == pytest.approx(
+        xiangqi.score(xiangqi.prefill([1] * (positions - 4)), [[1] * 5]), abs=1e-5)
+    for prompt, message in (([1] * 3, "reads its first 91 tokens together"), ([99] * 91, r"outside \[0, 36\)"), ([1.5] * 91, "integers")):
+        with pytest.raises(InputError, match=message):
+            xiangqi.score_prompt(prompt, [[1, 2]])
 
 
 @pytest.mark.parametrize("prompt", ["\udcff", "a\udcffb"])

@@ -171,17 +171,23 @@ def generate(model, prompts: Sequence, **options) -> list[Generation]:
     return results
 
 
-def prefill(model, prompt, segment_ids: Sequence[int] | None = None, prefix: Prefix | None = None) -> Prefix:
-    """Run `prompt` (after `prefix`, if given) and keep its cache for later continuations."""
-    check_prefix(model, prefix)
+def prompt_with_segments(model, prompt, segment_ids: Sequence[int] | None, start: int) -> tuple[list[int], list[int]]:
+    """A prompt's token ids and segment ids (zeros when none are given), checked to follow `start` kept tokens with
+    room for at least one more."""
     if segment_ids is not None and not isinstance(segment_ids, (list, tuple)):
         raise InputError("segment_ids must be a list: one segment id per prompt token")
     ids = encode_prompt(model, prompt)
-    start = len(prefix.token_ids) if prefix else 0
     check_whole_prefix(model, start, len(ids))
     if start + len(ids) >= model.max_positions:
         raise InputError(f"{start + len(ids)} tokens leave no room in the model's {model.max_positions} positions")
-    segments = _segments(model, None if segment_ids is None else [segment_ids], [ids])[0] or [0] * len(ids)
+    return ids, _segments(model, None if segment_ids is None else [segment_ids], [ids])[0] or [0] * len(ids)
+
+
+def prefill(model, prompt, segment_ids: Sequence[int] | None = None, prefix: Prefix | None = None) -> Prefix:
+    """Run `prompt` (after `prefix`, if given) and keep its cache for later continuations."""
+    check_prefix(model, prefix)
+    start = len(prefix.token_ids) if prefix else 0
+    ids, segments = prompt_with_segments(model, prompt, segment_ids, start)
     capacity = start + len(ids)
     cache = prefix.cache.take([0], capacity=capacity) if prefix else KVCache(model, 1, capacity)
     logits = Step(model, cache).feed([ids], [segments] if model.uses_segments else None)

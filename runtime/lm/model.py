@@ -137,9 +137,20 @@ class CausalLM:
 
     def score(self, prefix: Prefix, candidates) -> np.ndarray:
         """Summed log-probabilities of each candidate continuation (an (n, length) array of ids) after `prefix`."""
+        return self._continuations()(prefix, self._check_ids(candidates, "candidates"))
+
+    def score_prompt(self, prompt, candidates, segment_ids=None) -> np.ndarray:
+        """`score` after a prompt that need not be kept: on a query-key bundle the prompt and the candidates are run
+        in one call (one call fewer than `prefill` then `score`, the same scores)."""
+        if not self.query_key_mask:
+            return self.score(self.prefill(prompt, segment_ids), candidates)
+        ids, segments = front_door.prompt_with_segments(self, prompt, segment_ids, 0)
+        return self._continuations().after_prompt(ids, segments, self._check_ids(candidates, "candidates"))
+
+    def _continuations(self) -> ContinuationScorer:
         if self._scorer is None:
             self._scorer = ContinuationScorer(self)
-        return self._scorer(prefix, self._check_ids(candidates, "candidates"))
+        return self._scorer
 
     def engine(self, slots: int, capacity: int | None = None, max_queue: int | None = None,
                speculate: int = 0, draft: CausalLM | None = None) -> Engine:

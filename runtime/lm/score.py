@@ -14,14 +14,44 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .cache import ForkScratch
-from .step import Step
+from .cache import ForkScratch, KVCache
+from .step import Step, query_key_mask
 from .types import Prefix
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+class CandidateTree:
+    """The distinct proper prefixes of (n, length) candidates as tree nodes, level by level: each node is one token
+    (the last of its prefix), fed after whatever the candidates follow, seeing its ancestors and itself only."""
+
+    def __init__(self, candidates: np.ndarray) -> None:
+        length = candidates.shape[1]
+        levels, parent, base = [], np.zeros(len(candidates), dtype=np.int64), int(candidates.max()) + 1
+        for depth in range(1, length):  # a node is (its parent node, its last token): one integer key, kept small
+            _, first, inverse = np.unique(parent * base + candidates[:, depth - 1], return_index=True,
+                                          return_inverse=True)
+            levels.append((candidates[first, depth - 1], inverse.reshape(-1)))
+            parent = inverse
+        first = np.cumsum([0] + [len(tokens) for tokens, _ in levels])  # index of each level's first node
+        self.candidates = candidates
+        self.node = [first[d] + inverse for d, (_, inverse) in enumerate(levels)]  # per level: each candidate's node
+        self.count = int(first[-1])
+        self.ids = np.concatenate([tokens for tokens, _ in levels])
+        self.depths = np.concatenate([np.full(len(tokens), d) for d, (tokens, _) in enumerate(levels)])
+        self.mask = np.eye(self.count, dtype=np.int64)  # (node, node): each sees itself and its ancestors
+        for depth in range(1, len(levels)):
+            for ancestor in range(depth):
+                self.mask[self.node[depth], self.node[ancestor]] = 1
+
+    def summed(self, logprobs: np.ndarray) -> np.ndarray:
+        """Each candidate's summed log-probabilities of its tokens after the first, from (count, vocab) log-probs at
+        the nodes."""
+        return sum(logprobs[self.node[level - 1], self.candidates[:, level]]
+                   for level in range(1, self.candidates.shape[1]))
 
 
 class ContinuationScorer:
@@ -50,28 +80,44 @@ class ContinuationScorer:
 
     def _tree(self, prefix: Prefix, candidates: np.ndarray) -> np.ndarray:
         """Every distinct proper prefix of the candidates as one row of tokens under a tree mask: one call."""
-        length = candidates.shape[1]
-        levels, parent, base = [], np.zeros(len(candidates), dtype=np.int64), int(candidates.max()) + 1
-        for depth in range(1, length):  # a node is (its parent node, its last token): one integer key, kept small
-            _, first, inverse = np.unique(parent * base + candidates[:, depth - 1], return_index=True,
-                                          return_inverse=True)
-            levels.append((candidates[first, :depth], inverse))
-            parent = inverse
-        first = np.cumsum([0] + [len(nodes) for nodes, _ in levels])  # index of each level's first node
-        node = [first[d] + inverse.reshape(-1) for d, (_, inverse) in enumerate(levels)]  # per candidate, per level
-        count, cache = int(first[-1]), prefix.cache
+        tree = CandidateTree(candidates)
+        cache = prefix.cache
         past = cache.mask.shape[1]
-        ids = np.concatenate([nodes[:, -1] for nodes, _ in levels])[None]
-        positions = np.concatenate([np.full(len(nodes), cache.lengths[0] + d) for d, (nodes, _) in enumerate(levels)])
-        mask = np.zeros((1, count, past + count), dtype=np.int64)
+        mask = np.zeros((1, tree.count, past + tree.count), dtype=np.int64)
         mask[0, :, :past] = cache.mask[0]
-        mask[0, np.arange(count), past + np.arange(count)] = 1  # itself
-        for depth in range(1, len(levels)):
-            for ancestor in range(depth):
-                mask[0, node[depth], past + node[ancestor]] = 1
-        logits = Step(self.model, cache).run(ids, positions[None], mask, np.arange(count)[None], None, kept=None)
+        mask[0, :, past:] = tree.mask
+        positions = cache.lengths[0] + tree.depths
+        logits = Step(self.model, cache).run(tree.ids[None], positions[None], mask, np.arange(tree.count)[None], None,
+                                             kept=None)
+        return tree.summed(log_softmax(logits[0]))
+
+    def after_prompt(self, ids: list[int], segments: list[int], candidates: np.ndarray) -> np.ndarray:
+        """(n, length) candidate token ids -> (n,) summed log-probabilities after a prompt that is not kept (checked
+        ids and segments, see `generate.prompt_with_segments`): the prompt and the candidates' tree in one call, the
+        prompt's own mask (causal, or both ways over a bidirectional prefix) beside the tree's. Query-key bundles
+        only; the saving over `prefill` then `__call__` is one call and the prompt's cache."""
+        model = self.model
+        if len(ids) + candidates.shape[1] - 1 > model.max_positions:
+            raise InputError(f"a prompt of {len(ids)} tokens and candidates of {candidates.shape[1]} leave the model's "
+                             f"{model.max_positions} positions")
+        n = len(ids)
+        tree = CandidateTree(candidates) if candidates.shape[1] > 1 else None
+        count = tree.count if tree else 0
+        mask = np.zeros((1, n + count, n + count), dtype=np.int64)
+        mask[0, :n, :n] = query_key_mask(np.ones((1, n), dtype=np.int64), n, model.bidirectional_prefix)[0]
+        mask[0, n:, :n] = 1
+        feed = np.array(ids, dtype=np.int64)
+        positions, types = np.arange(n), np.array(segments, dtype=np.int64)
+        if tree:
+            mask[0, n:, n:] = tree.mask
+            feed = np.concatenate([feed, tree.ids])
+            positions = np.concatenate([positions, n + tree.depths])
+            types = np.concatenate([types, np.zeros(count, dtype=np.int64)])
+        logits = Step(model, KVCache(model, 1, n)).run(feed[None], positions[None], mask, np.arange(n - 1, n + count)[None],
+                                                       types[None], kept=None)
         logprobs = log_softmax(logits[0])
-        return sum(logprobs[node[level - 1], candidates[:, level]] for level in range(1, length))
+        scores = logprobs[0, candidates[:, 0]]
+        return scores + tree.summed(logprobs[1:]) if tree else scores
 
     def _forks(self, prefix: Prefix, candidates: np.ndarray) -> np.ndarray:
         """One fork per distinct candidate-minus-last-token, fed all its tokens at once."""

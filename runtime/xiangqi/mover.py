@@ -74,9 +74,9 @@ class MoveModel:
         moves = board.legal_moves()
         if not moves:
             raise InputError(f"no legal moves: the game is over ({board.outcome()})")
-        prompt = self.model.prefill(*self.prompt(board))
+        tokens, segments = self.prompt(board)
         candidates = np.array([move_tokens(oriented_move(move, board.side)) for move in moves])
-        scores = self.model.score(prompt, candidates)
+        scores = self.model.score_prompt(tokens, candidates, segments)
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
         losing = losing_by_repetition(board, moves)
