@@ -4,7 +4,8 @@ A candidate's score is the sum of the log-probabilities of its tokens after the 
 first tokens (Xiangqi moves share files and ranks), so they are scored as a tree: the first token comes from the
 prefix's own next-token logits, the rest from the model in one of three ways, by what the bundle's graph allows:
 - query-key mask: every distinct proper prefix of a candidate is one token of a single row on the prefix's cache,
-  and the mask lets each see the prefix and its own ancestors only; nothing is copied or kept;
+  and the mask lets each see the prefix and its own ancestors only; nothing is copied or kept (`after_prompt`: a
+  prompt that need not be kept goes in the same call, its tokens seeing each other as a prefill's would);
 - key mask, concat cache: one fork (copy) of the cache per distinct candidate-minus-last-token, all positions at once;
 - shared buffer: one new token per row on forked caches, level by level (one call per token position).
 """
