@@ -3,8 +3,8 @@
 A move's score is the sum of the log-probabilities of its 4 ICCS characters after the position's prompt (the
 board seen from the side to move, `tokens.board_tokens`, with each square's segment, `features.py`, when the
 manifest names `square_features`, and its start token saying whether the position is a repeat, when the bundle's
-vocabulary has `[SEEN]`). The prompt is run once and the legal moves are scored
-together as its candidate continuations (`CausalLM.score`: a tree of shared characters, one call with the query-key
+vocabulary has `[SEEN]`). The prompt and the legal moves, its candidate continuations, run together
+(`CausalLM.score_prompt`: the moves as a tree of shared characters beside the prompt, one call with the query-key
 mask). Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
 rules, which see all of it, have the last word on repetitions: a move that would lose the game at once (a perpetual
 check or chase) is ranked after every other move, whatever its score.
