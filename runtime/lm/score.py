@@ -67,9 +67,7 @@ class ContinuationScorer:
         if not isinstance(prefix, Prefix) or prefix.cache.model is not self.model:
             raise InputError(f"prefix must be a Prefix from this model's prefill(), got {type(prefix).__name__}")
         candidates = np.asarray(candidates, dtype=np.int64)
-        if len(prefix.token_ids) + candidates.shape[1] - 1 > self.model.max_positions:  # the last token is not fed
-            raise InputError(f"a prefix of {len(prefix.token_ids)} tokens and candidates of {candidates.shape[1]} "
-                             f"leave the model's {self.model.max_positions} positions")
+        self._check_room("prefix", len(prefix.token_ids), candidates)
         scores = log_softmax(prefix.logits)[candidates[:, 0]]
         if candidates.shape[1] == 1:
             return scores
@@ -78,6 +76,12 @@ class ContinuationScorer:
         if prefix.cache.shared:
             return scores + self._levels(prefix, candidates)
         return scores + self._forks(prefix, candidates)
+
+    def _check_room(self, what: str, length: int, candidates: np.ndarray) -> None:
+        """Candidates after `length` tokens must fit the model's positions (their last token is never fed)."""
+        if length + candidates.shape[1] - 1 > self.model.max_positions:
+            raise InputError(f"a {what} of {length} tokens and candidates of {candidates.shape[1]} leave the model's "
+                             f"{self.model.max_positions} positions")
 
     def _tree(self, prefix: Prefix, candidates: np.ndarray) -> np.ndarray:
         """Every distinct proper prefix of the candidates as one row of tokens under a tree mask: one call."""
@@ -98,9 +102,7 @@ class ContinuationScorer:
         prompt's own mask (causal, or both ways over a bidirectional prefix) beside the tree's. Query-key bundles
         only; the saving over `prefill` then `__call__` is one call and the prompt's cache."""
         model = self.model
-        if len(ids) + candidates.shape[1] - 1 > model.max_positions:
-            raise InputError(f"a prompt of {len(ids)} tokens and candidates of {candidates.shape[1]} leave the model's "
-                             f"{model.max_positions} positions")
+        self._check_room("prompt", len(ids), candidates)
         n = len(ids)
         tree = CandidateTree(candidates) if candidates.shape[1] > 1 else None
         count = tree.count if tree else 0
