@@ -5,10 +5,11 @@
 
 1. latency of choosing a move at plies 10, 40 and 80 of --latency-positions test games each (medians over the
    positions, and the speedup's range): the tree scorer (the prompt once, every legal
-   move in one call) against one full forward pass per legal move (prompt + move, no cache), same bundle;
+   move in one call) against one full forward pass per legal move (prompt + move, no cache), same bundle, same
+   scores (by default each averaged with the mirrored position's, a second row of each call; --no-mirror: not);
 2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
    fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
-   moves);
+   moves), with and without the mirror;
 3. matches, `--games` each, the model's best move with nothing but the rules (colours alternate; each pair of games
    shares an opening of 2-5 random plies, so games differ): against a uniformly random legal mover, and against
    fairy-stockfish at each `--nodes` budget. Every game is refereed by pyffish (variant "xiangqi": its legal moves
@@ -44,7 +45,12 @@ from edgeinfer.export.xiangqi_data import (
 from edgeinfer.xiangqi import START_FEN, Board, iccs_to_uci, uci_to_iccs
 from edgeinfer.xiangqi.mover import MoveModel
 from edgeinfer.xiangqi.search import PRIOR_WEIGHT, material_lead, searched_best
-from edgeinfer.xiangqi.tokens import move_tokens, oriented_move
+from edgeinfer.xiangqi.tokens import (
+    MIRRORED_TOKEN,
+    mirrored_prompt,
+    move_tokens,
+    oriented_move,
+)
 
 
 def timed_ms(fn, repeats: int) -> list[float]:
@@ -57,24 +63,30 @@ def timed_ms(fn, repeats: int) -> list[float]:
 
 
 def one_run_per_move(mover: MoveModel, board: Board) -> dict[str, float]:
-    """The method the tree scorer replaces: one full forward pass (prompt + move) per legal move, no cache."""
+    """The method the tree scorer replaces, computing the same scores: one full forward pass (prompt + move, no cache)
+    per legal move; with the mirror, the mirrored prompt and move are a second row of the same pass."""
     prompt, segments = mover.prompt(board)
-    types = None if segments is None else np.array([segments + [0] * 4])
+    views = [(prompt, segments, list)]
+    if mover.mirror:
+        views.append((mirrored_prompt(prompt), segments and mirrored_prompt(segments),
+                      lambda chars: [MIRRORED_TOKEN[c] for c in chars]))
     scores = {}
     for move in board.legal_moves():
-        chars = move_tokens(oriented_move(move, board.side))
-        logits = mover.model.logits(np.array([prompt + chars]), token_type_ids=types)[0, -5:-1].astype(np.float64)
+        rows = [tokens + spelt(move_tokens(oriented_move(move, board.side))) for tokens, _, spelt in views]
+        types = None if segments is None else np.array([view_segments + [0] * 4 for _, view_segments, _ in views])
+        logits = mover.model.logits(np.array(rows), token_type_ids=types)[:, -5:-1].astype(np.float64)
         logprobs = logits - logits.max(-1, keepdims=True)
         logprobs -= np.log(np.exp(logprobs).sum(-1, keepdims=True))
-        scores[move] = float(sum(logprobs[i, c] for i, c in enumerate(chars)))
+        scores[move] = float(np.mean([sum(logprobs[r, i, c] for i, c in enumerate(row[-4:]))
+                                      for r, row in enumerate(rows)]))
     return scores
 
 
-def latency(model, games: list[list[str]], plies: list[int], repeats: int, positions: int = 1) -> dict:
+def latency(mover: MoveModel, games: list[list[str]], plies: list[int], repeats: int, positions: int = 1) -> dict:
     """Per ply, the first `positions` games that reach it: each position timed both ways (medians of repeats); the
     ply's figures are the medians over its positions, with the range of the speedup (it grows with the number of
     legal moves, which varies from position to position). samples_ms keeps every timed call."""
-    rows, mover = {}, MoveModel(model)
+    rows = {}
     for ply in plies:
         measured, samples = [], {"tree_ms": [], "one_run_per_move_ms": []}
         for game in [g for g in games if len(g) > ply][:positions]:
@@ -96,11 +108,11 @@ def latency(model, games: list[list[str]], plies: list[int], repeats: int, posit
     return rows
 
 
-def agreement(model, games: list[dict], positions: int, seed: int) -> dict:
+def agreement(mover: MoveModel, games: list[dict], positions: int, seed: int) -> dict:
     """Top-1 agreement and mean log-probability of the engine's labelled move on test positions."""
     rng = random.Random(seed)
     samples = [(g, rng.randrange(g["plies"])) for g in rng.choices(games, k=positions)]
-    mover, hits, logprobs, uniform = MoveModel(model), 0, [], []
+    hits, logprobs, uniform = 0, [], []
     for game, ply in tqdm(samples, desc="agreement", mininterval=2):
         board = Board.from_moves(game["moves"].split()[:ply], max_plies=None)
         label = game["labels"].split()[ply]
@@ -218,6 +230,8 @@ def main() -> None:
     parser.add_argument("--latency-positions", type=int, default=10, help="test positions timed at each ply")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search", action="store_true", help="matches played by the model-guided two-ply search")
+    parser.add_argument("--no-mirror", action="store_true",
+                        help="score each position alone, not averaged with its left-right mirror (MoveModel mirror=False)")
     parser.add_argument("--out", type=Path, default=Path("results/xiangqi_moves.json"))
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -225,20 +239,24 @@ def main() -> None:
     from edgeinfer.loader import default_bundle
 
     model = edgeinfer.load(args.bundle or default_bundle("xiangqi"), device="cpu")
-    mover = MoveModel(model)
+    mover = MoveModel(model, mirror=not args.no_mirror)
     test_games = [g for g in load_games(args.data / "games.jsonl") if split_of(g["moves"]) == "test"]
     results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d"),
-               "matches_played_by": f"search, prior weight {PRIOR_WEIGHT}" if args.search else "the model's best move"}
+               "mirror": mover.mirror, "matches_played_by": f"search, prior weight {PRIOR_WEIGHT}" if args.search else "the model's best move"}
 
     def choose(board: Board) -> str:
         return (searched_best(mover, board) if args.search else mover.best(board)).move
 
     if "latency" in parts:
-        results["latency"] = latency(model, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats,
+        results["latency"] = latency(mover, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats,
                                      args.latency_positions)
     if "agreement" in parts:
-        results["agreement"] = agreement(model, test_games, args.positions, args.seed)
+        results["agreement"] = agreement(mover, test_games, args.positions, args.seed)
         print(results["agreement"], flush=True)
+        if mover.mirror:  # what the mirror adds
+            results["agreement_without_mirror"] = agreement(MoveModel(model, mirror=False), test_games, args.positions,
+                                                            args.seed)
+            print("without the mirror", results["agreement_without_mirror"], flush=True)
     if "random" in parts:
         results["vs_random"] = play_match(choose, lambda board, rng: rng.choice(board.legal_moves()), args.games,
                                           args.seed, count_tactics=True)

@@ -32,6 +32,7 @@ from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.features import SEGMENTS, check_levels, feature_segments
 from edgeinfer.xiangqi.tables import FILES, RANKS
 from edgeinfer.xiangqi.tokens import (
+    MIRRORED_TOKEN,
     PIECE_OFFSET,
     PROMPT_TOKENS,
     SEEN,
@@ -50,9 +51,6 @@ from .train_gpt import TrainConfig, evaluate, train
 from .xiangqi_data import load_games, split_of
 
 EXAMPLE_TOKENS = PROMPT_TOKENS + 4
-FILE_TOKENS = np.array([TOKEN_ID[c] for c in "abcdefghi"])
-MIRRORED_TOKEN = np.arange(len(VOCAB))
-MIRRORED_TOKEN[FILE_TOKENS] = FILE_TOKENS[::-1]  # a move's file characters under the left-right mirror
 
 
 PARTS = ("squares", "labels", "wins", "seen", "checks")
@@ -110,7 +108,7 @@ def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: n
     segments are the squares' segments under `features` (`edgeinfer.xiangqi.features`; None: no segments), 0 for
     the start token and the move."""
     boards = mirrored(squares, mirror)
-    moves = np.where(mirror[:, None], MIRRORED_TOKEN[labels], labels)
+    moves = np.where(mirror[:, None], np.asarray(MIRRORED_TOKEN)[labels], labels)
     ids = np.concatenate([np.where(seen, SEEN, START)[:, None], PIECE_OFFSET + boards, moves], axis=1)
     targets = np.full(ids.shape, -100)
     targets[:, PROMPT_TOKENS - 1 : -1] = ids[:, PROMPT_TOKENS:]

@@ -1,5 +1,5 @@
-"""The tree move scorer equals scoring every move by a full run without a cache; the board prompt is seen from the
-side to move and marks a repeated position; training examples (mirrored too) hold legal moves; a bundle of another
+"""The tree move scorer equals scoring every move by a full run without a cache, on the position alone or averaged
+with its left-right mirror; the board prompt is seen from the side to move and marks a repeated position; training examples (mirrored too) hold legal moves; a bundle of another
 prompt is refused."""
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from edgeinfer.xiangqi.tokens import (
     START,
     VOCAB,
     board_tokens,
+    mirrored_prompt,
     move_tokens,
     oriented_move,
     oriented_squares,
@@ -91,16 +92,49 @@ FEATURES = "control+checks+threats+attackers"  # what train_xiangqi gives each s
 REPEATING = "h0g2 h9g7 g2h0 g7h9"
 
 
+MIRROR = str.maketrans("abcdefghi", "ihgfedcba")  # an ICCS move under the left-right mirror
+
+
+def mirrored_board(board: Board) -> Board:
+    return Board.from_moves([move.translate(MIRROR) for move in board.move_stack])
+
+
 @pytest.mark.parametrize("plies, seed", [(0, 0), (1, 1), (7, 2), (20, 3), (REPEATING, None)])
 def test_tree_scores_equal_rerun(movers, plies, seed):
     board = Board.from_moves(plies) if seed is None else _random_game(plies, seed)
-    scored = MoveModel(movers).score(board)
     reference = rerun_scores(movers, board)
-    assert sorted(s.move for s in scored) == sorted(reference)
-    for s in scored:
-        assert s.logprob == pytest.approx(reference[s.move], rel=1e-5, abs=1e-4)  # sums near -60: float32 rounding
-    assert scored[0].move == max(reference, key=reference.get)
-    assert sum(s.probability for s in scored) == pytest.approx(1.0)
+    reflected = rerun_scores(movers, mirrored_board(board))
+    both = {move: (score + reflected[move.translate(MIRROR)]) / 2 for move, score in reference.items()}
+    for mirror, expected in ((False, reference), (True, both)):
+        scored = MoveModel(movers, mirror=mirror).score(board)
+        assert sorted(s.move for s in scored) == sorted(expected)
+        for s in scored:
+            assert s.logprob == pytest.approx(expected[s.move], rel=1e-5, abs=1e-4)  # sums near -60: float32 rounding
+        assert scored[0].move == max(expected, key=expected.get)
+        assert sum(s.probability for s in scored) == pytest.approx(1.0)
+    assert max(abs(both[move] - reference[move]) for move in reference) > 0.1  # the mirror's view is not a no-op
+
+
+def test_score_prompts_equal_one_prompt_at_a_time(movers):
+    """Rows of one call, trees of different sizes padded: each row's scores as if scored alone."""
+    boards = [_random_game(plies, seed) for plies, seed in ((0, 0), (7, 2), (20, 3))]
+    prompts = [board_tokens(board.squares, board.side) for board in boards]
+    candidates = [np.array([move_tokens(oriented_move(m, board.side)) for m in board.legal_moves()[:count]])
+                  for board, count in zip(boards, (40, 3, 17))]
+    together = movers.score_prompts(prompts, candidates)
+    for prompt, choices, scores in zip(prompts, candidates, together):
+        assert scores == pytest.approx(movers.score_prompt(prompt, choices), abs=1e-5)
+    for arguments, message in (
+        ((prompts, candidates[:2]), "candidates must be a list with one entry per prompt"),
+        ((prompts, candidates, [[0] * 91]), "segment_ids must be a list with one entry per prompt"),
+        (([], []), "prompts must be a list of 1 to 64 prompts"),
+        ((prompts[0], candidates[0]), "prompts must be a list of 1 to 64 prompts"),
+    ):
+        with pytest.raises(InputError, match=message):
+            movers.score_prompts(*arguments)
+    if movers.query_key_mask:  # one call: its prompts must line up
+        with pytest.raises(InputError, match=r"prompts scored together must have one length, got \[90, 91\]"):
+            movers.score_prompts([prompts[0], prompts[1][:-1]], candidates[:2])
 
 
 def flipped(fen: str) -> str:
@@ -386,7 +420,7 @@ def torch_scores(model, board: Board, prefix: int) -> dict[str, float]:
 def test_prefix_lm_scores_equal_pytorch(prefix_lm, plies, seed):
     model, bundle = prefix_lm
     board = _random_game(plies, seed)
-    scored = {s.move: s.logprob for s in MoveModel(bundle).score(board)}
+    scored = {s.move: s.logprob for s in MoveModel(bundle, mirror=False).score(board)}
     both_ways = torch_scores(model, board, PROMPT_TOKENS)
     assert scored.keys() == both_ways.keys()
     for move, score in scored.items():
@@ -399,6 +433,22 @@ def test_prefix_lm_scores_equal_pytorch(prefix_lm, plies, seed):
         unseen = torch_scores(model, board, PROMPT_TOKENS)  # and so do they without the control segments
         model.wse.weight.copy_(table)
     assert max(abs(unseen[m] - both_ways[m]) for m in scored) > 0.1
+
+
+@pytest.mark.parametrize("plies, seed", [(0, 0), (12, 6), (40, 7), (90, 8), (120, 9)])
+def test_the_mirrored_prompt_is_the_prompt_of_the_mirrored_position(prefix_lm, plies, seed):
+    """Move choice mirrors a prompt and its square features instead of building the mirrored position's: the same."""
+    board = _random_game(plies, seed)
+    mover = MoveModel(prefix_lm[1])
+    tokens, segments = mover.prompt(board)
+    assert (mirrored_prompt(tokens), mirrored_prompt(segments)) == mover.prompt(mirrored_board(board))
+    assert mirrored_prompt(mirrored_prompt(segments)) == segments
+    assert (tokens != mirrored_prompt(tokens)) == (plies > 0)  # the start position is its own mirror
+
+
+def test_mirror_is_checked(prefix_lm):
+    with pytest.raises(InputError, match="mirror must be True or False, got 'yes'"):
+        MoveModel(prefix_lm[1], mirror="yes")
 
 
 def control_reference(squares: list[int], side: int) -> list[int]:

@@ -142,10 +142,25 @@ class CausalLM:
     def score_prompt(self, prompt, candidates, segment_ids=None) -> np.ndarray:
         """`score` after a prompt that need not be kept: on a query-key bundle the prompt and the candidates are run
         in one call (one call fewer than `prefill` then `score`, the same scores)."""
+        return self.score_prompts([prompt], [candidates], None if segment_ids is None else [segment_ids])[0]
+
+    def score_prompts(self, prompts, candidates, segment_ids=None) -> list[np.ndarray]:
+        """`score_prompt` for several prompts of one length, each with its own candidates (and segment ids): on a
+        query-key bundle all of them in one call, a batch row each."""
+        if not isinstance(prompts, (list, tuple)) or not 1 <= len(prompts) <= front_door.MAX_BATCH:
+            raise InputError(f"prompts must be a list of 1 to {front_door.MAX_BATCH} prompts")
+        for name, given in (("candidates", candidates), ("segment_ids", segment_ids)):
+            if given is not None and (not isinstance(given, (list, tuple)) or len(given) != len(prompts)):
+                raise InputError(f"{name} must be a list with one entry per prompt ({len(prompts)})")
+        segment_ids = segment_ids or [None] * len(prompts)
         if not self.query_key_mask:
-            return self.score(self.prefill(prompt, segment_ids), candidates)
-        ids, segments = front_door.prompt_with_segments(self, prompt, segment_ids, 0)
-        return self._continuations().after_prompt(ids, segments, self._check_ids(candidates, "candidates"))
+            return [self.score(self.prefill(prompt, segments), choices)
+                    for prompt, choices, segments in zip(prompts, candidates, segment_ids)]
+        rows = [front_door.prompt_with_segments(self, prompt, segments, 0)
+                for prompt, segments in zip(prompts, segment_ids)]
+        if len({len(ids) for ids, _ in rows}) > 1:
+            raise InputError(f"prompts scored together must have one length, got {sorted({len(i) for i, _ in rows})}")
+        return self._continuations().after_prompts(rows, [self._check_ids(c, "candidates") for c in candidates])
 
     def _continuations(self) -> ContinuationScorer:
         if self._scorer is None:

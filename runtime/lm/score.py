@@ -4,8 +4,9 @@ A candidate's score is the sum of the log-probabilities of its tokens after the 
 first tokens (Xiangqi moves share files and ranks), so they are scored as a tree: the first token comes from the
 prefix's own next-token logits, the rest from the model in one of three ways, by what the bundle's graph allows:
 - query-key mask: every distinct proper prefix of a candidate is one token of a single row on the prefix's cache,
-  and the mask lets each see the prefix and its own ancestors only; nothing is copied or kept (`after_prompt`: a
-  prompt that need not be kept goes in the same call, its tokens seeing each other as a prefill's would);
+  and the mask lets each see the prefix and its own ancestors only; nothing is copied or kept (`after_prompts`:
+  prompts that need not be kept go in the same call, one batch row each, their tokens seeing each other as a
+  prefill's would);
 - key mask, concat cache: one fork (copy) of the cache per distinct candidate-minus-last-token, all positions at once;
 - shared buffer: one new token per row on forked caches, level by level (one call per token position).
 """
@@ -96,31 +97,38 @@ class ContinuationScorer:
                                              kept=None)
         return tree.summed(log_softmax(logits[0]))
 
-    def after_prompt(self, ids: list[int], segments: list[int], candidates: np.ndarray) -> np.ndarray:
-        """(n, length) candidate token ids -> (n,) summed log-probabilities after a prompt that is not kept (checked
-        ids and segments, see `generate.prompt_with_segments`): the prompt and the candidates' tree in one call, the
-        prompt's own mask (causal, or both ways over a bidirectional prefix) beside the tree's. Query-key bundles
-        only; the saving over `prefill` then `__call__` is one call and the prompt's cache."""
-        model = self.model
-        self._check_room("prompt", len(ids), candidates)
-        n = len(ids)
-        tree = CandidateTree(candidates) if candidates.shape[1] > 1 else None
-        count = tree.count if tree else 0
-        mask = np.zeros((1, n + count, n + count), dtype=np.int64)
-        mask[0, :n, :n] = query_key_mask(np.ones((1, n), dtype=np.int64), n, model.bidirectional_prefix)[0]
-        mask[0, n:, :n] = 1
-        feed = np.array(ids, dtype=np.int64)
-        positions, types = np.arange(n), np.array(segments, dtype=np.int64)
-        if tree:
-            mask[0, n:, n:] = tree.mask
-            feed = np.concatenate([feed, tree.ids])
-            positions = np.concatenate([positions, n + tree.depths])
-            types = np.concatenate([types, np.zeros(count, dtype=np.int64)])
-        logits = Step(model, KVCache(model, 1, n)).run(feed[None], positions[None], mask, np.arange(n - 1, n + count)[None],
-                                                       types[None], kept=None)
-        logprobs = log_softmax(logits[0])
-        scores = logprobs[0, candidates[:, 0]]
-        return scores + tree.summed(logprobs[1:]) if tree else scores
+    def after_prompts(self, prompts: list[tuple[list[int], list[int]]], candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """Per row, (n, length) candidate token ids -> (n,) summed log-probabilities after a prompt that is not kept
+        (checked ids and segments of equal length, see `generate.prompt_with_segments`): every row's prompt and the
+        tree of its candidates in one call, the prompt's own mask (causal, or both ways over a bidirectional prefix)
+        beside the tree's; a row with a smaller tree is padded with nodes that see its prompt only. Query-key bundles
+        only; the saving over `prefill` then `__call__` is one call per row and the prompts' caches."""
+        model, n = self.model, len(prompts[0][0])
+        for row in candidates:
+            self._check_room("prompt", n, row)
+        trees = [CandidateTree(row) if row.shape[1] > 1 else None for row in candidates]
+        count = max(tree.count if tree else 0 for tree in trees)
+        mask = np.zeros((len(prompts), n + count, n + count), dtype=np.int64)
+        mask[:, :n, :n] = query_key_mask(np.ones((1, n), dtype=np.int64), n, model.bidirectional_prefix)[0]
+        mask[:, n:, :n] = 1
+        feed = np.zeros((len(prompts), n + count), dtype=np.int64)
+        positions = np.tile(np.concatenate([np.arange(n), np.full(count, n)]), (len(prompts), 1))
+        types = np.zeros_like(feed)
+        for row, ((ids, segments), tree) in enumerate(zip(prompts, trees)):
+            feed[row, :n], types[row, :n] = ids, segments
+            if tree:
+                mask[row, n:n + tree.count, n:n + tree.count] = tree.mask
+                feed[row, n:n + tree.count] = tree.ids
+                positions[row, n:n + tree.count] = n + tree.depths
+            mask[row, n + (tree.count if tree else 0):, n:] = np.eye(count, dtype=np.int64)[tree.count if tree else 0:]
+        logits = Step(model, KVCache(model, len(prompts), n)).run(
+            feed, positions, mask, np.tile(np.arange(n - 1, n + count), (len(prompts), 1)), types, kept=None)
+        scores = []
+        for row, (tree, choices) in enumerate(zip(trees, candidates)):
+            logprobs = log_softmax(logits[row])
+            first = logprobs[0, choices[:, 0]]
+            scores.append(first + tree.summed(logprobs[1:]) if tree else first)
+        return scores
 
     def _forks(self, prefix: Prefix, candidates: np.ndarray) -> np.ndarray:
         """One fork per distinct candidate-minus-last-token, fed all its tokens at once."""

@@ -28,6 +28,11 @@ HISTORYLESS_VOCAB = VOCAB[:-1]
 SEEN = len(VOCAB) - 1  # start token of a repeated position
 TOKEN_ID = {symbol: i for i, symbol in enumerate(VOCAB)}
 PROMPT_TOKENS = 1 + FILES * RANKS
+# The left-right mirror (files a <-> i), a symmetry of the rules: each token under it (a move's file characters swap),
+# and which prompt token each prompt token's square mirrors to (the start token stays first).
+MIRRORED_TOKEN = [TOKEN_ID["abcdefghi"[8 - "abcdefghi".index(s)]] if s in "abcdefghi" else i
+                  for i, s in enumerate(VOCAB)]
+MIRRORED_PROMPT = [0, *(1 + rank * FILES + FILES - 1 - file for rank in range(RANKS) for file in range(FILES))]
 
 
 def oriented_values(values: list[int], side: int) -> list[int]:
@@ -54,6 +59,12 @@ def oriented_move(move: str, side: int) -> str:
     if side != BLACK:
         return move
     return f"{move[0]}{RANKS - 1 - int(move[1])}{move[2]}{RANKS - 1 - int(move[3])}"
+
+
+def mirrored_prompt(values: list[int]) -> list[int]:
+    """A prompt's per-token values (tokens or segments: the start token's, then the 90 squares') for the position
+    mirrored left to right."""
+    return [values[i] for i in MIRRORED_PROMPT]
 
 
 def move_tokens(move: str) -> list[int]:
