@@ -98,11 +98,12 @@ def xiangqi(args) -> dict:
 
     import edgeinfer
     from edgeinfer.loader import default_bundle
+    from edgeinfer.xiangqi.mover import MoveModel
 
     game = (ROOT / "tests" / "data" / "xiangqi_game.txt").read_text().split()
     plies = [10] if args.quick else [10, 40, 80]
     model = edgeinfer.load(default_bundle("xiangqi"), device="cpu")
-    return {"bundle": str(model.folder.name), "latency": xiangqi_moves.latency(model, [game], plies,
+    return {"bundle": str(model.folder.name), "latency": xiangqi_moves.latency(MoveModel(model), [game], plies,
                                                                                3 if args.quick else 15)}
 
 

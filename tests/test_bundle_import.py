@@ -40,7 +40,7 @@ def test_shipped_xiangqi_bundle_reads_back_to_its_own_scores():
 
     bundle = default_bundle("xiangqi")
     model = gpt_from_bundle(bundle).eval()
-    mover = MoveModel(edgeinfer.load(bundle, device="cpu"))
+    mover = MoveModel(edgeinfer.load(bundle, device="cpu"), mirror=False)
     board = Board()
     for move in ("h2e2", "h9g7"):
         board.push(move)
