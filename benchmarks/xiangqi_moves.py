@@ -64,10 +64,11 @@ def timed_ms(fn, repeats: int) -> list[float]:
 
 def one_run_per_move(mover: MoveModel, board: Board) -> dict[str, float]:
     """The method the tree scorer replaces, computing the same scores: one full forward pass (prompt + move, no cache)
-    per legal move; with the mirror, the mirrored prompt and move are a second row of the same pass."""
+    per legal move; with the mirror (a position not its own mirror), the mirrored prompt and move are a second row of
+    the same pass."""
     prompt, segments = mover.prompt(board)
     views = [(prompt, segments, list)]
-    if mover.mirror:
+    if mover.mirror and mirrored_prompt(prompt) != prompt:
         views.append((mirrored_prompt(prompt), segments and mirrored_prompt(segments),
                       lambda chars: [MIRRORED_TOKEN[c] for c in chars]))
     scores = {}

@@ -8,9 +8,10 @@ vocabulary has `[SEEN]`). The prompt and the legal moves, its candidate continua
 mask). Xiangqi's rules are symmetric left to right and the model learnt from both sides of that mirror, but is not
 exactly symmetric itself: by default (`mirror=True`) a move's score is the mean of its scores on the position and on
 the mirrored position (a second batch row of the same call), which agrees with the engine more often than either
-view alone. Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
-rules, which see all of it, have the last word on repetitions: a move that would lose the game at once (a perpetual
-check or chase) is ranked after every other move, whatever its score.
+view alone; a position that is its own mirror, such as the start, is scored once. Output is legal by construction:
+only legal moves are ever scored. The prompt holds little history, so the rules, which see all of it, have the last
+word on repetitions: a move that would lose the game at once (a perpetual check or chase) is ranked after every other
+move, whatever its score.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class MoveModel:
             raise InputError(f"no legal moves: the game is over ({board.outcome()})")
         tokens, segments = self.prompt(board)
         candidates = np.array([move_tokens(oriented_move(move, board.side)) for move in moves])
-        if self.mirror:
+        # a position that is its own mirror (the start) has one view: averaging would only tie mirror-image moves
+        # (its square features are the mirror's too, being facts of the rules)
+        if self.mirror and mirrored_prompt(tokens) != tokens:
             views = self.model.score_prompts(
                 [tokens, mirrored_prompt(tokens)], [candidates, np.take(MIRRORED_TOKEN, candidates)],
                 segments and [segments, mirrored_prompt(segments)])
