@@ -1,7 +1,7 @@
 """Xiangqi move model: speed of move choice, agreement with the engine, and match results, in one command.
 
     python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1,100,1000]
-        [--parts latency,agreement,random,engine] [--search] [--out results/xiangqi_moves.json]
+        [--parts latency,agreement,random,engine,ceiling] [--search] [--out results/xiangqi_moves.json]
 
 1. latency of choosing a move at plies 10, 40 and 80 of --latency-positions test games each (medians over the
    positions, and the speedup's range): the tree scorer (the prompt once, every legal
@@ -9,7 +9,8 @@
    scores (by default each averaged with the mirrored position's, a second row of each call; --no-mirror: not);
 2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
    fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
-   moves), with and without the mirror;
+   moves), with and without the mirror; with `--parts ceiling`, how often fairy-stockfish itself (a fresh hash, 1000
+   and 4000 nodes) plays the labelled move, which was searched with its game's hash;
 3. matches, `--games` each, the model's best move with nothing but the rules (colours alternate; each pair of games
    shares an opening of 2-5 random plies, so games differ): against a uniformly random legal mover, and against
    fairy-stockfish at each `--nodes` budget. Every game is refereed by pyffish (variant "xiangqi": its legal moves
@@ -125,6 +126,22 @@ def agreement(mover: MoveModel, games: list[dict], positions: int, seed: int) ->
             "mean_logprob": round(statistics.fmean(logprobs), 3), "uniform_mean_logprob": round(statistics.fmean(uniform), 3)}
 
 
+def engine_agreement(games: list[dict], positions: int, seed: int, nodes: list[int]) -> dict:
+    """How often fairy-stockfish itself, from a fresh hash at each budget, plays the labelled move on the positions
+    `agreement` samples: the labels were searched with the hash their game had built up, so this is how far the
+    engine's own move predicts them."""
+    rng = random.Random(seed)
+    samples = [(g, rng.randrange(g["plies"])) for g in rng.choices(games, k=positions)]
+    engine, hits = UciEngine(DEFAULT_ENGINE), dict.fromkeys(nodes, 0)
+    for game, ply in tqdm(samples, desc="engine agreement", mininterval=2):
+        moves = [iccs_to_uci(m) for m in game["moves"].split()[:ply]]
+        for budget in nodes:
+            engine.new_game()
+            hits[budget] += uci_to_iccs(engine.best_move(moves, budget)) == game["labels"].split()[ply]
+    engine.close()
+    return {f"nodes{budget}": round(count / positions, 4) for budget, count in hits.items()}
+
+
 def tactics(board: Board) -> tuple[set[str], set[str]]:
     """The mate-in-one moves and the free captures (no legal recapture on the square) of the side to move."""
     mates, free = set(), set()
@@ -216,7 +233,7 @@ def play_match(choose, opponent, games: int, seed: int, count_tactics: bool = Fa
     return tally
 
 
-PARTS = ("latency", "agreement", "random", "engine")
+PARTS = ("latency", "agreement", "random", "engine")  # and "ceiling": the engine's own agreement with its labels
 
 
 def main() -> None:
@@ -225,7 +242,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/xiangqi", type=Path)
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--nodes", default="1,100,1000", help="fairy-stockfish node budgets to play against")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} to run")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which of {', '.join(PARTS)} (the default) and ceiling to run")
     parser.add_argument("--positions", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--latency-positions", type=int, default=10, help="test positions timed at each ply")
@@ -258,6 +275,9 @@ def main() -> None:
             results["agreement_without_mirror"] = agreement(MoveModel(model, mirror=False), test_games, args.positions,
                                                             args.seed)
             print("without the mirror", results["agreement_without_mirror"], flush=True)
+    if "ceiling" in parts:
+        results["engine_agreement"] = engine_agreement(test_games, args.positions, args.seed, [1000, 4000])
+        print("fairy-stockfish from a fresh hash", results["engine_agreement"], flush=True)
     if "random" in parts:
         results["vs_random"] = play_match(choose, lambda board, rng: rng.choice(board.legal_moves()), args.games,
                                           args.seed, count_tactics=True)
