@@ -6,10 +6,10 @@
 1. latency of choosing a move at plies 10, 40 and 80 of --latency-positions test games each (medians over the
    positions, and the speedup's range): the tree scorer (the prompt once, every legal
    move in one call) against one full forward pass per legal move (prompt + move, no cache), same bundle, same
-   scores (by default each averaged with the mirrored position's, a second row of each call; --no-mirror: not);
+   scores (with --mirror each averaged with the mirrored position's, a second row of each call);
 2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
    fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
-   moves), with and without the mirror; with `--parts ceiling`, how often fairy-stockfish itself (a fresh hash, 1000
+   moves), with and without the mirror (`MoveModel(mirror=True)`); with `--parts ceiling`, how often fairy-stockfish itself (a fresh hash, 1000
    and 4000 nodes) plays the labelled move, which was searched with its game's hash;
 3. matches, `--games` each, the model's best move with nothing but the rules (colours alternate; each pair of games
    shares an opening of 2-5 random plies, so games differ): against a uniformly random legal mover, and against
@@ -248,8 +248,8 @@ def main() -> None:
     parser.add_argument("--latency-positions", type=int, default=10, help="test positions timed at each ply")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search", action="store_true", help="matches played by the model-guided two-ply search")
-    parser.add_argument("--no-mirror", action="store_true",
-                        help="score each position alone, not averaged with its left-right mirror (MoveModel mirror=False)")
+    parser.add_argument("--mirror", action="store_true",
+                        help="average each move's score with the mirrored position's (MoveModel mirror=True)")
     parser.add_argument("--out", type=Path, default=Path("results/xiangqi_moves.json"))
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -257,7 +257,7 @@ def main() -> None:
     from edgeinfer.loader import default_bundle
 
     model = edgeinfer.load(args.bundle or default_bundle("xiangqi"), device="cpu")
-    mover = MoveModel(model, mirror=not args.no_mirror)
+    mover = MoveModel(model, mirror=args.mirror)
     test_games = [g for g in load_games(args.data / "games.jsonl") if split_of(g["moves"]) == "test"]
     results = {"bundle": str(model.folder), "date": time.strftime("%Y-%m-%d"),
                "mirror": mover.mirror, "matches_played_by": f"search, prior weight {PRIOR_WEIGHT}" if args.search else "the model's best move"}
@@ -271,10 +271,10 @@ def main() -> None:
     if "agreement" in parts:
         results["agreement"] = agreement(mover, test_games, args.positions, args.seed)
         print(results["agreement"], flush=True)
-        if mover.mirror:  # what the mirror adds
-            results["agreement_without_mirror"] = agreement(MoveModel(model, mirror=False), test_games, args.positions,
-                                                            args.seed)
-            print("without the mirror", results["agreement_without_mirror"], flush=True)
+        other = MoveModel(model, mirror=not mover.mirror)  # what the mirror adds
+        key = "agreement_with_mirror" if other.mirror else "agreement_without_mirror"
+        results[key] = agreement(other, test_games, args.positions, args.seed)
+        print(key, results[key], flush=True)
     if "ceiling" in parts:
         results["engine_agreement"] = engine_agreement(test_games, args.positions, args.seed, [1000, 4000])
         print("fairy-stockfish from a fresh hash", results["engine_agreement"], flush=True)

@@ -6,9 +6,10 @@ manifest names `square_features`, and its start token saying whether the positio
 vocabulary has `[SEEN]`). The prompt and the legal moves, its candidate continuations, run together
 (`CausalLM.score_prompt`: the moves as a tree of shared characters beside the prompt, one call with the query-key
 mask). Xiangqi's rules are symmetric left to right and the model learnt from both sides of that mirror, but is not
-exactly symmetric itself: by default (`mirror=True`) a move's score is the mean of its scores on the position and on
-the mirrored position (a second batch row of the same call), which agrees with the engine more often than either
-view alone; a position that is its own mirror, such as the start, is scored once. Output is legal by construction:
+exactly symmetric itself: with `mirror=True` a move's score is the mean of its scores on the position and on the
+mirrored position (a second batch row of the same call), which gives the engine's move more probability and agrees
+with it a little more often than the position alone; a position that is its own mirror, such as the start, is scored
+once. Output is legal by construction:
 only legal moves are ever scored. The prompt holds little history, so the rules, which see all of it, have the last
 word on repetitions: a move that would lose the game at once (a perpetual check or chase) is ranked after every other
 move, whatever its score.
@@ -45,7 +46,7 @@ class ScoredMove:
 class MoveModel:
     """A loaded Xiangqi bundle that scores the legal moves of a position."""
 
-    def __init__(self, model, mirror: bool = True) -> None:
+    def __init__(self, model, mirror: bool = False) -> None:
         manifest = model.manifest
         if manifest["task"] != "xiangqi":
             raise BundleError(f"moves need a bundle for task 'xiangqi'; this one is for task {manifest['task']!r}")
