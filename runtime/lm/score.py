@@ -116,11 +116,12 @@ class ContinuationScorer:
         types = np.zeros_like(feed)
         for row, ((ids, segments), tree) in enumerate(zip(prompts, trees)):
             feed[row, :n], types[row, :n] = ids, segments
+            size = tree.count if tree else 0
             if tree:
-                mask[row, n:n + tree.count, n:n + tree.count] = tree.mask
-                feed[row, n:n + tree.count] = tree.ids
-                positions[row, n:n + tree.count] = n + tree.depths
-            mask[row, n + (tree.count if tree else 0):, n:] = np.eye(count, dtype=np.int64)[tree.count if tree else 0:]
+                mask[row, n:n + size, n:n + size] = tree.mask
+                feed[row, n:n + size] = tree.ids
+                positions[row, n:n + size] = n + tree.depths
+            mask[row, n + size:, n + size:] = np.eye(count - size, dtype=np.int64)  # padding: its prompt and itself
         logits = Step(model, KVCache(model, len(prompts), n)).run(
             feed, positions, mask, np.tile(np.arange(n - 1, n + count), (len(prompts), 1)), types, kept=None)
         scores = []

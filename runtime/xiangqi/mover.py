@@ -9,10 +9,9 @@ mask). Xiangqi's rules are symmetric left to right and the model learnt from bot
 exactly symmetric itself: with `mirror=True` a move's score is the mean of its scores on the position and on the
 mirrored position (a second batch row of the same call), which gives the engine's move more probability and agrees
 with it a little more often than the position alone; a position that is its own mirror, such as the start, is scored
-once. Output is legal by construction:
-only legal moves are ever scored. The prompt holds little history, so the rules, which see all of it, have the last
-word on repetitions: a move that would lose the game at once (a perpetual check or chase) is ranked after every other
-move, whatever its score.
+once. Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
+rules, which see all of it, have the last word on repetitions: a move that would lose the game at once (a perpetual
+check or chase) is ranked after every other move, whatever its score.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ TOKEN_ID = {symbol: i for i, symbol in enumerate(VOCAB)}
 PROMPT_TOKENS = 1 + FILES * RANKS
 # The left-right mirror (files a <-> i), a symmetry of the rules: each token under it (a move's file characters swap),
 # and which prompt token each prompt token's square mirrors to (the start token stays first).
-MIRRORED_TOKEN = [TOKEN_ID["abcdefghi"[8 - "abcdefghi".index(s)]] if s in "abcdefghi" else i
+FILE_SYMBOLS = MOVE_SYMBOLS[-FILES:]  # "a" .. "i"
+MIRRORED_TOKEN = [TOKEN_ID[FILE_SYMBOLS[FILES - 1 - FILE_SYMBOLS.index(s)]] if s in FILE_SYMBOLS else i
                   for i, s in enumerate(VOCAB)]
 MIRRORED_PROMPT = [0, *(1 + rank * FILES + FILES - 1 - file for rank in range(RANKS) for file in range(FILES))]
 
