@@ -9,8 +9,9 @@
    scores (with --mirror each averaged with the mirrored position's, a second row of each call);
 2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
    fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
-   moves), with and without the mirror (`MoveModel(mirror=True)`); with `--parts ceiling`, how often fairy-stockfish itself (a fresh hash, 1000
-   and 4000 nodes) plays the labelled move, which was searched with its game's hash;
+   moves), with and without the mirror (`MoveModel(mirror=True)`); with `--parts ceiling`, how often
+   fairy-stockfish itself (a fresh hash, 1000 and 4000 nodes) plays the labelled move, which was searched with its
+   game's hash;
 3. matches, `--games` each, the model's best move with nothing but the rules (colours alternate; each pair of games
    shares an opening of 2-5 random plies, so games differ): against a uniformly random legal mover, and against
    fairy-stockfish at each `--nodes` budget. Every game is refereed by pyffish (variant "xiangqi": its legal moves
@@ -110,12 +111,16 @@ def latency(mover: MoveModel, games: list[list[str]], plies: list[int], repeats:
     return rows
 
 
+def sampled_positions(games: list[dict], positions: int, seed: int) -> list[tuple[dict, int]]:
+    """`positions` (game, ply) pairs drawn from the test games: the positions `agreement` measures."""
+    rng = random.Random(seed)
+    return [(g, rng.randrange(g["plies"])) for g in rng.choices(games, k=positions)]
+
+
 def agreement(mover: MoveModel, games: list[dict], positions: int, seed: int) -> dict:
     """Top-1 agreement and mean log-probability of the engine's labelled move on test positions."""
-    rng = random.Random(seed)
-    samples = [(g, rng.randrange(g["plies"])) for g in rng.choices(games, k=positions)]
     hits, logprobs, uniform = 0, [], []
-    for game, ply in tqdm(samples, desc="agreement", mininterval=2):
+    for game, ply in tqdm(sampled_positions(games, positions, seed), desc="agreement", mininterval=2):
         board = Board.from_moves(game["moves"].split()[:ply], max_plies=None)
         label = game["labels"].split()[ply]
         scored = mover.score(board)
@@ -130,10 +135,8 @@ def engine_agreement(games: list[dict], positions: int, seed: int, nodes: list[i
     """How often fairy-stockfish itself, from a fresh hash at each budget, plays the labelled move on the positions
     `agreement` samples: the labels were searched with the hash their game had built up, so this is how far the
     engine's own move predicts them."""
-    rng = random.Random(seed)
-    samples = [(g, rng.randrange(g["plies"])) for g in rng.choices(games, k=positions)]
     engine, hits = UciEngine(DEFAULT_ENGINE), dict.fromkeys(nodes, 0)
-    for game, ply in tqdm(samples, desc="engine agreement", mininterval=2):
+    for game, ply in tqdm(sampled_positions(games, positions, seed), desc="engine agreement", mininterval=2):
         moves = [iccs_to_uci(m) for m in game["moves"].split()[:ply]]
         for budget in nodes:
             engine.new_game()
