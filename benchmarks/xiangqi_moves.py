@@ -70,8 +70,8 @@ def one_run_per_move(mover: MoveModel, board: Board) -> dict[str, float]:
     the same pass."""
     prompt, segments = mover.prompt(board)
     views = [(prompt, segments, list)]
-    if mover.mirror and mirrored_prompt(prompt) != prompt:
-        views.append((mirrored_prompt(prompt), segments and mirrored_prompt(segments),
+    if mover.mirror and (mirrored := mirrored_prompt(prompt)) != prompt:
+        views.append((mirrored, segments and mirrored_prompt(segments),
                       lambda chars: [MIRRORED_TOKEN[c] for c in chars]))
     scores = {}
     for move in board.legal_moves():

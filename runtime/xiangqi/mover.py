@@ -87,9 +87,9 @@ class MoveModel:
         candidates = np.array([move_tokens(oriented_move(move, board.side)) for move in moves])
         # a position that is its own mirror (the start) has one view: averaging would only tie mirror-image moves
         # (its square features are the mirror's too, being facts of the rules)
-        if self.mirror and mirrored_prompt(tokens) != tokens:
+        if self.mirror and (mirrored := mirrored_prompt(tokens)) != tokens:
             views = self.model.score_prompts(
-                [tokens, mirrored_prompt(tokens)], [candidates, np.take(MIRRORED_TOKEN, candidates)],
+                [tokens, mirrored], [candidates, np.take(MIRRORED_TOKEN, candidates)],
                 segments and [segments, mirrored_prompt(segments)])
             scores = (views[0] + views[1]) / 2
         else:
