@@ -9,11 +9,12 @@ An example is a position's prompt (the start token and its 90 squares seen from 
 whether a move from or to it gives check or mates, whether its piece is en prise and the cheapest enemy piece that
 controls it, unless --features says less; the
 start token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
-fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each
-other both ways (a prefix LM). Each batch mirrors half of its examples left to right (files a <-> i), a symmetry of
-the game. Positions come from every game of the train split (`xiangqi_data.split_of`) of each --data folder (the engine's games,
-and games the model itself played with `xiangqi_data --policy`); the first folder's valid split gives the validation
-loss and its test split stays for `benchmarks/xiangqi_moves.py`.
+fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each other both
+ways (a prefix LM). --mirror-share of the examples (half by default) are mirrored left to right (files a <-> i): a
+symmetry of the rules, not of the engine's choices, so the shipped model trains its last stages on none. Positions
+come from every game of the train split (`xiangqi_data.split_of`) of each --data folder (the engine's games, and games
+the model itself played with `xiangqi_data --policy`); the first folder's valid split gives the validation loss and
+its test split stays for `benchmarks/xiangqi_moves.py`.
 """
 
 from __future__ import annotations
@@ -123,16 +124,18 @@ def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: n
 
 
 def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.ndarray, checks: np.ndarray,
-            batch_size: int, seed: int, features: str | None, win_weight: float = 1.0, seen_weight: float = 1.0):
-    """Endless random batches, half of each mirrored. A position is drawn `win_weight` times as often as another if
-    its label wins on the spot (a game has at most one such move, so mates are about 1% of positions), and
-    `seen_weight` times as often if it is a repeat (the positions where going round again draws); both multiply."""
+            batch_size: int, seed: int, features: str | None, win_weight: float = 1.0, seen_weight: float = 1.0,
+            mirror_share: float = 0.5):
+    """Endless random batches, each example mirrored left to right with probability `mirror_share`. A position is
+    drawn `win_weight` times as often as another if its label wins on the spot (a game has at most one such move, so
+    mates are about 1% of positions), and `seen_weight` times as often if it is a repeat (the positions where going
+    round again draws); both multiply."""
     rng = np.random.default_rng(seed)
     weights = np.where(wins, win_weight, 1.0) * np.where(seen, seen_weight, 1.0)
     cumulative = np.cumsum(weights / weights.sum())
     while True:
         rows = np.minimum(np.searchsorted(cumulative, rng.random(batch_size), side="right"), len(weights) - 1)
-        yield collate(squares[rows], labels[rows], seen[rows], checks[rows], rng.random(batch_size) < 0.5, features)
+        yield collate(squares[rows], labels[rows], seen[rows], checks[rows], rng.random(batch_size) < mirror_share, features)
 
 
 def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: np.ndarray, limit: int,
@@ -214,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="draw positions whose labelled move mates (or stalemates) this many times as often")
     parser.add_argument("--seen-weight", type=float, default=1.0,
                         help="draw repeated positions (their start token is [SEEN]) this many times as often")
+    parser.add_argument("--mirror-share", type=float, default=0.5,
+                        help="share of training examples mirrored left to right (0: none; the engine's own choices are "
+                        "not mirror-symmetric, see benchmarks/README.md)")
     parser.add_argument("--init", type=Path, help="start from this model.pt or float32 bundle folder (a model with fewer "
                         "square features starts from the same function: see warm_start)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                                 eval_every=1000, seed=args.seed, device=args.device,
                                 max_seconds=60 * args.max_minutes if args.max_minutes else None)
         log = train(model, batches(*splits["train"], args.batch_size, args.seed, features, args.win_weight,
-                                   args.seen_weight), valid, train_cfg, args.work)
+                                   args.seen_weight, args.mirror_share), valid, train_cfg, args.work)
         log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, features)), 4)
         log["positions"] = {name: len(pair[0]) for name, pair in splits.items()}
         log["batch_size"] = args.batch_size

@@ -200,6 +200,22 @@ def test_winning_labels_are_flagged_and_drawn_as_often_as_weighted():
     assert abs(share - 10 / 139) < 0.005
 
 
+@pytest.mark.parametrize("mirror_share", [0.0, 0.3, 1.0])
+def test_the_share_of_mirrored_examples_is_the_one_asked_for(mirror_share):
+    from edgeinfer.export.train_xiangqi import batches, game_positions
+
+    moves = _random_game(12, 8).move_stack
+    positions = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    squares, labels, wins, seen, checks = (part[1:] for part in positions)  # the start is its own mirror, the rest not
+    as_is = {row.tobytes() for row in squares}
+    as_mirrored = {row.reshape(10, 9)[:, ::-1].ravel().tobytes() for row in squares}
+    assert not as_is & as_mirrored
+    ids, _, _ = next(batches(squares, labels, wins, seen, checks, 4000, seed=1, features=None, mirror_share=mirror_share))
+    prompts = [row.astype(np.int8).tobytes() for row in ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET]
+    assert all(p in as_is or p in as_mirrored for p in prompts)
+    assert abs(np.mean([p in as_mirrored for p in prompts]) - mirror_share) < 0.03
+
+
 def test_repeated_positions_start_with_seen_in_training_and_at_run_time(movers, tmp_path):
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle
