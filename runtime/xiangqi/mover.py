@@ -5,11 +5,11 @@ board seen from the side to move, `tokens.board_tokens`, with each square's segm
 manifest names `square_features`, and its start token saying whether the position is a repeat, when the bundle's
 vocabulary has `[SEEN]`). The prompt and the legal moves, its candidate continuations, run together
 (`CausalLM.score_prompt`: the moves as a tree of shared characters beside the prompt, one call with the query-key
-mask). Xiangqi's rules are symmetric left to right and the model learnt from both sides of that mirror, but is not
-exactly symmetric itself: with `mirror=True` a move's score is the mean of its scores on the position and on the
-mirrored position (a second batch row of the same call), which gives the engine's move more probability and agrees
-with it a little more often than the position alone; a position that is its own mirror, such as the start, is scored
-once. Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
+mask). Xiangqi's rules are symmetric left to right; with `mirror=True` a move's score is the mean of its scores on
+the position and on the mirrored position (a second batch row of the same call; a position that is its own mirror,
+such as the start, is scored once). That helps a model trained on mirrored examples, which is symmetric only roughly;
+the shipped model learnt the engine's own choices, which are not symmetric, and agrees with them a little less often
+with it (benchmarks/README.md). Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
 rules, which see all of it, have the last word on repetitions: a move that would lose the game at once (a perpetual
 check or chase) is ranked after every other move, whatever its score.
 """
