@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.mirror_share <= 1.0:
+        parser.error(f"--mirror-share must be between 0 and 1, got {args.mirror_share}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -216,6 +216,15 @@ def test_the_share_of_mirrored_examples_is_the_one_asked_for(mirror_share):
     assert abs(np.mean([p in as_mirrored for p in prompts]) - mirror_share) < 0.03
 
 
+@pytest.mark.parametrize("share", ["-0.1", "1.5"])
+def test_a_mirror_share_outside_0_to_1_is_refused_by_name(share, capsys):
+    from edgeinfer.export.train_xiangqi import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["--mirror-share", share, "--data", "no-such-folder"])
+    assert refused.value.code == 2 and "--mirror-share must be between 0 and 1" in capsys.readouterr().err
+
+
 def test_repeated_positions_start_with_seen_in_training_and_at_run_time(movers, tmp_path):
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.onnx_export import export_gpt_bundle

@@ -8,10 +8,10 @@ vocabulary has `[SEEN]`). The prompt and the legal moves, its candidate continua
 mask). Xiangqi's rules are symmetric left to right; with `mirror=True` a move's score is the mean of its scores on
 the position and on the mirrored position (a second batch row of the same call; a position that is its own mirror,
 such as the start, is scored once). That helps a model trained on mirrored examples, which is symmetric only roughly;
-the shipped model learnt the engine's own choices, which are not symmetric, and agrees with them a little less often
-with it (benchmarks/README.md). Output is legal by construction: only legal moves are ever scored. The prompt holds little history, so the
-rules, which see all of it, have the last word on repetitions: a move that would lose the game at once (a perpetual
-check or chase) is ranked after every other move, whatever its score.
+the shipped model learnt the engine's own choices, which are not symmetric, and with it agrees with them a little less
+often (benchmarks/README.md). Output is legal by construction: only legal moves are ever scored. The prompt holds
+little history, so the rules, which see all of it, have the last word on repetitions: a move that would lose the game
+at once (a perpetual check or chase) is ranked after every other move, whatever its score.
 """
 
 from __future__ import annotations
