@@ -1,7 +1,8 @@
 """A small, generic training loop for the GPT of `gpt.py`: AdamW, warmup + cosine decay, gradient clipping.
 
 Used by the task scripts (train_xiangqi.py, train_chat.py), which own their data. Writes the loss curve as
-JSON as it goes and shows progress with tqdm. Deterministic for a given seed and thread count on the CPU.
+JSON as it goes and shows progress with tqdm. With `TrainConfig.ema` the validation loss and the model handed back
+are those of an exponential moving average of the weights (the raw weights' validation loss is logged beside it). Deterministic for a given seed and thread count on the CPU.
 `TrainConfig.device="cuda"` trains on a GPU (bfloat16 autocast) and hands the model back on the CPU.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .gpt import GPT
@@ -34,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_seconds: float | None = None  # a time budget: the schedule runs against whichever of it and `steps` is nearer
+    ema: float | None = None  # decay of a moving average of the weights kept beside them (e.g. 0.999), or none
 
 
 def on_device(batch: Batch, device: torch.device) -> Batch:
@@ -103,7 +106,10 @@ def train(
         betas=(0.9, 0.98),
     )
     loss_fn = loss_fn or (lambda m, b: m.loss(b[0], b[1], b[2]))
-    log = {"config": asdict(cfg), "train": [], "valid": []}
+    averaged = None
+    if cfg.ema is not None:
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    log = {"config": asdict(cfg), "train": [], "valid": [], **({"valid_raw": []} if averaged else {})}
     started = time.perf_counter()
     model.train()
     progress = tqdm(range(cfg.steps), desc="train", unit="step", mininterval=2.0)
@@ -118,6 +124,8 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         value = loss.item()
         smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
         if step % 10 == 0:
@@ -126,13 +134,19 @@ def train(
         out_of_time = cfg.max_seconds is not None and done >= 1.0
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or out_of_time:
             valid = evaluate(model, valid_batches)
+            if averaged is not None:
+                log["valid_raw"].append([step + 1, round(valid, 4)])
+                valid = evaluate(averaged.module, valid_batches)
             log["valid"].append([step + 1, round(valid, 4)])
-            progress.write(f"step {step + 1}: train {smoothed:.4f} valid {valid:.4f}")
+            progress.write(f"step {step + 1}: train {smoothed:.4f} valid {valid:.4f}"
+                           + (f" (raw weights {log['valid_raw'][-1][1]:.4f})" if averaged else ""))
             log["seconds"] = round(time.perf_counter() - started, 1)
             (out_dir / "training.json").write_text(json.dumps(log) + "\n")
         if out_of_time:
             break
     log["steps_run"] = step + 1
+    if averaged is not None:
+        model.load_state_dict(averaged.module.state_dict())
     model.to("cpu")
     log["final_valid_loss"] = log["valid"][-1][1]
     log["seconds"] = round(time.perf_counter() - started, 1)

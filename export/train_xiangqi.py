@@ -158,8 +158,9 @@ def held_out(split: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
 def warm_start(model: GPT, path: Path) -> None:
     """Load a checkpoint's weights (a model.pt, or a float32 bundle folder read back by `bundle_import`) into
     `model`; a segment table it lacks starts at zero, a table of fewer square features is repeated for each value of
-    the added ones (`edgeinfer.xiangqi.features`: they add multiples of the smaller table's size), and a `[SEEN]`
-    token it lacks starts as a copy of the start token (each way, training starts from the same function)."""
+    the added ones (`edgeinfer.xiangqi.features`: they add multiples of the smaller table's size), a `[SEEN]`
+    token it lacks starts as a copy of the start token, and layers it lacks (--layers above the checkpoint's) are
+    added on top with zero output projections (each way, training starts from the same function)."""
     if path.is_dir():
         state = gpt_from_bundle(path).state_dict()
     else:
@@ -172,11 +173,18 @@ def warm_start(model: GPT, path: Path) -> None:
         copies, rest = divmod(len(model.wse.weight) - 1, len(table) - 1)
         if not rest:  # each added feature's segments start as copies of the ones it refines
             state["wse.weight"] = torch.cat([table[:1], table[1:].repeat(copies, 1)])
+    layers = len({name.split(".")[1] for name in state if name.startswith("blocks.")})
+    added = model.blocks[layers:]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"wse.weight"}:
-        raise SystemExit(f"{path} does not fit this model: missing {missing}, unexpected {unexpected}")
+    missing = set(missing) - {f"blocks.{layers + i}.{name}" for i, block in enumerate(added) for name in block.state_dict()}
+    if unexpected or missing - {"wse.weight"}:
+        raise SystemExit(f"{path} does not fit this model: missing {sorted(missing)}, unexpected {unexpected}")
     if missing:
         torch.nn.init.zeros_(model.wse.weight)
+    for block in added:  # zero output projections: each added block passes its input through unchanged
+        for projection in (block.attn.proj, block.mlp.proj):
+            torch.nn.init.zeros_(projection.weight)
+            torch.nn.init.zeros_(projection.bias)
     print(f"started from {path}", flush=True)
 
 
@@ -220,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mirror-share", type=float, default=0.5,
                         help="share of training examples mirrored left to right (0: none; the engine's own choices are "
                         "not mirror-symmetric, see benchmarks/README.md)")
+    parser.add_argument("--ema", type=float, help="validate and ship a moving average of the weights with this decay "
+                        "(e.g. 0.999) instead of the last weights")
     parser.add_argument("--init", type=Path, help="start from this model.pt or float32 bundle folder (a model with fewer "
                         "square features starts from the same function: see warm_start)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
@@ -228,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0.0 <= args.mirror_share <= 1.0:
         parser.error(f"--mirror-share must be between 0 and 1, got {args.mirror_share}")
+    if args.ema is not None and not 0.0 <= args.ema <= 1.0:
+        parser.error(f"--ema must be between 0 and 1, got {args.ema}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -252,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         valid = in_order(*held_out(splits["valid"]), args.valid_positions, features)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
-                                max_seconds=60 * args.max_minutes if args.max_minutes else None)
+                                max_seconds=60 * args.max_minutes if args.max_minutes else None, ema=args.ema)
         log = train(model, batches(*splits["train"], args.batch_size, args.seed, features, args.win_weight,
                                    args.seen_weight, args.mirror_share), valid, train_cfg, args.work)
         log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, features)), 4)

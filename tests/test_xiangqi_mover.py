@@ -216,13 +216,14 @@ def test_the_share_of_mirrored_examples_is_the_one_asked_for(mirror_share):
     assert abs(np.mean([p in as_mirrored for p in prompts]) - mirror_share) < 0.03
 
 
-@pytest.mark.parametrize("share", ["-0.1", "1.5"])
-def test_a_mirror_share_outside_0_to_1_is_refused_by_name(share, capsys):
+@pytest.mark.parametrize("option, value", [("--mirror-share", "-0.1"), ("--mirror-share", "1.5"), ("--ema", "-0.5"),
+                                           ("--ema", "1.01")])
+def test_a_share_or_decay_outside_0_to_1_is_refused_by_name(option, value, capsys):
     from edgeinfer.export.train_xiangqi import main
 
     with pytest.raises(SystemExit) as refused:
-        main(["--mirror-share", share, "--data", "no-such-folder"])
-    assert refused.value.code == 2 and "--mirror-share must be between 0 and 1" in capsys.readouterr().err
+        main([option, value, "--data", "no-such-folder"])
+    assert refused.value.code == 2 and f"{option} must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_repeated_positions_start_with_seen_in_training_and_at_run_time(movers, tmp_path):
@@ -288,6 +289,31 @@ def test_warm_start_from_the_shipped_bundle_folder_keeps_its_function():
     with torch.no_grad():
         reference = shipped.training_logits(prompt, segments)
         assert torch.equal(new.training_logits(prompt, segments)[..., : shipped.cfg.vocab_size], reference)
+
+
+def test_warm_start_into_more_layers_keeps_its_function_and_trains_the_added_ones(tmp_path):
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.train_xiangqi import warm_start
+
+    config = {"vocab_size": len(VOCAB), "n_positions": PROMPT_TOKENS + 4, "n_embd": 16, "n_head": 2,
+              "bidirectional_prefix": PROMPT_TOKENS}
+    torch.manual_seed(5)
+    old = GPT(GPTConfig(**config, n_layer=1)).eval()
+    torch.save({"config": old.cfg.to_dict(), "state_dict": old.state_dict()}, tmp_path / "model.pt")
+    new = GPT(GPTConfig(**config, n_layer=3)).eval()
+    warm_start(new, tmp_path / "model.pt")
+    board = _random_game(30, 1)
+    prompt = torch.tensor([board_tokens(board.squares, board.side) + move_tokens("h2e2")])
+    with torch.no_grad():
+        assert torch.allclose(new.training_logits(prompt), old.training_logits(prompt), atol=1e-6)
+    targets = torch.full_like(prompt, -100)
+    targets[0, -5:-1] = prompt[0, -4:]
+    new.loss(prompt, targets).backward()
+    for block in new.blocks[1:]:  # the added blocks start as identities but learn
+        assert block.mlp.proj.weight.grad.abs().max() > 0 and block.attn.proj.weight.grad.abs().max() > 0
+    torch.save({"config": new.cfg.to_dict(), "state_dict": new.state_dict()}, tmp_path / "grown.pt")
+    with pytest.raises(SystemExit, match="unexpected"):  # fewer layers than the checkpoint: refused
+        warm_start(GPT(GPTConfig(**config, n_layer=1)), tmp_path / "grown.pt")
 
 
 @pytest.mark.parametrize("before, after", [("control", "control+checks"), ("control", "control+checks+threats"),
