@@ -31,6 +31,7 @@ import multiprocessing
 import random
 import shutil
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -45,34 +46,59 @@ from edgeinfer.xiangqi import DEFAULT_MAX_PLIES, Board, iccs_to_uci, uci_to_iccs
 DEFAULT_ENGINE = "/usr/games/fairy-stockfish"
 SPLITS = (("train", 90), ("valid", 95), ("test", 100))  # cumulative percent of hash buckets
 MAX_ATTEMPTS = 256  # seeds tried per game index before giving up on finding an unseen game
+ENGINE_TRIES = 3  # engines a game is played on before giving up: each that hangs (EngineTimeout) is replaced
+
+
+class EngineTimeout(RuntimeError):
+    """The engine gave no answer within its time limit, and was killed: a stuck engine stops one game, not the run."""
 
 
 class UciEngine:
-    """Minimal UCI client over pipes: just what self-play needs (new game, best move at N nodes)."""
+    """Minimal UCI client over pipes: just what self-play needs (new game, best move at N nodes). A watchdog kills
+    the engine when an answer takes longer than `timeout_s`, and the wait raises `EngineTimeout`."""
 
-    def __init__(self, path: str, hash_mb: int = 16) -> None:
+    def __init__(self, path: str, hash_mb: int = 16, timeout_s: float = 60.0) -> None:
         self._proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True, bufsize=1)
         self.name = ""
+        self.timeout_s = timeout_s
+        self._deadline: float | None = None
+        self._timed_out = False
+        threading.Thread(target=self._watch, daemon=True).start()
         self._send("uci")
         self._wait_for("uciok")
         for option, value in (("UCI_Variant", "xiangqi"), ("Threads", 1), ("Hash", hash_mb)):
             self._send(f"setoption name {option} value {value}")
         self._sync()
 
+    def _watch(self) -> None:
+        while self._proc.poll() is None:
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                self._timed_out = True
+                self._proc.kill()
+                return
+            time.sleep(min(1.0, self.timeout_s / 4))
+
     def _send(self, line: str) -> None:
         self._proc.stdin.write(line + "\n")
         self._proc.stdin.flush()
 
     def _wait_for(self, prefix: str) -> str:
-        while True:
-            line = self._proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"engine exited while waiting for {prefix!r}")
-            if line.startswith("id name "):
-                self.name = line[8:].strip()
-            if line.startswith(prefix):
-                return line.strip()
+        self._deadline = time.monotonic() + self.timeout_s
+        try:
+            while True:
+                line = self._proc.stdout.readline()
+                if not line:
+                    if self._timed_out:
+                        self._proc.wait()
+                        raise EngineTimeout(f"engine gave no {prefix!r} within {self.timeout_s:g} s, killed")
+                    raise RuntimeError(f"engine exited while waiting for {prefix!r}")
+                if line.startswith("id name "):
+                    self.name = line[8:].strip()
+                if line.startswith(prefix):
+                    return line.strip()
+        finally:
+            self._deadline = None
 
     def _sync(self) -> None:
         self._send("isready")
@@ -224,6 +250,7 @@ _worker: dict = {}  # per worker process: its engine and the settings, set by _s
 
 
 def _start_worker(engine_path: str, settings: tuple, policy_bundle: str | None) -> None:
+    _worker["engine_path"] = engine_path
     _worker["engine"] = UciEngine(engine_path)
     _worker["settings"] = settings
     _worker["policy"] = None
@@ -239,8 +266,14 @@ def _play_index(index_and_attempt: tuple[int, int]) -> dict:
     index, attempt = index_and_attempt
     base_seed, label_nodes, max_plies, opening = _worker["settings"]
     seed = game_seed(base_seed, index, attempt)
-    return {"index": index, "seed": seed,
-            **play_game(_worker["engine"], seed, label_nodes, max_plies, opening, _worker["policy"])}
+    for _ in range(ENGINE_TRIES):
+        try:
+            return {"index": index, "seed": seed,
+                    **play_game(_worker["engine"], seed, label_nodes, max_plies, opening, _worker["policy"])}
+        except EngineTimeout as exc:  # the same game again on a fresh engine: the seed stays the index's
+            print(f"game {index}: {exc}; restarting it on a fresh engine", flush=True)
+            _worker["engine"] = UciEngine(_worker["engine_path"])
+    raise RuntimeError(f"game {index}: the engine hung {ENGINE_TRIES} times on it")
 
 
 def generate(args: argparse.Namespace) -> list[dict]:
@@ -255,29 +288,37 @@ def generate(args: argparse.Namespace) -> list[dict]:
     games = load_games(games_path)
     done = {g["index"] for g in games}
     seen = {g["moves"] for g in games}
-    todo = [i for i in range(args.games) if i not in done]
-    if not todo:
+    attempts = {i: 0 for i in range(args.games) if i not in done}  # the seed each index plays next
+    if not attempts:
         return games
     settings = (args.seed, args.label_nodes, args.max_plies, args.opening_plies)
     start = time.perf_counter()
+
+    def out_of_time() -> bool:
+        return bool(args.minutes) and time.perf_counter() - start > 60 * args.minutes
+
+    todo = list(attempts)
     with (games_path.open("a") as f, tqdm(total=len(todo), desc="labelled games", unit="game") as bar,
           multiprocessing.get_context("spawn").Pool(
               args.workers, _start_worker, (args.engine, settings, args.policy and str(args.policy))) as pool):
-        for record in pool.imap_unordered(_play_index, [(i, 0) for i in todo]):
-            if args.minutes and time.perf_counter() - start > 60 * args.minutes:
-                break  # the games in flight are dropped; a later run plays their indices
-            attempt = 0
-            while record["moves"] in seen:  # a repeated game: the next seeds of its index, until a new one
-                attempt += 1
-                if attempt == MAX_ATTEMPTS:
-                    raise RuntimeError(f"game {record['index']}: {MAX_ATTEMPTS} seeds all repeated earlier games")
-                record = pool.apply(_play_index, ((record["index"], attempt),))
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            seen.add(record["moves"])
-            games.append(record)
-            bar.update()
-            bar.set_postfix(positions=sum(g["plies"] for g in games))
+        while todo and not out_of_time():  # rounds: a game that repeats an earlier one goes again, next seed
+            repeated = []
+            for record in pool.imap_unordered(_play_index, [(i, attempts[i]) for i in todo]):
+                if out_of_time():
+                    break  # the games in flight are dropped; a later run plays their indices
+                if record["moves"] in seen:
+                    attempts[record["index"]] += 1
+                    if attempts[record["index"]] == MAX_ATTEMPTS:
+                        raise RuntimeError(f"game {record['index']}: {MAX_ATTEMPTS} seeds all repeated earlier games")
+                    repeated.append(record["index"])
+                    continue
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                seen.add(record["moves"])
+                games.append(record)
+                bar.update()
+                bar.set_postfix(positions=sum(g["plies"] for g in games))
+            todo = repeated
     elapsed = time.perf_counter() - start
     played = len(games) - len(done)
     print(f"played {played} games in {elapsed:.0f} s ({args.workers * elapsed / max(played, 1):.2f} s/game per worker)")

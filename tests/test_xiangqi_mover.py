@@ -738,3 +738,84 @@ def test_search_values_a_draw_by_repetition_at_the_material_lead():
     assert material_lead(board) == -9.0 and move_value(board, "d8d9") == 9.0  # black, behind, takes the draw
     board.push("d8d9")
     assert board.outcome().reason == "repetition"
+
+
+_SILENT_ENGINE = """import sys
+for line in sys.stdin:  # answers the handshake, then searches for good: never a bestmove
+    if line.startswith("uci"):
+        print("id name silent\\nuciok", flush=True)
+    elif line.startswith("isready"):
+        print("readyok", flush=True)
+"""
+
+
+def test_an_engine_that_never_answers_is_killed_and_named(tmp_path):
+    import sys
+    import time
+
+    from edgeinfer.export.xiangqi_data import EngineTimeout, UciEngine
+
+    path = tmp_path / "silent-engine"
+    path.write_text(f"#!{sys.executable}\n{_SILENT_ENGINE}")
+    path.chmod(0o755)
+    engine = UciEngine(str(path), timeout_s=0.5)
+    assert engine.name == "silent"
+    started = time.monotonic()
+    with pytest.raises(EngineTimeout, match="no 'bestmove' within 0.5 s, killed"):
+        engine.best_move([], 1000)
+    assert time.monotonic() - started < 10 and engine._proc.poll() is not None
+
+
+def test_a_hung_game_is_replayed_on_a_fresh_engine_with_its_own_seed(monkeypatch):
+    from edgeinfer.export import xiangqi_data
+
+    engines, seeds = iter(["hangs too", "answers"]), []
+
+    def play_game(engine, seed, *settings):
+        seeds.append(seed)
+        if engine != "answers":
+            raise xiangqi_data.EngineTimeout("engine gave no 'bestmove' within 60 s, killed")
+        return {"moves": "h2e2"}
+
+    monkeypatch.setattr(xiangqi_data, "play_game", play_game)
+    monkeypatch.setattr(xiangqi_data, "UciEngine", lambda path: next(engines))
+    monkeypatch.setattr(xiangqi_data, "_worker", {"engine_path": "engine", "engine": "hangs at first",
+                                                   "settings": (3, 1000, 300, (2, 8)), "policy": None})
+    assert xiangqi_data._play_index((7, 0)) == {"index": 7, "seed": seeds[0], "moves": "h2e2"}
+    assert seeds == [xiangqi_data.game_seed(3, 7, 0)] * 3
+    monkeypatch.setattr(xiangqi_data, "_worker", {**xiangqi_data._worker, "engine": "hangs"})
+    monkeypatch.setattr(xiangqi_data, "UciEngine", lambda path: "hangs")
+    with pytest.raises(RuntimeError, match="game 7: the engine hung 3 times on it"):
+        xiangqi_data._play_index((7, 0))
+
+
+_FIRST_MOVE_ENGINE = """import sys
+from edgeinfer.xiangqi import Board, iccs_to_uci, uci_to_iccs
+moves = []
+for line in sys.stdin:  # a deterministic UCI engine: its best move is the first legal one
+    if line.startswith("uci"):
+        print("id name first-move\\nuciok", flush=True)
+    elif line.startswith("isready"):
+        print("readyok", flush=True)
+    elif line.startswith("position"):
+        moves = [uci_to_iccs(m) for m in line.split()[3:]]
+    elif line.startswith("go"):
+        print("bestmove", iccs_to_uci(Board.from_moves(moves, max_plies=None).legal_moves()[0]), flush=True)
+"""
+
+
+def test_repeated_games_are_played_again_with_the_next_seed(tmp_path):
+    import sys
+
+    from edgeinfer.export.xiangqi_data import load_games, main
+
+    engine = tmp_path / "first-move-engine"
+    engine.write_text(f"#!{sys.executable}\n{_FIRST_MOVE_ENGINE}")
+    engine.chmod(0o755)
+    # no random opening and 4 plies: most engine-against-engine games are one and the same game
+    main(["--games", "12", "--out", str(tmp_path / "data"), "--engine", str(engine), "--max-plies", "4",
+          "--opening-plies", "0-0", "--workers", "2"])
+    games = load_games(tmp_path / "data" / "games.jsonl")
+    assert sorted(g["index"] for g in games) == list(range(12))
+    assert len({g["moves"] for g in games}) == 12
+    assert any(g["seed"] & 0xFF for g in games)  # some index went on to a later seed (game_seed's attempt byte)
