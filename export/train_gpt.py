@@ -2,7 +2,8 @@
 
 Used by the task scripts (train_xiangqi.py, train_chat.py), which own their data. Writes the loss curve as
 JSON as it goes and shows progress with tqdm. With `TrainConfig.ema` the validation loss and the model handed back
-are those of an exponential moving average of the weights (the raw weights' validation loss is logged beside it). Deterministic for a given seed and thread count on the CPU.
+are those of an exponential moving average of the weights (the raw weights' validation loss is logged beside it).
+Deterministic for a given seed and thread count on the CPU.
 `TrainConfig.device="cuda"` trains on a GPU (bfloat16 autocast) and hands the model back on the CPU.
 """
 
@@ -107,9 +108,10 @@ def train(
     )
     loss_fn = loss_fn or (lambda m, b: m.loss(b[0], b[1], b[2]))
     averaged = None
+    log = {"config": asdict(cfg), "train": [], "valid": []}
     if cfg.ema is not None:
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-    log = {"config": asdict(cfg), "train": [], "valid": [], **({"valid_raw": []} if averaged else {})}
+        log["valid_raw"] = []
     started = time.perf_counter()
     model.train()
     progress = tqdm(range(cfg.steps), desc="train", unit="step", mininterval=2.0)
@@ -139,7 +141,7 @@ def train(
                 valid = evaluate(averaged.module, valid_batches)
             log["valid"].append([step + 1, round(valid, 4)])
             progress.write(f"step {step + 1}: train {smoothed:.4f} valid {valid:.4f}"
-                           + (f" (raw weights {log['valid_raw'][-1][1]:.4f})" if averaged else ""))
+                           + (f" (raw weights {log['valid_raw'][-1][1]:.4f})" if averaged is not None else ""))
             log["seconds"] = round(time.perf_counter() - started, 1)
             (out_dir / "training.json").write_text(json.dumps(log) + "\n")
         if out_of_time:

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema", type=float, help="validate and ship a moving average of the weights with this decay "
                         "(e.g. 0.999) instead of the last weights")
     parser.add_argument("--init", type=Path, help="start from this model.pt or float32 bundle folder (a model with fewer "
-                        "square features starts from the same function: see warm_start)")
+                        "square features or fewer layers starts from the same function: see warm_start)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")

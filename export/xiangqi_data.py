@@ -297,7 +297,7 @@ def generate(args: argparse.Namespace) -> list[dict]:
     def out_of_time() -> bool:
         return bool(args.minutes) and time.perf_counter() - start > 60 * args.minutes
 
-    todo = list(attempts)
+    todo, positions = list(attempts), sum(g["plies"] for g in games)
     with (games_path.open("a") as f, tqdm(total=len(todo), desc="labelled games", unit="game") as bar,
           multiprocessing.get_context("spawn").Pool(
               args.workers, _start_worker, (args.engine, settings, args.policy and str(args.policy))) as pool):
@@ -316,8 +316,9 @@ def generate(args: argparse.Namespace) -> list[dict]:
                 f.flush()
                 seen.add(record["moves"])
                 games.append(record)
+                positions += record["plies"]
                 bar.update()
-                bar.set_postfix(positions=sum(g["plies"] for g in games))
+                bar.set_postfix(positions=positions)
             todo = repeated
     elapsed = time.perf_counter() - start
     played = len(games) - len(done)
