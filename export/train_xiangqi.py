@@ -13,8 +13,8 @@ fairy-stockfish's move there; the loss covers the 4 move characters only. The pr
 ways (a prefix LM). --mirror-share of the examples (half by default) are mirrored left to right (files a <-> i): a
 symmetry of the rules, not of the engine's choices, so the shipped model trains its last stages on none. Positions
 come from every game of the train split (`xiangqi_data.split_of`) of each --data folder (the engine's games, and games
-the model itself played with `xiangqi_data --policy`); the first folder's valid split gives the validation loss and
-its test split stays for `benchmarks/xiangqi_moves.py`.
+the model itself played with `xiangqi_data --policy`); the --held-out folder's (by default the first folder's) valid
+split gives the validation loss and its test split stays for `benchmarks/xiangqi_moves.py`.
 """
 
 from __future__ import annotations
@@ -94,6 +94,14 @@ def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...
         out[name] = tuple(np.concatenate(arrays) for arrays in zip(*chosen, strict=True))
     np.savez(cache, **{f"{name}_{part}": arr for name, arrays in out.items() for part, arr in zip(PARTS, arrays)})
     return out
+
+
+def training_splits(data: list[Path], held_out: Path, workers: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """The train splits of every `data` folder, concatenated, and the valid and test splits of `held_out` (which
+    need not be one of them: a stage can train on fresh games only and still be measured on the same positions)."""
+    splits = {folder: split_positions(folder, workers) for folder in dict.fromkeys([held_out, *data])}
+    train = tuple(np.concatenate(parts) for parts in zip(*(splits[folder]["train"] for folder in data), strict=True))
+    return {"train": train, "valid": splits[held_out]["valid"], "test": splits[held_out]["test"]}
 
 
 def mirrored(squares: np.ndarray, mirror: np.ndarray) -> np.ndarray:
@@ -202,7 +210,9 @@ def save_tokenizer(path: Path, vocab: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=[Path("data/xiangqi")], type=Path, nargs="+",
-                        help="xiangqi_data folders; the first one's valid and test splits are held out")
+                        help="xiangqi_data folders whose train splits are trained on")
+    parser.add_argument("--held-out", type=Path, help="the xiangqi_data folder whose valid and test splits measure "
+                        "the model (default: the first --data folder)")
     parser.add_argument("--out", default="runtime/bundles/xiangqi", type=Path)
     parser.add_argument("--work", default="build/xiangqi", type=Path, help="checkpoint and training log")
     parser.add_argument("--steps", type=int, default=20000)
@@ -257,9 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(checkpoint["state_dict"])
         log = json.loads((args.work / "training.json").read_text())
     else:
-        splits = split_positions(args.data[0], args.workers)
-        extra = [split_positions(folder, args.workers)["train"] for folder in args.data[1:]]
-        splits["train"] = tuple(np.concatenate(parts) for parts in zip(splits["train"], *extra, strict=True))
+        splits = training_splits(args.data, args.held_out or args.data[0], args.workers)
         print({name: len(parts[0]) for name, parts in splits.items()}, "positions", flush=True)
         valid = in_order(*held_out(splits["valid"]), args.valid_positions, features)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),

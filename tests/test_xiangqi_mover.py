@@ -4,6 +4,8 @@ prompt is refused."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -819,3 +821,31 @@ def test_repeated_games_are_played_again_with_the_next_seed(tmp_path):
     assert sorted(g["index"] for g in games) == list(range(12))
     assert len({g["moves"] for g in games}) == 12
     assert any(g["seed"] & 0xFF for g in games)  # some index went on to a later seed (game_seed's attempt byte)
+
+
+def test_a_stage_trains_on_its_data_folders_and_is_measured_on_the_held_out_one(tmp_path):
+    from edgeinfer.export.train_xiangqi import training_splits
+    from edgeinfer.export.xiangqi_data import split_of
+
+    rng, plies = np.random.default_rng(5), {}
+    for folder, count in (("old", 40), ("fresh", 30)):
+        (tmp_path / folder).mkdir()
+        games = []
+        for index in range(count):
+            board, moves = Board(max_plies=None), []
+            for _ in range(int(rng.integers(4, 12))):
+                legal = board.legal_moves()
+                moves.append(legal[rng.integers(len(legal))])
+                board.push(moves[-1])
+            games.append({"index": index, "moves": " ".join(moves), "labels": " ".join(moves)})
+        (tmp_path / folder / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
+        plies[folder] = {name: sum(len(g["moves"].split()) for g in games if split_of(g["moves"]) == name)
+                         for name in ("train", "valid", "test")}
+    assert all(plies["old"].values())  # 40 games reach every split
+
+    fresh_only = training_splits([tmp_path / "fresh"], tmp_path / "old", workers=1)
+    assert {name: len(parts[0]) for name, parts in fresh_only.items()} == {
+        "train": plies["fresh"]["train"], "valid": plies["old"]["valid"], "test": plies["old"]["test"]}
+    both = training_splits([tmp_path / "old", tmp_path / "fresh"], tmp_path / "old", workers=1)
+    assert len(both["train"][0]) == plies["old"]["train"] + plies["fresh"]["train"]
+    assert all(len(part) == len(both["train"][0]) for part in both["train"])
