@@ -79,9 +79,10 @@ def game_positions(game: dict) -> tuple[np.ndarray, ...]:
 
 
 def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...]]:
-    """`game_positions` of each split, replayed from games.jsonl (cached beside it as positions-<games>.npz)."""
+    """`game_positions` of each split in game index order, replayed from games.jsonl (cached beside it as
+    positions-by-index-<games>.npz)."""
     games = load_games(data / "games.jsonl")
-    cache = data / f"positions-{len(games)}.npz"
+    cache = data / f"positions-by-index-{len(games)}.npz"
     if cache.exists():
         arrays = np.load(cache)
         if all(f"train_{part}" in arrays for part in PARTS):  # a cache from before a part existed is remade

@@ -171,7 +171,8 @@ def play_game(engine: UciEngine, seed: int, label_nodes: int, max_plies: int, op
 
 
 def load_games(path: Path) -> list[dict]:
-    """Read games.jsonl, cutting off a torn last line left by an interrupted run."""
+    """Read games.jsonl in game index order (the file holds them in the order the workers finished, which varies from
+    run to run), cutting off a torn last line left by an interrupted run."""
     if not path.exists():
         return []
     games, good_bytes = [], 0
@@ -187,7 +188,7 @@ def load_games(path: Path) -> list[dict]:
     if good_bytes != path.stat().st_size:
         with path.open("rb+") as f:
             f.truncate(good_bytes)
-    return games
+    return sorted(games, key=lambda game: game["index"])
 
 
 def split_of(moves: str) -> str:

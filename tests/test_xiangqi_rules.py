@@ -478,6 +478,12 @@ def test_load_games_drops_torn_last_line(tmp_path: Path) -> None:
     assert path.read_text() == good
 
 
+def test_games_load_in_index_order_whatever_order_the_workers_finished(tmp_path: Path) -> None:
+    path = tmp_path / "games.jsonl"
+    path.write_text("".join(json.dumps({"index": i, "moves": "h2e2"}) + "\n" for i in (2, 0, 3, 1)))
+    assert [g["index"] for g in load_games(path)] == [0, 1, 2, 3]
+
+
 def test_split_is_deterministic() -> None:
     assert split_of("h2e2 h9g7") == split_of("h2e2 h9g7")
     assert {split_of(f"h2e2 {i}") for i in range(200)} == {"train", "valid", "test"}
