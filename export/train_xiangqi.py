@@ -92,6 +92,7 @@ def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...
     out = {}
     for name in ("train", "valid", "test"):
         chosen = [pos for game, pos in zip(games, replayed, strict=True) if split_of(game["moves"]) == name]
+        chosen = chosen or [game_positions({"moves": "", "labels": ""})]  # no game in this split: empty arrays
         out[name] = tuple(np.concatenate(arrays) for arrays in zip(*chosen, strict=True))
     np.savez(cache, **{f"{name}_{part}": arr for name, arrays in out.items() for part, arr in zip(PARTS, arrays)})
     return out

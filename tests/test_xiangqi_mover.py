@@ -827,21 +827,18 @@ def test_a_stage_trains_on_its_data_folders_and_is_measured_on_the_held_out_one(
     from edgeinfer.export.train_xiangqi import training_splits
     from edgeinfer.export.xiangqi_data import split_of
 
-    rng, plies = np.random.default_rng(5), {}
-    for folder, count in (("old", 40), ("fresh", 30)):
+    plies = {}
+    for first_seed, (folder, count) in enumerate((("old", 40), ("fresh", 30))):
         (tmp_path / folder).mkdir()
         games = []
         for index in range(count):
-            board, moves = Board(max_plies=None), []
-            for _ in range(int(rng.integers(4, 12))):
-                legal = board.legal_moves()
-                moves.append(legal[rng.integers(len(legal))])
-                board.push(moves[-1])
-            games.append({"index": index, "moves": " ".join(moves), "labels": " ".join(moves)})
+            moves = " ".join(_random_game(4 + index % 8, seed=1000 * first_seed + index).move_stack)
+            games.append({"index": index, "moves": moves, "labels": moves})
         (tmp_path / folder / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
         plies[folder] = {name: sum(len(g["moves"].split()) for g in games if split_of(g["moves"]) == name)
                          for name in ("train", "valid", "test")}
     assert all(plies["old"].values())  # 40 games reach every split
+    assert plies["fresh"]["valid"] == 0  # a folder with an empty split: cached, then read back by the second call
 
     fresh_only = training_splits([tmp_path / "fresh"], tmp_path / "old", workers=1)
     assert {name: len(parts[0]) for name, parts in fresh_only.items()} == {
