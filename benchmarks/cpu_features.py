@@ -7,14 +7,15 @@ int4 weights, for a decode step's GEMV and for the QA encoder's batched GEMMs.
    tile state: arch_prctl ARCH_GET_XCOMP_PERM (XTILEDATA, bit 18, is among a process's permitted features once it
    has asked), read in a fresh interpreter before any import, after importing numpy, and after onnxruntime ran an
    int8 GEMM.
-2. One MatMul node, fp32 against its int8 (DynamicQuantizeMatMul) and int4 (MatMulNBits, each accuracy level: 1 fp32,
+2. One MatMul node, fp32 against its int8 (DynamicQuantizeMatMul; uint8 weights as exported, and "int8 signed", the
+   same numbers as int8 weights: `python -m edgeinfer.export.quantize sign`) and int4 (MatMulNBits, each accuracy level: 1 fp32,
    2 fp16, 3 bf16, 4 int8 compute) forms made by `edgeinfer.export.quantize`, at a decode shape (1 x 768 @ 768 x 3072)
    and an encoder shape (8 windows of 384 tokens: 3072 x 768 @ 768 x 3072): median ms and GOPS. VNNI does 4x
    fp32's multiply-adds per instruction; AMX's tiles are several times beyond that.
 3. The QA encoder at BERT-base shape (random weights, seed 0; benchmarks/qa_peers.py's checkpoint) on batches of
    384-token windows: windows/s of fp32, int8 and int4 (accuracy 3 and 4), and whether each picks the same best span
    as fp32 on every window.
-Writes results/cpu_features.{json,md}.
+Writes results/cpu_features.{json,md} (`--name`: another file name, for another machine).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeinfer.export.quantize import quantize_int4, quantize_int8
+from edgeinfer.export.quantize import quantize_int4, quantize_int8, shift_int8_weights
 
 RESULTS = Path(__file__).parent / "results"
-FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 ARCH_GET_XCOMP_PERM, XFEATURE_XTILEDATA, SYS_ARCH_PRCTL = 0x1022, 18, 158
 SHAPES = {"decode (1x768 @ 768x3072)": (1, 768, 3072), "encoder (3072x768 @ 768x3072)": (3072, 768, 3072)}
 
@@ -66,6 +67,9 @@ def amx_stages(folder: Path) -> dict[str, bool | None]:
     src = folder / "probe.onnx"
     matmul_model(src, 768, 768)
     quantize_int8(src, folder / "probe-int8.onnx")
+    probe = onnx.load(str(folder / "probe-int8.onnx"))
+    shift_int8_weights(probe, signed=True)  # onnxruntime's AMX kernel takes int8 weights only
+    onnx.save(probe, str(folder / "probe-int8.onnx"))
     return {stage: json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                              check=True).stdout) for stage, code in stages.items()}
 
@@ -97,9 +101,13 @@ def median_ms(run, repeats: int) -> float:
 
 
 def variants(src: Path, folder: Path, int4_levels: tuple[int, ...] = (1, 2, 3, 4)) -> dict[str, Path]:
-    """fp32, int8 and int4 at the given accuracy levels, of the graph at `src`."""
-    out = {"fp32": src, "int8": folder / f"{src.stem}-int8.onnx"}
+    """fp32, int8 (uint8 weights, as exported, and the same numbers as int8 weights) and int4 at the given accuracy
+    levels, of the graph at `src`."""
+    out = {"fp32": src, "int8": folder / f"{src.stem}-int8.onnx", "int8 signed": folder / f"{src.stem}-int8-signed.onnx"}
     quantize_int8(src, out["int8"])
+    signed = onnx.load(str(out["int8"]))
+    shift_int8_weights(signed, signed=True)
+    onnx.save(signed, str(out["int8 signed"]))
     for level in int4_levels:
         out[f"int4 acc{level}"] = folder / f"{src.stem}-int4-acc{level}.onnx"
         quantize_int4(src, out[f"int4 acc{level}"], accuracy_level=level)
@@ -168,6 +176,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--name", default="cpu_features", help="results/NAME.json and .md")
     parser.add_argument("--skip-encoder", action="store_true", help="GEMMs only (no BERT-base export)")
     args = parser.parse_args()
     record = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
@@ -177,8 +186,8 @@ def main() -> None:
         record["gemm"] = gemm_rows(Path(tmp), args.threads, args.repeats)
         record["encoder"] = [] if args.skip_encoder else encoder_rows(Path(tmp), args.threads, args.repeats, args.batches)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cpu_features.json").write_text(json.dumps(record, indent=1))
-    (RESULTS / "cpu_features.md").write_text(markdown(record))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1))
+    (RESULTS / f"{args.name}.md").write_text(markdown(record))
     print(markdown(record))
 
 

@@ -1,20 +1,29 @@
 """Smaller weights for exported graphs. For the CPU, weight-only int8 and int4: every MatMul against a constant weight
-becomes onnxruntime's DynamicQuantizeMatMul (int8 weights, one scale per output channel; activations quantized per
-call) or MatMulNBits (4-bit weights in blocks of 128 along the input dimension, or 32 on small models, each block with
-its own scale and zero point). For CUDA, float16: the whole graph, weights, activations and KV cache, in half
-precision, the logits cast back to float32.
+becomes onnxruntime's integer matmul (uint8 weights, one scale and zero point per output channel; activations
+quantized to uint8 per call) or MatMulNBits (4-bit weights in blocks of 128 along the input dimension, or 32 on small
+models, each block with its own scale and zero point). For CUDA, float16: the whole graph, weights, activations and
+KV cache, in half precision, the logits cast back to float32.
 
 Why: a decode step at batch 1 reads every weight once, so its floor is weight bytes ÷ memory bandwidth, and int8
-weights are a quarter of fp32's. Encoders at long sequences are compute-bound instead, and this CPU runs int8
-products on AMX tiles, about 9x fp32's GEMM rate (benchmarks/cpu_features.py). int4 halves int8's bytes again; its
-MatMulNBits kernel at accuracy level 4 quantizes the activations to int8 per block and runs the int8 dot products,
-the fastest of its compute choices here (levels 1-3, fp32, fp16 and bf16 compute, run at fp32's speed). Blocks of 128
-rather than 32 for models of GPT-2-small's size and up: it decodes at 0.54x int8's ms/token at B=1 instead of 0.81x,
-for 0.7% more chat perplexity (benchmarks/quantized_quality.py --int4-blocks); smaller models keep 32. float16 is what
-onnxruntime's CUDA GroupQueryAttention kernel takes (float16 or bfloat16 only), so it is how a contrib bundle keeps
-its cache on the GPU; onnxruntime's CPU kernels run it too (the tests check it there), with no speed to gain. The
-price is accuracy: export measures the converted graph against PyTorch like any other and records the error in the
-manifest.
+weights are a quarter of fp32's. int4 halves int8's bytes again; its MatMulNBits kernel at accuracy level 4 quantizes
+the activations to int8 per block and runs the int8 dot products, the fastest of its compute choices (levels 1-3,
+fp32, fp16 and bf16 compute, run at fp32's speed). Blocks of 128 rather than 32 for models of GPT-2-small's size and
+up: it decodes at 0.54x int8's ms/token at B=1 instead of 0.81x, for 0.7% more chat perplexity
+(benchmarks/quantized_quality.py --int4-blocks); smaller models keep 32. float16 is what onnxruntime's CUDA
+GroupQueryAttention kernel takes (float16 or bfloat16 only), so it is how a contrib bundle keeps its cache on the GPU;
+onnxruntime's CPU kernels run it too (the tests check it there), with no speed to gain. The price is accuracy: export
+measures the converted graph against PyTorch like any other and records the error in the manifest.
+
+int8 weights are unsigned because signed ones are wrong on most x86 CPUs: without VNNI (AVX2, AVX-512 without VNNI,
+AVX, SSE4.1) onnxruntime multiplies uint8 activations by int8 weights with `pmaddubsw`, which adds two products in
+16 bits and saturates once both weights of a pair pass about half their range. On a CPU with AVX only, a 768 x 3072
+product was off by 6.6% of its largest output with int8 weights and 0.8% with uint8 ones, which ran 2.1x faster at
+one row (7-bit int8 weights, onnxruntime's reduce_range, stay clear of saturation and were off by 1.6%). uint8
+weights take a kernel that widens to 16 bits first and never saturates. What they may cost is onnxruntime's AMX and
+VNNI kernels, which it uses for int8 weights only (the encoder figures of benchmarks/cpu_features.py were measured
+with int8 weights). `python -m edgeinfer.export.quantize sign BUNDLE` rewrites a bundle's weights as int8 for such a
+CPU and `unsign` back, without changing a number (the weight and its zero point move by 128); the runtime refuses a
+bundle with int8 weights on an x86 CPU without VNNI.
 
 int8 is CPU only: the CUDA provider has no DynamicQuantizeMatMul and would hand those nodes back to the CPU.
 """
@@ -37,7 +46,7 @@ INT4_ACCURACY_LEVELS = (1, 2, 3, 4)
 INT4_ACCURACY_LEVEL = 4
 RECORDS = {
     "int8": {
-        "weights": "int8, symmetric, one scale per output channel",
+        "weights": "uint8, asymmetric, one scale and zero point per output channel",
         "activations": "uint8, dynamic (per call)",
         "op": "com.microsoft.DynamicQuantizeMatMul",
         "tool": "onnxruntime.quantization.quantize_dynamic",
@@ -98,7 +107,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     quantize_dynamic(
         proto,
         dst,
-        weight_type=QuantType.QInt8,
+        weight_type=QuantType.QUInt8,
         op_types_to_quantize=["MatMul"],
         per_channel=True,
         # our fused contrib ops (GroupQueryAttention...) defeat the quantizer's shape inference: weights are fp32
@@ -145,3 +154,90 @@ def convert_float16(src: Path, dst: Path) -> None:
     # shape inference cannot see through our contrib ops (GroupQueryAttention): the converter works from the graph
     proto = convert_float_to_float16(onnx.load(str(src)), keep_io_types=["logits"], disable_shape_infer=True)
     onnx.save(proto, str(dst))
+
+
+
+# where each integer matmul takes its weight and the weight's zero point
+WEIGHT_INPUTS = {("", "MatMulInteger"): (1, 3), ("com.microsoft", "DynamicQuantizeMatMul"): (1, 4),
+                 ("com.microsoft", "MatMulIntegerToFloat"): (1, 5)}
+STORAGE = {True: ("int8", onnx.TensorProto.INT8, np.int8), False: ("uint8", onnx.TensorProto.UINT8, np.uint8)}
+
+
+def shift_int8_weights(proto: onnx.ModelProto, signed: bool) -> int:
+    """Rewrite every weight of an integer matmul, with its zero point (0 when absent), from uint8 to int8 (`signed`)
+    or back: 128 lower or higher, the same numbers (see the module docstring for which kernel each takes). Returns how
+    many weights changed."""
+    initializers = {init.name: init for init in proto.graph.initializer}
+    _, from_type, from_dtype = STORAGE[not signed]
+    _, _, to_dtype = STORAGE[signed]
+    readers = {}  # weight or zero-point name -> how many node inputs read it as one
+    weights = set()
+    for node in proto.graph.node:
+        positions = WEIGHT_INPUTS.get((node.domain, node.op_type))
+        if positions is None or len(node.input) <= positions[0] or node.input[positions[0]] not in initializers:
+            continue
+        if initializers[node.input[positions[0]]].data_type != from_type:
+            continue
+        while len(node.input) <= positions[1]:
+            node.input.append("")
+        if not node.input[positions[1]]:
+            zero = f"{node.input[positions[0]]}_zero_point"
+            if zero not in initializers:
+                proto.graph.initializer.append(numpy_helper.from_array(np.array(0, from_dtype), zero))
+                initializers[zero] = proto.graph.initializer[-1]  # append copies
+            node.input[positions[1]] = zero
+        weights.add(node.input[positions[0]])
+        for name in (node.input[positions[0]], node.input[positions[1]]):
+            readers[name] = readers.get(name, 0) + 1
+    all_readers = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            all_readers[name] = all_readers.get(name, 0) + 1
+    for name, count in readers.items():
+        if name not in initializers or initializers[name].data_type != from_type:
+            raise ValueError(f"zero point {name} is not a constant {STORAGE[not signed][0]}; not rewritten")
+        if all_readers[name] != count:
+            raise ValueError(f"initializer {name} is read by more than integer matmul weights; not rewritten")
+        values = numpy_helper.to_array(initializers[name]).astype(np.int16) + (-128 if signed else 128)
+        initializers[name].CopyFrom(numpy_helper.from_array(values.astype(to_dtype), name))
+    return len(weights)
+
+
+def shift_bundle_weights(folder: Path, signed: bool) -> int:
+    """Rewrite an int8-quantized bundle in place with int8 (`signed`) or uint8 weights (`shift_int8_weights`), its
+    manifest's quantization record and digests with it. Returns how many weights changed (0: the bundle was left as
+    it was)."""
+    from edgeinfer.bundle import Manifest, inside
+
+    folder, manifest = Manifest.read(folder)
+    quantization = manifest.get("quantization") or {}
+    storage, _, rest = str(quantization.get("weights", "")).partition(", ")
+    if storage != STORAGE[not signed][0]:
+        return 0
+    path = inside(folder, "model", manifest["files"]["model"])
+    proto = onnx.load(str(path))
+    changed = shift_int8_weights(proto, signed)
+    onnx.save(proto, str(path))
+    manifest["quantization"] = {**quantization, "weights": f"{STORAGE[signed][0]}, {rest}"}
+    manifest.write(folder)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Move int8 bundles between CPUs: uint8 weights are right on every "
+                                     "CPU, int8 ones take the VNNI and AMX kernels and are wrong without VNNI.")
+    parser.add_argument("command", choices=["sign", "unsign"],
+                        help="sign: weights as int8, for a CPU with VNNI or AMX; unsign: as uint8, for any CPU")
+    parser.add_argument("bundles", nargs="+", type=Path, help="bundle folders, rewritten in place")
+    args = parser.parse_args(argv)
+    signed = args.command == "sign"
+    for folder in args.bundles:
+        changed = shift_bundle_weights(folder, signed)
+        kind = STORAGE[signed][0]
+        print(f"{folder}: {changed} weights rewritten as {kind}" if changed else f"{folder}: no weights to rewrite as {kind}")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,6 +42,9 @@ GENERATION_FIELDS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperatu
 SESSION_FIELDS = {"threads": int, "allow_spinning": bool, "disabled_optimizers": list, "provider_options": dict}
 MAX_THREADS = 1024  # onnxruntime starts every thread it is told to; no machine this runs on has more cores
 INT64_MAX = 2**63 - 1  # ids, positions and sizes reach the graph as int64
+# the first word of a quantization record's weights for int8 weights, which saturate on x86 CPUs without VNNI
+# (edgeinfer.export.quantize says why); uint8 ones do not
+SIGNED_INT8 = "int8"
 MAX_QA_WINDOW = 2**16  # units of one QA model call (shipped: 200 characters; BERT: 384 tokens); load probes one
 
 # field -> expected type(s); nested dicts are checked recursively

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import MAX_THREADS, first_line
+from .bundle import MAX_THREADS, SIGNED_INT8, first_line
 from .errors import BundleError, InputError
 from .local_cache import cache_root
 from .signals import signals_to_main_thread
@@ -25,6 +25,8 @@ CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 # onnxruntime's CUDA provider computes float32 MatMuls in TF32 unless told not to: logits then differ from the CPU's
 # by ~5e-3, beyond the 1e-4 a float32 bundle is exported to. A manifest's session.provider_options may turn it on.
 CUDA_DEFAULTS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+# x86 flags (Linux names) with which onnxruntime multiplies uint8 by int8 without saturating
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # Graphs at least this large open from the optimized-graph cache (GraphCache); smaller ones optimize in milliseconds.
 CACHE_MIN_BYTES = 32 << 20
 
@@ -102,6 +104,8 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     if spin is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     on_cpu = choice.providers == ["CPUExecutionProvider"]
+    if on_cpu:
+        check_int8_weights(model_path, manifest)
     disabled = settings.get("disabled_optimizers", CPU_DISABLED_FUSIONS if on_cpu else None)
     provider_options = {**CUDA_DEFAULTS, **settings.get("provider_options", {})}
 
@@ -129,6 +133,19 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
     used = session.get_providers()[0]
     reason = choice.reason if used == choice.name else f"{choice.name} failed to start; fell back to {used}"
     return session, ProviderChoice(session.get_providers(), reason)
+
+
+def check_int8_weights(model_path: Path, manifest: dict) -> None:
+    """Refuse signed int8 weights on an x86 CPU whose int8 kernel saturates (no VNNI): its answers would be wrong."""
+    if str((manifest.get("quantization") or {}).get("weights", "")).partition(",")[0] != SIGNED_INT8:
+        return
+    flags = _cpu_flags().split()
+    if "avx" in flags and not any(flag in flags for flag in VNNI_FLAGS):
+        raise BundleError(
+            f"{model_path.parent} has signed int8 weights, which onnxruntime computes wrongly on a CPU without VNNI "
+            f"(its int8 products saturate); rewrite them as uint8, every number kept: "
+            f"python -m edgeinfer.export.quantize unsign {model_path.parent}"
+        )
 
 
 def _cpu_flags() -> str:

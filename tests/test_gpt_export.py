@@ -125,7 +125,7 @@ def test_int8_bundle_quantizes_every_weight_matmul(tmp_path, hf_gpt2, target):
 
     # tiny random models have small logits next to their int8 error (trained ones measure about 0.06)
     manifest = export_hf_checkpoint(hf_gpt2, tmp_path / "b", attention=target, quantize="int8", tolerance=0.25)
-    assert manifest["quantization"]["weights"].startswith("int8")
+    assert manifest["quantization"]["weights"].startswith("uint8")
     assert manifest["parity"]["tolerance_kind"].startswith("relative")
     census = manifest["op_census"]
     # 4 per layer (qkv, proj, fc, fc_proj) + the tied head, whose Transpose was folded into an initializer
