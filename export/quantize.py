@@ -15,15 +15,17 @@ onnxruntime's CPU kernels run it too (the tests check it there), with no speed t
 measures the converted graph against PyTorch like any other and records the error in the manifest.
 
 int8 weights are unsigned because signed ones are wrong on most x86 CPUs: without VNNI (AVX2, AVX-512 without VNNI,
-AVX, SSE4.1) onnxruntime multiplies uint8 activations by int8 weights with `pmaddubsw`, which adds two products in
-16 bits and saturates once both weights of a pair pass about half their range. On a CPU with AVX only, a 768 x 3072
-product was off by 6.6% of its largest output with int8 weights and 0.8% with uint8 ones, which ran 2.1x faster at
-one row (7-bit int8 weights, onnxruntime's reduce_range, stay clear of saturation and were off by 1.6%). uint8
-weights take a kernel that widens to 16 bits first and never saturates. What they may cost is onnxruntime's AMX and
-VNNI kernels, which it uses for int8 weights only (the encoder figures of benchmarks/cpu_features.py were measured
-with int8 weights). `python -m edgeinfer.export.quantize sign BUNDLE` rewrites a bundle's weights as int8 for such a
-CPU and `unsign` back, without changing a number (the weight and its zero point move by 128); the runtime refuses a
-bundle with int8 weights on an x86 CPU without VNNI.
+SSE4.1) onnxruntime multiplies uint8 activations by int8 weights with `pmaddubsw`, which adds two products in 16 bits
+and saturates once both weights of a pair pass about half their range. On an AMD EPYC with AVX2 and no VNNI
+(benchmarks/results/cpu_features-avx2.md), a 768 x 3072 product was off by 7.2% of its largest output at one row and
+14% at 3072 rows with int8 weights, 1.3% with uint8 ones, and the BERT-base QA encoder with int8 weights picked
+another best span than fp32 in 2 of 8 windows (uint8: none). There the int8 kernel ran 1.7x faster at 3072 rows
+(the encoder 1.2x); at one row the two were within each other's noise. 7-bit int8 weights (onnxruntime's
+reduce_range) stay clear of the saturation for a bit of precision; uint8 weights take a kernel that widens to 16 bits
+first and never saturates. What they may cost is onnxruntime's AMX and VNNI kernels, which it uses for int8 weights
+only (results/cpu_features.md, a Xeon with AMX, measured int8 weights). `python -m edgeinfer.export.quantize sign
+BUNDLE` rewrites a bundle's weights as int8 for such a CPU and `unsign` back, without changing a number (the weight
+and its zero point move by 128); the runtime refuses a bundle with int8 weights on an x86 CPU without VNNI.
 
 int8 is CPU only: the CUDA provider has no DynamicQuantizeMatMul and would hand those nodes back to the CPU.
 """
@@ -226,6 +228,8 @@ def shift_bundle_weights(folder: Path, signed: bool) -> int:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from edgeinfer.errors import EdgeInferError
+
     parser = argparse.ArgumentParser(description="Move int8 bundles between CPUs: uint8 weights are right on every "
                                      "CPU, int8 ones take the VNNI and AMX kernels and are wrong without VNNI.")
     parser.add_argument("command", choices=["sign", "unsign"],
@@ -234,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     signed = args.command == "sign"
     for folder in args.bundles:
-        changed = shift_bundle_weights(folder, signed)
+        try:
+            changed = shift_bundle_weights(folder, signed)
+        except (EdgeInferError, ValueError) as exc:
+            parser.exit(1, f"{parser.prog}: {folder}: {exc}\n")
         kind = STORAGE[signed][0]
         print(f"{folder}: {changed} weights rewritten as {kind}" if changed else f"{folder}: no weights to rewrite as {kind}")
 

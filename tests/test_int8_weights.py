@@ -138,3 +138,10 @@ def test_signed_int8_bundle_is_refused_without_vnni_and_unsigned_in_place(signed
     _flags(monkeypatch, "avx avx2 fma")
     with pytest.raises(BundleError, match="signed int8 weights"):
         edgeinfer.load(signed_bundle, device="cpu")
+
+
+def test_the_command_names_a_folder_that_is_no_bundle(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        quantize_main(["sign", str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert f"{tmp_path}: bundle {tmp_path} has no manifest.json" in capsys.readouterr().err
