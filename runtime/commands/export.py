@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gelu", choices=["exact", "tanh", "sigmoid"], default=None,
                         help="GELU form to emit (GPT-2 only; default: the checkpoint's own)")
     parser.add_argument("--quantize", choices=["none", "int8", "int4", "float16"], default="none",
-                        help="int8: int8 weights through DynamicQuantizeMatMul (CPU; about 4x fewer weight bytes); int4:"
+                        help="int8: 8-bit weights, stored as uint8, through DynamicQuantizeMatMul (CPU; about 4x fewer weight"
+                        " bytes; `python -m edgeinfer.export.quantize sign` for a VNNI or AMX CPU's kernels); int4:"
                         " 4-bit weights in blocks of 128 through MatMulNBits (about 7x fewer); float16: the graph and"
                         " its KV cache in half precision, logits in float32 (for CUDA, whose GroupQueryAttention"
                         " kernel takes float16 only)")
