@@ -136,7 +136,8 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
 
 
 def check_int8_weights(model_path: Path, manifest: dict) -> None:
-    """Refuse signed int8 weights on an x86 CPU whose int8 kernel saturates (no VNNI): its answers would be wrong."""
+    """Refuse signed int8 weights on an x86 CPU whose int8 kernel saturates (no VNNI): its answers would be wrong.
+    The flags come from /proc/cpuinfo, so elsewhere than Linux nothing is refused; ARM's kernels do not saturate."""
     if str((manifest.get("quantization") or {}).get("weights", "")).partition(",")[0] != SIGNED_INT8:
         return
     flags = _cpu_flags().split()
