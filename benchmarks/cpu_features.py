@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeinfer.export.quantize import quantize_int4, quantize_int8, shift_int8_weights
+from edgeinfer.export.quantize import quantize_int4, quantize_int8, shift_model_weights
 
 RESULTS = Path(__file__).parent / "results"
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -67,9 +68,7 @@ def amx_stages(folder: Path) -> dict[str, bool | None]:
     src = folder / "probe.onnx"
     matmul_model(src, 768, 768)
     quantize_int8(src, folder / "probe-int8.onnx")
-    probe = onnx.load(str(folder / "probe-int8.onnx"))
-    shift_int8_weights(probe, signed=True)  # onnxruntime's AMX kernel takes int8 weights only
-    onnx.save(probe, str(folder / "probe-int8.onnx"))
+    shift_model_weights(folder / "probe-int8.onnx", signed=True)  # onnxruntime's AMX kernel takes int8 weights only
     return {stage: json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                              check=True).stdout) for stage, code in stages.items()}
 
@@ -105,9 +104,8 @@ def variants(src: Path, folder: Path, int4_levels: tuple[int, ...] = (1, 2, 3, 4
     levels, of the graph at `src`."""
     out = {"fp32": src, "int8": folder / f"{src.stem}-int8.onnx", "int8 signed": folder / f"{src.stem}-int8-signed.onnx"}
     quantize_int8(src, out["int8"])
-    signed = onnx.load(str(out["int8"]))
-    shift_int8_weights(signed, signed=True)
-    onnx.save(signed, str(out["int8 signed"]))
+    shutil.copyfile(out["int8"], out["int8 signed"])
+    shift_model_weights(out["int8 signed"], signed=True)
     for level in int4_levels:
         out[f"int4 acc{level}"] = folder / f"{src.stem}-int4-acc{level}.onnx"
         quantize_int4(src, out[f"int4 acc{level}"], accuracy_level=level)

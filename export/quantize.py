@@ -32,11 +32,15 @@ int8 is CPU only: the CUDA provider has no DynamicQuantizeMatMul and would hand 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from edgeinfer.bundle import SIGNED_INT8, Manifest, inside
+from edgeinfer.errors import EdgeInferError
 
 QUANTIZATIONS = ("none", "int8", "int4", "float16")
 INT4_BLOCK = 128
@@ -158,68 +162,64 @@ def convert_float16(src: Path, dst: Path) -> None:
     onnx.save(proto, str(dst))
 
 
-
 # where each integer matmul takes its weight and the weight's zero point
 WEIGHT_INPUTS = {("", "MatMulInteger"): (1, 3), ("com.microsoft", "DynamicQuantizeMatMul"): (1, 4),
                  ("com.microsoft", "MatMulIntegerToFloat"): (1, 5)}
-STORAGE = {True: ("int8", onnx.TensorProto.INT8, np.int8), False: ("uint8", onnx.TensorProto.UINT8, np.uint8)}
+# signed -> how weights are stored: the quantization record's first word, the ONNX type, the numpy type
+STORAGE = {True: (SIGNED_INT8, onnx.TensorProto.INT8, np.int8), False: ("uint8", onnx.TensorProto.UINT8, np.uint8)}
 
 
 def shift_int8_weights(proto: onnx.ModelProto, signed: bool) -> int:
     """Rewrite every weight of an integer matmul, with its zero point (0 when absent), from uint8 to int8 (`signed`)
-    or back: 128 lower or higher, the same numbers (see the module docstring for which kernel each takes). Returns how
-    many weights changed."""
+    or back: 128 lower or higher, the same numbers (see the module docstring for which kernel each takes). Every
+    weight and zero point is checked before any is rewritten (ValueError). Returns how many weights changed."""
     initializers = {init.name: init for init in proto.graph.initializer}
-    _, from_type, from_dtype = STORAGE[not signed]
-    _, _, to_dtype = STORAGE[signed]
-    readers = {}  # weight or zero-point name -> how many node inputs read it as one
-    weights = set()
+    from_name, from_type, from_dtype = STORAGE[not signed]
+    weights, readers = set(), Counter()  # readers: weight or zero-point name -> node inputs reading it as one
     for node in proto.graph.node:
         positions = WEIGHT_INPUTS.get((node.domain, node.op_type))
-        if positions is None or len(node.input) <= positions[0] or node.input[positions[0]] not in initializers:
-            continue
-        if initializers[node.input[positions[0]]].data_type != from_type:
+        weight = node.input[positions[0]] if positions and len(node.input) > positions[0] else None
+        if weight not in initializers or initializers[weight].data_type != from_type:
             continue
         while len(node.input) <= positions[1]:
             node.input.append("")
         if not node.input[positions[1]]:
-            zero = f"{node.input[positions[0]]}_zero_point"
-            if zero not in initializers:
-                proto.graph.initializer.append(numpy_helper.from_array(np.array(0, from_dtype), zero))
-                initializers[zero] = proto.graph.initializer[-1]  # append copies
-            node.input[positions[1]] = zero
-        weights.add(node.input[positions[0]])
-        for name in (node.input[positions[0]], node.input[positions[1]]):
-            readers[name] = readers.get(name, 0) + 1
-    all_readers = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            all_readers[name] = all_readers.get(name, 0) + 1
+            node.input[positions[1]] = f"{weight}_zero_point"
+            if node.input[positions[1]] not in initializers:
+                proto.graph.initializer.append(numpy_helper.from_array(np.array(0, from_dtype), node.input[positions[1]]))
+                initializers[node.input[positions[1]]] = proto.graph.initializer[-1]  # append copies
+        weights.add(weight)
+        readers.update((weight, node.input[positions[1]]))
+    all_readers = Counter(name for node in proto.graph.node for name in node.input)
     for name, count in readers.items():
         if name not in initializers or initializers[name].data_type != from_type:
-            raise ValueError(f"zero point {name} is not a constant {STORAGE[not signed][0]}; not rewritten")
+            raise ValueError(f"zero point {name} is not a constant {from_name}; not rewritten")
         if all_readers[name] != count:
             raise ValueError(f"initializer {name} is read by more than integer matmul weights; not rewritten")
+    for name in readers:
         values = numpy_helper.to_array(initializers[name]).astype(np.int16) + (-128 if signed else 128)
-        initializers[name].CopyFrom(numpy_helper.from_array(values.astype(to_dtype), name))
+        initializers[name].CopyFrom(numpy_helper.from_array(values.astype(STORAGE[signed][2]), name))
     return len(weights)
+
+
+def shift_model_weights(path: Path, signed: bool) -> int:
+    """`shift_int8_weights` on the graph file at `path`, rewritten in place; returns how many weights changed."""
+    proto = onnx.load(str(path))
+    changed = shift_int8_weights(proto, signed)
+    onnx.save(proto, str(path))
+    return changed
 
 
 def shift_bundle_weights(folder: Path, signed: bool) -> int:
     """Rewrite an int8-quantized bundle in place with int8 (`signed`) or uint8 weights (`shift_int8_weights`), its
     manifest's quantization record and digests with it. Returns how many weights changed (0: the bundle was left as
     it was)."""
-    from edgeinfer.bundle import Manifest, inside
-
     folder, manifest = Manifest.read(folder)
     quantization = manifest.get("quantization") or {}
     storage, _, rest = str(quantization.get("weights", "")).partition(", ")
     if storage != STORAGE[not signed][0]:
         return 0
-    path = inside(folder, "model", manifest["files"]["model"])
-    proto = onnx.load(str(path))
-    changed = shift_int8_weights(proto, signed)
-    onnx.save(proto, str(path))
+    changed = shift_model_weights(inside(folder, "model", manifest["files"]["model"]), signed)
     manifest["quantization"] = {**quantization, "weights": f"{STORAGE[signed][0]}, {rest}"}
     manifest.write(folder)
     return changed
@@ -227,8 +227,6 @@ def shift_bundle_weights(folder: Path, signed: bool) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-
-    from edgeinfer.errors import EdgeInferError
 
     parser = argparse.ArgumentParser(description="Move int8 bundles between CPUs: uint8 weights are right on every "
                                      "CPU, int8 ones take the VNNI and AMX kernels and are wrong without VNNI.")
