@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from edgeinfer.xiangqi import Board
-from edgeinfer.xiangqi.features import SEGMENTS, check_levels, feature_segments
+from edgeinfer.xiangqi.features import RICHEST, SEGMENTS, coarser, square_segments
 from edgeinfer.xiangqi.tables import FILES, RANKS
 from edgeinfer.xiangqi.tokens import (
     MIRRORED_TOKEN,
@@ -42,7 +42,6 @@ from edgeinfer.xiangqi.tokens import (
     VOCAB,
     oriented_move,
     oriented_squares,
-    oriented_values,
 )
 
 from .bundle_import import gpt_from_bundle
@@ -54,20 +53,20 @@ from .xiangqi_data import load_games, split_of
 EXAMPLE_TOKENS = PROMPT_TOKENS + 4
 
 
-PARTS = ("squares", "labels", "wins", "seen", "checks")
+PARTS = ("squares", "labels", "wins", "seen", "segments")
 
 
 def game_positions(game: dict) -> tuple[np.ndarray, ...]:
     """Each position of a game as (squares seen from the side to move, int8 90), its label's 4 token ids, whether
     the label wins on the spot (the opponent is left without a legal move: mate, or stalemate, also a loss there),
-    whether the position has occurred before in the game, and its squares' check levels seen the same way
-    (`features.check_levels`, int8 90)."""
+    whether the position has occurred before in the game, and its squares' segments under the richest feature set
+    seen the same way (`features.square_segments`, uint8 90: computed here once, not per batch)."""
     board = Board(max_plies=None)
-    squares, labels, wins, seen, checks = [], [], [], [], []
+    squares, labels, wins, seen, segments = [], [], [], [], []
     for move, label in zip(game["moves"].split(), game["labels"].split(), strict=True):
         squares.append(oriented_squares(board.squares, board.side))
         seen.append(board.repetitions() > 1)
-        checks.append(oriented_values(check_levels(board), board.side))
+        segments.append(square_segments(board, RICHEST))
         labels.append([TOKEN_ID[c] for c in oriented_move(label, board.side)])
         board.push(label)
         wins.append(not board.legal_moves())
@@ -75,7 +74,7 @@ def game_positions(game: dict) -> tuple[np.ndarray, ...]:
         board.push(move)
     return (np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4),
             np.array(wins, dtype=bool), np.array(seen, dtype=bool),
-            np.array(checks, dtype=np.int8).reshape(-1, FILES * RANKS))
+            np.array(segments, dtype=np.uint8).reshape(-1, FILES * RANKS))
 
 
 def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...]]:
@@ -113,27 +112,26 @@ def mirrored(squares: np.ndarray, mirror: np.ndarray) -> np.ndarray:
     return boards.reshape(len(squares), -1)
 
 
-def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: np.ndarray, mirror: np.ndarray,
-            features: str | None = "control+checks+threats+attackers"):
+def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, segments: np.ndarray, mirror: np.ndarray,
+            features: str | None = RICHEST):
     """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments):
-    segments are the squares' segments under `features` (`edgeinfer.xiangqi.features`; None: no segments), 0 for
+    segments are the squares' segments under `features` (`edgeinfer.xiangqi.features`, from the richest set's that
+    `game_positions` gives; facts of the rules, so a mirrored board's are its own mirrored; None: no segments), 0 for
     the start token and the move."""
     boards = mirrored(squares, mirror)
     moves = np.where(mirror[:, None], np.asarray(MIRRORED_TOKEN)[labels], labels)
     ids = np.concatenate([np.where(seen, SEEN, START)[:, None], PIECE_OFFSET + boards, moves], axis=1)
     targets = np.full(ids.shape, -100)
     targets[:, PROMPT_TOKENS - 1 : -1] = ids[:, PROMPT_TOKENS:]
-    segments = None
+    prompt_segments = None
     if features:
-        levels = mirrored(checks, mirror)
-        segments = np.zeros(ids.shape, dtype=np.int64)
-        segments[:, 1:PROMPT_TOKENS] = [feature_segments(board.tolist(), features, level.tolist())
-                                        for board, level in zip(boards, levels, strict=True)]
-        segments = torch.from_numpy(segments)
-    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), segments
+        prompt_segments = np.zeros(ids.shape, dtype=np.int64)
+        prompt_segments[:, 1:PROMPT_TOKENS] = coarser(mirrored(segments, mirror), features)
+        prompt_segments = torch.from_numpy(prompt_segments)
+    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), prompt_segments
 
 
-def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.ndarray, checks: np.ndarray,
+def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.ndarray, segments: np.ndarray,
             batch_size: int, seed: int, features: str | None, win_weight: float = 1.0, seen_weight: float = 1.0,
             mirror_share: float = 0.5):
     """Endless random batches, each example mirrored left to right with probability `mirror_share`. A position is
@@ -145,24 +143,25 @@ def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.
     cumulative = np.cumsum(weights / weights.sum())
     while True:
         rows = np.minimum(np.searchsorted(cumulative, rng.random(batch_size), side="right"), len(weights) - 1)
-        yield collate(squares[rows], labels[rows], seen[rows], checks[rows], rng.random(batch_size) < mirror_share, features)
+        yield collate(squares[rows], labels[rows], seen[rows], segments[rows], rng.random(batch_size) < mirror_share,
+                      features)
 
 
-def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, checks: np.ndarray, limit: int,
+def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, segments: np.ndarray, limit: int,
              features: str | None, batch_size: int = 512):
     """The first `limit` positions, unmirrored, in batches (validation)."""
     def run():
         for i in range(0, min(limit, len(squares)), batch_size):
             rows = slice(i, min(i + batch_size, limit))
-            yield collate(squares[rows], labels[rows], seen[rows], checks[rows], np.zeros(len(squares[rows]), dtype=bool),
+            yield collate(squares[rows], labels[rows], seen[rows], segments[rows], np.zeros(len(squares[rows]), dtype=bool),
                           features)
     return run
 
 
 def held_out(split: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """A split's squares, labels, repeat flags and check levels: what an evaluation reads."""
-    squares, labels, _, seen, checks = split
-    return squares, labels, seen, checks
+    """A split's squares, labels, repeat flags and square segments: what an evaluation reads."""
+    squares, labels, _, seen, segments = split
+    return squares, labels, seen, segments
 
 
 def warm_start(model: GPT, path: Path) -> None:
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--causal-prompt", action="store_true",
                         help="board squares see only earlier squares (default: they see each other, a prefix LM)")
-    parser.add_argument("--features", choices=["none", *filter(None, SEGMENTS)], default="control+checks+threats+attackers",
+    parser.add_argument("--features", choices=["none", *filter(None, SEGMENTS)], default=RICHEST,
                         help="what each square's segment says (edgeinfer.xiangqi.features; none: no segments)")
     parser.add_argument("--win-weight", type=float, default=1.0,
                         help="draw positions whose labelled move mates (or stalemates) this many times as often")

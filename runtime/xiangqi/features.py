@@ -9,12 +9,15 @@
 - "control+checks+threats+attackers": that, plus the cheapest piece of the other side that controls the square
   (+54 times ATTACKER_CLASS: none, a pawn, advisor or elephant, a horse or cannon, a rook or the king): what a piece
   moved there risks, or what defends the other side's piece there; segments 1-216.
-All are facts of the rules, found by the same move generator that keeps the model's output legal; which move to play
+Each set's segments are the next richer set's reduced modulo its own count of square segments (`coarser`), so the
+richest set's segments, computed once per position, give every set's. All are facts of the rules, found by the same move generator that keeps the model's output legal; which move to play
 stays the model's choice: it learns from the engine's moves what a check, a mate or a piece en prise is worth, as it
 learns what control means. Segment 0 is every token that is not a square (the start token and the move's characters).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from .board import Board
 from .control import CONTROL_SEGMENTS, control_segments, controls
@@ -37,6 +40,7 @@ CHECK, MATE = 1, 2
 LEVELS = CONTROL_SEGMENTS - 1  # segments per check level
 SEGMENTS = {None: 0, "control": CONTROL_SEGMENTS, "control+checks": 1 + 3 * LEVELS,
             "control+checks+threats": 1 + 6 * LEVELS, "control+checks+threats+attackers": 1 + 24 * LEVELS}
+RICHEST = "control+checks+threats+attackers"
 VALUE = {ADVISOR: 4, ELEPHANT: 4, HORSE: 8, ROOK: 18, CANNON: 9, PAWN: 2, KING: 1000}  # half pawns (king: never less)
 ATTACKER_CLASS = {0: 0, 2: 1, 4: 1, 8: 2, 9: 2, 18: 3, 1000: 3}  # by the cheapest controller's VALUE (0: none)
 RIVER = SQUARES // 2  # the first square of the other side's half, seen from red
@@ -99,3 +103,9 @@ def square_segments(board: Board, features: str) -> list[int]:
     """The 90 squares' segments of the position's prompt under `features` (a key of SEGMENTS other than None)."""
     levels = oriented_values(check_levels(board), board.side) if "checks" in features else None
     return feature_segments(oriented_squares(board.squares, board.side), features, levels)
+
+
+def coarser(segments: np.ndarray, features: str) -> np.ndarray:
+    """Square segments (>= 1) under the RICHEST feature set as they are under `features` (a key of SEGMENTS other
+    than None): each added feature adds a multiple of the smaller set's count of square segments."""
+    return (np.asarray(segments, dtype=np.int64) - 1) % (SEGMENTS[features] - 1) + 1
