@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeinfer.bundle import SIGNED_INT8, Manifest, inside
+from edgeinfer.bundle import SIGNED_INT8, Manifest, inside, weight_storage
 from edgeinfer.errors import EdgeInferError
 
 QUANTIZATIONS = ("none", "int8", "int4", "float16")
@@ -215,12 +215,11 @@ def shift_bundle_weights(folder: Path, signed: bool) -> int:
     manifest's quantization record and digests with it. Returns how many weights changed (0: the bundle was left as
     it was)."""
     folder, manifest = Manifest.read(folder)
-    quantization = manifest.get("quantization") or {}
-    storage, _, rest = str(quantization.get("weights", "")).partition(", ")
+    storage, rest = weight_storage(manifest)
     if storage != STORAGE[not signed][0]:
         return 0
     changed = shift_model_weights(inside(folder, "model", manifest["files"]["model"]), signed)
-    manifest["quantization"] = {**quantization, "weights": f"{STORAGE[signed][0]}, {rest}"}
+    manifest["quantization"] = {**manifest["quantization"], "weights": f"{STORAGE[signed][0]}, {rest}"}
     manifest.write(folder)
     return changed
 

@@ -121,6 +121,13 @@ def cache_parts(kv: dict) -> tuple[str, ...]:
     return ("value",) if kv["past_key"] is None else ("key", "value")
 
 
+def weight_storage(manifest: dict) -> tuple[str, str]:
+    """A quantization record's weights split as (how they are stored, the rest): ("int8", "symmetric, ...");
+    ("", "") for a bundle without one."""
+    storage, _, rest = str((manifest.get("quantization") or {}).get("weights", "")).partition(", ")
+    return storage, rest
+
+
 def _check_key_patterns(kv: dict) -> None:
     for part in ("past_key", "present_key"):
         if part not in kv:

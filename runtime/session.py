@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import MAX_THREADS, SIGNED_INT8, first_line
+from .bundle import MAX_THREADS, SIGNED_INT8, first_line, weight_storage
 from .errors import BundleError, InputError
 from .local_cache import cache_root
 from .signals import signals_to_main_thread
@@ -138,7 +138,7 @@ def open_session(model_path: Path, manifest: dict, device: str = "auto", threads
 def check_int8_weights(model_path: Path, manifest: dict) -> None:
     """Refuse signed int8 weights on an x86 CPU whose int8 kernel saturates (no VNNI): its answers would be wrong.
     The flags come from /proc/cpuinfo, so elsewhere than Linux nothing is refused; ARM's kernels do not saturate."""
-    if str((manifest.get("quantization") or {}).get("weights", "")).partition(",")[0] != SIGNED_INT8:
+    if weight_storage(manifest)[0] != SIGNED_INT8:
         return
     flags = _cpu_flags().split()
     if "avx" in flags and not any(flag in flags for flag in VNNI_FLAGS):

@@ -9,10 +9,11 @@
 - "control+checks+threats+attackers": that, plus the cheapest piece of the other side that controls the square
   (+54 times ATTACKER_CLASS: none, a pawn, advisor or elephant, a horse or cannon, a rook or the king): what a piece
   moved there risks, or what defends the other side's piece there; segments 1-216.
-Each set's segments are the next richer set's reduced modulo its own count of square segments (`coarser`), so the
-richest set's segments, computed once per position, give every set's. All are facts of the rules, found by the same move generator that keeps the model's output legal; which move to play
-stays the model's choice: it learns from the engine's moves what a check, a mate or a piece en prise is worth, as it
-learns what control means. Segment 0 is every token that is not a square (the start token and the move's characters).
+Each set's segments are a richer set's reduced modulo its own count of square segments (`coarser`), so the richest
+set's segments, computed once per position, give every set's. All are facts of the rules, found by the same move
+generator that keeps the model's output legal; which move to play stays the model's choice: it learns from the
+engine's moves what a check, a mate or a piece en prise is worth, as it learns what control means. Segment 0 is
+every token that is not a square (the start token and the move's characters).
 """
 
 from __future__ import annotations
