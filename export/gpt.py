@@ -76,6 +76,13 @@ class SelfAttention(nn.Module):
         y, present_k, present_v = causal_attention(q, k, v, past[0], past[1], attention_mask, self.n_head)
         return self.dropout(self.proj(y)), [present_k, present_v]
 
+    def cache(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The keys and values of x in cache layout (batch, heads, seq, head_dim), without the queries: what a
+        later chunk attends to."""
+        width = x.shape[-1]
+        k, v = F.linear(x, self.qkv.weight[width:], self.qkv.bias[width:]).split(width, dim=-1)
+        return [t.view(*x.shape[:2], self.n_head, -1).transpose(1, 2) for t in (k, v)]
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
@@ -106,6 +113,10 @@ class Block(nn.Module):
         a, presents = self.attn(x, past, attention_mask)
         x = self.ln_1(x + a)
         return self.ln_2(x + self.mlp(x)), presents
+
+    def cache(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The cache this block's attention keeps for x (dot-product attention only)."""
+        return self.attn.cache(self.ln_1(x) if self.pre_ln else x)
 
 
 class GPT(nn.Module):
@@ -188,10 +199,14 @@ class GPT(nn.Module):
         index = logits_positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])
         return self.lm_head(torch.gather(x, 1, index)), presents
 
-    def training_logits(self, input_ids: torch.Tensor, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
-        """All-position logits for teacher-forced training on right-padded batches (no cache).
+    def training_logits(self, input_ids: torch.Tensor, token_type_ids=None, inputs_embeds=None,
+                        from_position: int = 0) -> torch.Tensor:
+        """Logits at positions `from_position` on for teacher-forced training on right-padded batches (no cache).
 
-        `inputs_embeds` replaces the token embeddings (TeaForN feeds the model its own expected embeddings).
+        `inputs_embeds` replaces the token embeddings (TeaForN feeds the model its own expected embeddings). With
+        dot-product attention, the last block runs its queries, MLP and LM head only from `from_position` on,
+        attending to the earlier positions' keys and values: a loss that starts late (a board prompt's 92 squares
+        carry no target, the move's 4 characters do) skips most of that block's work.
         """
         batch, seq = input_ids.shape
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
@@ -202,11 +217,21 @@ class GPT(nn.Module):
         x = self.embed(input_ids, positions, token_type_ids, inputs_embeds)
         empty = [torch.zeros(batch, self.cfg.n_head, 0, self.cfg.head_dim, device=input_ids.device)] * len(
             self.cfg.cache_parts)
-        for block in self.blocks:
+        *blocks, last = self.blocks
+        for block in blocks:
             x, _ = block(x, empty, mask)
+        if from_position and self.cfg.attention_kind == "dot":
+            x, _ = last(x[:, from_position:], last.cache(x[:, :from_position]), mask[..., from_position:, :]
+                        if mask.dim() == 3 else mask)
+        else:
+            x = last(x, empty, mask)[0][:, from_position:]
         return self.lm_head(self.ln_f(x))
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, token_type_ids=None) -> torch.Tensor:
-        """Cross-entropy of next-token prediction; targets of -100 are ignored."""
-        logits = self.training_logits(input_ids, token_type_ids)
+        """Cross-entropy of next-token prediction; targets of -100 are ignored. Logits are computed from the first
+        position that has a target in any row (`training_logits(from_position=...)`)."""
+        scored = (targets != -100).any(0).nonzero()
+        start = int(scored[0, 0]) if len(scored) else 0
+        logits = self.training_logits(input_ids, token_type_ids, from_position=start)
+        targets = targets[:, start:]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)

@@ -74,12 +74,11 @@ def evaluate(model: GPT, batches: Callable[[], Iterator[Batch]]) -> float:
     for batch in batches():
         ids, targets, segments = on_device(batch, device)
         with autocast(device):
-            logits = model.training_logits(ids, segments)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-        total += float(loss)
-        count += int((targets != -100).sum())
+            loss = model.loss(ids, targets, segments)
+        scored = int((targets != -100).sum())
+        if scored:  # a batch without targets has a NaN mean and adds nothing
+            total += float(loss) * scored
+            count += scored
     model.train()
     return total / max(1, count)
 
