@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeinfer.kernels.modules import Gelu, causal_attention
+from edgeinfer.kernels.synthesizer import split_heads
 from edgeinfer.lm.step import query_key_mask
 
 from .synthesizer import VALUE_ONLY_KINDS, SynthesizerAttention, check_attention_kind
@@ -81,7 +82,7 @@ class SelfAttention(nn.Module):
         later chunk attends to."""
         width = x.shape[-1]
         k, v = F.linear(x, self.qkv.weight[width:], self.qkv.bias[width:]).split(width, dim=-1)
-        return [t.view(*x.shape[:2], self.n_head, -1).transpose(1, 2) for t in (k, v)]
+        return [split_heads(k, self.n_head), split_heads(v, self.n_head)]
 
 
 class MLP(nn.Module):
@@ -221,8 +222,9 @@ class GPT(nn.Module):
         for block in blocks:
             x, _ = block(x, empty, mask)
         if from_position and self.cfg.attention_kind == "dot":
-            x, _ = last(x[:, from_position:], last.cache(x[:, :from_position]), mask[..., from_position:, :]
-                        if mask.dim() == 3 else mask)
+            past = last.cache(x[:, :from_position])
+            later_mask = mask[:, from_position:] if mask.dim() == 3 else mask  # a key mask spans past and new keys
+            x, _ = last(x[:, from_position:], past, later_mask)
         else:
             x = last(x, empty, mask)[0][:, from_position:]
         return self.lm_head(self.ln_f(x))
