@@ -6,8 +6,8 @@
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
 `edgeinfer.xiangqi.tokens`, each square's token with its segment, `edgeinfer.xiangqi.features`: its control,
-whether a move from or to it gives check or mates, whether its piece is en prise and the cheapest enemy piece that
-controls it, unless --features says less; the
+whether a move from or to it gives check or mates, whether its piece is en prise, the cheapest enemy piece that
+controls it and whether a move from or to it attacks a new target, unless --features says less; the
 start token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
 fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each other both
 ways (a prefix LM). --mirror-share of the examples (half by default) are mirrored left to right (files a <-> i): a
@@ -60,7 +60,7 @@ def game_positions(game: dict) -> tuple[np.ndarray, ...]:
     """Each position of a game as (squares seen from the side to move, int8 90), its label's 4 token ids, whether
     the label wins on the spot (the opponent is left without a legal move: mate, or stalemate, also a loss there),
     whether the position has occurred before in the game, and its squares' segments under the richest feature set
-    seen the same way (`features.square_segments`, uint8 90: computed here once, not per batch)."""
+    seen the same way (`features.square_segments`, uint16 90: computed here once, not per batch)."""
     board = Board(max_plies=None)
     squares, labels, wins, seen, segments = [], [], [], [], []
     for move, label in zip(game["moves"].split(), game["labels"].split(), strict=True):
@@ -74,17 +74,18 @@ def game_positions(game: dict) -> tuple[np.ndarray, ...]:
         board.push(move)
     return (np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4),
             np.array(wins, dtype=bool), np.array(seen, dtype=bool),
-            np.array(segments, dtype=np.uint8).reshape(-1, FILES * RANKS))
+            np.array(segments, dtype=np.uint16).reshape(-1, FILES * RANKS))
 
 
 def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...]]:
     """`game_positions` of each split in game index order, replayed from games.jsonl (cached beside it as
-    positions-by-index-<games>.npz)."""
+    positions-by-index-<games>.npz, which names the feature set of its segments)."""
     games = load_games(data / "games.jsonl")
     cache = data / f"positions-by-index-{len(games)}.npz"
     if cache.exists():
         arrays = np.load(cache)
-        if all(f"train_{part}" in arrays for part in PARTS):  # a cache from before a part existed is remade
+        # a cache from before a part or a square feature existed is remade
+        if all(f"train_{part}" in arrays for part in PARTS) and "features" in arrays and arrays["features"] == RICHEST:
             return {name: tuple(arrays[f"{name}_{part}"] for part in PARTS) for name in ("train", "valid", "test")}
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         replayed = pool.map(game_positions, games, chunksize=64)
@@ -93,7 +94,8 @@ def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...
         chosen = [pos for game, pos in zip(games, replayed, strict=True) if split_of(game["moves"]) == name]
         chosen = chosen or [game_positions({"moves": "", "labels": ""})]  # no game in this split: empty arrays
         out[name] = tuple(np.concatenate(arrays) for arrays in zip(*chosen, strict=True))
-    np.savez(cache, **{f"{name}_{part}": arr for name, arrays in out.items() for part, arr in zip(PARTS, arrays)})
+    np.savez(cache, features=np.array(RICHEST),
+             **{f"{name}_{part}": arr for name, arrays in out.items() for part, arr in zip(PARTS, arrays)})
     return out
 
 

@@ -323,7 +323,8 @@ def test_warm_start_into_more_layers_keeps_its_function_and_trains_the_added_one
 
 @pytest.mark.parametrize("before, after", [("control", "control+checks"), ("control", "control+checks+threats"),
                                            ("control+checks", "control+checks+threats"), ("control", FEATURES),
-                                           ("control+checks+threats", FEATURES)])
+                                           ("control+checks+threats", FEATURES),
+                                           ("control+checks+threats+attackers", FEATURES)])
 def test_warm_start_from_fewer_square_features_keeps_its_function(before, after, tmp_path):
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.train_xiangqi import warm_start
@@ -593,8 +594,44 @@ def test_attacker_classes_equal_the_move_generator(plies, seed):
     classes = [ATTACKER_CLASS[value] for value in cheapest_attacker_reference(oriented)]
     assert sorted(set(classes)) == [0, 1, 2, 3]  # every class met, so the comparison sees each answer
     threats = square_segments(board, "control+checks+threats")
-    segments = square_segments(board, FEATURES)
+    segments = square_segments(board, "control+checks+threats+attackers")
     assert segments == [t + 54 * c for t, c in zip(threats, classes)]
+    assert max(segments) < SEGMENTS["control+checks+threats+attackers"]
+
+
+def attacking_moves_reference(board: Board) -> list[int]:
+    """Squares (seen from the side to move) that a legal move leaves from or lands on while the moving piece can
+    capture, from where it lands, an enemy piece but the king that it could not capture from where it stood, one
+    that no enemy piece defends or that is worth more than the mover: by the rules' own move generator."""
+    oriented = oriented_squares(board.squares, board.side)
+    defended = control_reference(oriented, BLACK)
+    scratch, flags = Board(), [0] * len(oriented)
+
+    def captures(squares: list[int], origin: int) -> set[int]:
+        scratch.squares, scratch.side = list(squares), RED
+        return {m & 127 for m in scratch._pseudo_moves() if m >> 7 == origin and squares[m & 127] < 0}
+
+    for move in board.legal_moves():
+        m = oriented_move(move, board.side)
+        origin, landing = (int(m[i + 1]) * 9 + "abcdefghi".index(m[i]) for i in (0, 2))
+        after = list(oriented)
+        after[landing], after[origin] = after[origin], 0
+        for target in captures(after, landing) - captures(oriented, origin):
+            piece = -after[target]
+            crossed = piece == PAWN and target // 9 < 5
+            if piece != KING and (not defended[target] or VALUE[piece] * (2 if crossed else 1) > VALUE[after[landing]]):
+                flags[origin] = flags[landing] = 1
+    return flags
+
+
+@pytest.mark.parametrize("plies, seed", [(12, 6), (40, 7), (90, 8), (120, 9), (41, 10)])
+def test_attacking_moves_equal_the_move_generator(plies, seed):
+    board = _random_game(plies, seed)
+    flags = attacking_moves_reference(board)
+    assert 0 < sum(flags) < len(flags)  # both answers met, so the comparison sees each
+    attackers = square_segments(board, "control+checks+threats+attackers")
+    segments = square_segments(board, FEATURES)
+    assert segments == [a + 216 * f for a, f in zip(attackers, flags)]
     assert max(segments) < SEGMENTS[FEATURES]
 
 

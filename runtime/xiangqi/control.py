@@ -34,35 +34,39 @@ def controls(squares: list[int], side: int) -> Iterator[tuple[int, int]]:
     """(square, piece kind) for each square each of `side`'s pieces controls."""
     for s in range(SQUARES):
         kind = squares[s] * side
-        if kind <= 0:
-            continue
-        if kind == ROOK:
-            for ray in RAYS[s]:
-                for t in ray:
-                    yield t, kind
+        if kind > 0:
+            for t in piece_controls(squares, s, kind, side):
+                yield t, kind
+
+
+def piece_controls(squares: list[int], s: int, kind: int, side: int) -> Iterator[int]:
+    """The squares that `side`'s piece of `kind` on square `s` controls."""
+    if kind == ROOK:
+        for ray in RAYS[s]:
+            for t in ray:
+                yield t
+                if squares[t]:
+                    break
+    elif kind == CANNON:
+        for ray in RAYS[s]:
+            screened = False
+            for t in ray:
+                if screened:
+                    yield t
                     if squares[t]:
                         break
-        elif kind == CANNON:
-            for ray in RAYS[s]:
-                screened = False
-                for t in ray:
-                    if screened:
-                        yield t, kind
-                        if squares[t]:
-                            break
-                    elif squares[t]:
-                        screened = True
-        elif kind == HORSE:
-            for t, leg in HORSE_MOVES[s]:
-                if squares[leg] == 0:
-                    yield t, kind
-        elif kind == ELEPHANT:
-            for t, eye in ELEPHANT_MOVES[s]:
-                if squares[eye] == 0:
-                    yield t, kind
-        else:
-            for t in PAWN_MOVES[side][s] if kind == PAWN else ADVISOR_MOVES[s] if kind == ADVISOR else KING_MOVES[s]:
-                yield t, kind
+                elif squares[t]:
+                    screened = True
+    elif kind == HORSE:
+        for t, leg in HORSE_MOVES[s]:
+            if squares[leg] == 0:
+                yield t
+    elif kind == ELEPHANT:
+        for t, eye in ELEPHANT_MOVES[s]:
+            if squares[eye] == 0:
+                yield t
+    else:
+        yield from PAWN_MOVES[side][s] if kind == PAWN else ADVISOR_MOVES[s] if kind == ADVISOR else KING_MOVES[s]
 
 
 def control_segments(own: list[int], other: list[int]) -> list[int]:
