@@ -26,7 +26,7 @@ import numpy as np
 
 from .board import Board
 from .control import CONTROL_SEGMENTS, control_segments, controls, piece_controls
-from .notation import FILE_LETTERS, parse_move
+from .notation import parse_move
 from .tables import (
     ADVISOR,
     BLACK,
@@ -35,12 +35,10 @@ from .tables import (
     HORSE,
     KING,
     PAWN,
-    RANKS,
     RED,
     ROOK,
     SQUARES,
 )
-from .tables import square as square_at
 from .tokens import oriented_squares, oriented_values
 
 CHECK, MATE = 1, 2
@@ -52,6 +50,7 @@ RICHEST = "control+checks+threats+attackers+attacks"
 VALUE = {ADVISOR: 4, ELEPHANT: 4, HORSE: 8, ROOK: 18, CANNON: 9, PAWN: 2, KING: 1000}  # half pawns (king: never less)
 ATTACKER_CLASS = {0: 0, 2: 1, 4: 1, 8: 2, 9: 2, 18: 3, 1000: 3}  # by the cheapest controller's VALUE (0: none)
 RIVER = SQUARES // 2  # the first square of the other side's half, seen from red
+FLIPPED = oriented_values(list(range(SQUARES)), BLACK)  # each square as black sees it (top to bottom)
 
 
 def check_levels(board: Board) -> list[int]:
@@ -142,14 +141,11 @@ def feature_segments(oriented: list[int], features: str, levels: list[int] | Non
 
 
 def oriented_moves(board: Board) -> list[int]:
-    """The legal moves of the side to move as move integers (from << 7 | to) on the board seen from that side."""
-    flip = board.side == BLACK
-    moves = []
-    for move in board.legal_moves():  # ICCS, checked by the move generator: read without parse_move's checks
-        ranks = (RANKS - 1 - int(move[1]), RANKS - 1 - int(move[3])) if flip else (int(move[1]), int(move[3]))
-        moves.append(square_at(FILE_LETTERS.index(move[0]), ranks[0]) << 7
-                     | square_at(FILE_LETTERS.index(move[2]), ranks[1]))
-    return moves
+    """The legal moves of the side to move as move integers (from << 7 | to) on the board seen from that side: the
+    move generator's own integers, their squares flipped top to bottom for black."""
+    if board.side != BLACK:
+        return board._legal()
+    return [FLIPPED[m >> 7] << 7 | FLIPPED[m & 127] for m in board._legal()]
 
 
 def square_segments(board: Board, features: str) -> list[int]:
