@@ -142,9 +142,10 @@ def feature_segments(oriented: list[int], features: str, levels: list[int] | Non
 
 def oriented_moves(board: Board) -> list[int]:
     """The legal moves of the side to move as move integers (from << 7 | to) on the board seen from that side: the
-    move generator's own integers, their squares flipped top to bottom for black."""
+    move generator's own integers, their squares flipped top to bottom for black; a new list, as the board caches its
+    own."""
     if board.side != BLACK:
-        return board._legal()
+        return list(board._legal())
     return [FLIPPED[m >> 7] << 7 | FLIPPED[m & 127] for m in board._legal()]
 
 
