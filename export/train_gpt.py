@@ -38,6 +38,8 @@ class TrainConfig:
     device: str = "cpu"
     max_seconds: float | None = None  # a time budget: the schedule runs against whichever of it and `steps` is nearer
     ema: float | None = None  # decay of a moving average of the weights kept beside them (e.g. 0.999), or none
+    # learning-rate multipliers by parameter-name prefix (a new head beside a trained trunk learns faster), else 1
+    lr_scale: dict[str, float] | None = None
 
 
 def on_device(batch: Batch, device: torch.device) -> Batch:
@@ -63,6 +65,16 @@ def learning_rate(step: int, cfg: TrainConfig, progress: float | None = None) ->
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup) if progress is None else progress
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: weight decay on matrices only, and each parameter's learning-rate multiplier (`cfg.lr_scale`)."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        scale = next((s for prefix, s in (cfg.lr_scale or {}).items() if name.startswith(prefix)), 1.0)
+        decay = cfg.weight_decay if parameter.dim() >= 2 else 0.0
+        groups.setdefault((decay, scale), []).append(parameter)
+    return [{"params": params, "weight_decay": decay, "lr_scale": scale} for (decay, scale), params in groups.items()]
 
 
 @torch.no_grad()
@@ -98,13 +110,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
-    )
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98))
     loss_fn = loss_fn or (lambda m, b: m.loss(b[0], b[1], b[2]))
     averaged = None
     log = {"config": asdict(cfg), "train": [], "valid": []}
@@ -118,7 +124,7 @@ def train(
     for step in progress:
         done = schedule_progress(step, time.perf_counter() - started, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg, done)
+            group["lr"] = learning_rate(step, cfg, done) * group["lr_scale"]
         with autocast(device):
             loss = loss_fn(model, on_device(next(train_batches), device))
         optimizer.zero_grad(set_to_none=True)

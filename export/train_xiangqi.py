@@ -3,13 +3,16 @@
     python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi   # the positions (once)
     python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi [--device cuda]
         [--init runtime/bundles/xiangqi]   # go on from a bundle or a model.pt (the shipped model: README's command)
+        [--head squares --init build/xiangqi/model.pt]   # a square-pair head on that trunk
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
 `edgeinfer.xiangqi.tokens`, each square's token with its segment, `edgeinfer.xiangqi.features`: its control,
 whether a move from or to it gives check or mates, whether its piece is en prise, the cheapest enemy piece that
 controls it and whether a move from or to it attacks a new target, unless --features says less; the
 start token is `[SEEN]` where the position has occurred before in its game) followed by the 4 characters of
-fairy-stockfish's move there; the loss covers the 4 move characters only. The prompt's squares see each other both
+fairy-stockfish's move there; the loss covers the 4 move characters only (`--head characters`, a decoder bundle), or,
+with `--head squares`, the move's (from, to) square pair under a head over the prompt's square states
+(`xiangqi_policy.SquarePolicy`: the prompt alone is read, and a bundle of its own kind is written). The prompt's squares see each other both
 ways (a prefix LM). --mirror-share of the examples (half by default) are mirrored left to right (files a <-> i): a
 symmetry of the rules, not of the engine's choices, so the shipped model trains its last stages on none. Positions
 come from every game of the train split (`xiangqi_data.split_of`) of each --data folder (the engine's games, and games
@@ -49,6 +52,7 @@ from .gpt import GPT, GPTConfig
 from .onnx_export import export_gpt_bundle
 from .train_gpt import TrainConfig, evaluate, train
 from .xiangqi_data import load_games, split_of
+from .xiangqi_policy import HEAD_DIM, SquarePolicy, export_policy_bundle
 
 EXAMPLE_TOKENS = PROMPT_TOKENS + 4
 
@@ -199,6 +203,32 @@ def warm_start(model: GPT, path: Path) -> None:
     print(f"started from {path}", flush=True)
 
 
+def warm_start_squares(model: SquarePolicy, path: Path) -> None:
+    """Load a square-pair checkpoint (`save_checkpoint`'s) whole, or a character model's (any `warm_start` takes) into
+    the trunk, the head starting fresh."""
+    if path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint.get("head") == "squares":
+            model.load_state_dict(checkpoint["state_dict"])  # strict: a checkpoint of other sizes is named wrong here
+            print(f"started from {path}", flush=True)
+            return
+    warm_start(model.gpt, path)
+
+
+def save_checkpoint(model: GPT | SquarePolicy, path: Path) -> None:
+    head = {"head": "squares", "head_dim": model.q.out_features} if isinstance(model, SquarePolicy) else {}
+    torch.save({"config": model.cfg.to_dict(), **head, "state_dict": model.state_dict()}, path)
+
+
+def load_checkpoint(path: Path) -> GPT | SquarePolicy:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = GPT(GPTConfig(**checkpoint["config"]))
+    if checkpoint.get("head") == "squares":
+        model = SquarePolicy(model, checkpoint["head_dim"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
 def save_tokenizer(path: Path, vocab: list[str]) -> None:
     """A character-level tokenizers.Tokenizer over the board prompt's symbols (decoding fuses characters back)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -245,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
                         "(e.g. 0.999) instead of the last weights")
     parser.add_argument("--init", type=Path, help="start from this model.pt or float32 bundle folder (a model with fewer "
                         "square features or fewer layers starts from the same function: see warm_start)")
+    parser.add_argument("--head", choices=["characters", "squares"], default="characters",
+                        help="score a move by its 4 characters after the prompt, or by a head over the prompt's square "
+                        "pairs (xiangqi_policy.py; --init then gives the trunk, or a square-pair model.pt the whole)")
+    parser.add_argument("--head-lr-scale", type=float, default=1.0,
+                        help="the square-pair head's learning rate as a multiple of --lr")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")
@@ -261,13 +296,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = GPTConfig(vocab_size=len(VOCAB), n_positions=EXAMPLE_TOKENS, n_embd=args.embd, n_layer=args.layers,
                     n_head=args.heads, gelu="tanh", bidirectional_prefix=0 if args.causal_prompt else PROMPT_TOKENS,
                     n_segments=SEGMENTS[features])
-    model = GPT(cfg)
+    model = GPT(cfg) if args.head == "characters" else SquarePolicy(GPT(cfg), HEAD_DIM)
     if args.init:
-        warm_start(model, args.init)
+        (warm_start if args.head == "characters" else warm_start_squares)(model, args.init)
     if args.export_only:
-        checkpoint = torch.load(args.work / "model.pt", map_location="cpu", weights_only=True)
-        model = GPT(GPTConfig(**checkpoint["config"]))
-        model.load_state_dict(checkpoint["state_dict"])
+        model = load_checkpoint(args.work / "model.pt")
         log = json.loads((args.work / "training.json").read_text())
     else:
         splits = training_splits(args.data, args.held_out or args.data[0], args.workers)
@@ -275,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         valid = in_order(*held_out(splits["valid"]), args.valid_positions, features)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
-                                max_seconds=60 * args.max_minutes if args.max_minutes else None, ema=args.ema)
+                                max_seconds=60 * args.max_minutes if args.max_minutes else None, ema=args.ema,
+                                lr_scale={name: args.head_lr_scale for name in ("q.", "k.", "pair_bias")})
         log = train(model, batches(*splits["train"], args.batch_size, args.seed, features, args.win_weight,
                                    args.seen_weight, args.mirror_share), valid, train_cfg, args.work)
         log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, features)), 4)
@@ -283,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
         (args.work / "training.json").write_text(json.dumps(log) + "\n")
-        torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict()}, args.work / "model.pt")
+        save_checkpoint(model, args.work / "model.pt")
         if args.no_bundle:
             print(f"saved {args.work / 'model.pt'}: valid loss {log['final_valid_loss']}, test loss {log['test_loss']}")
             return
@@ -291,20 +325,22 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer, vocab = args.work / "tokenizer.json", VOCAB[:model.cfg.vocab_size]
     features = {count: name for name, count in SEGMENTS.items()}[model.cfg.n_segments]
     save_tokenizer(tokenizer, vocab)
-    manifest = export_gpt_bundle(
-        model, args.out, attention="standard", task="xiangqi", tokenizer_file=tokenizer,
-        # a query-key mask lets move scoring feed every legal move's characters in one call (runtime/xiangqi/mover.py)
-        attention_mask="query_key",
-        special_tokens={"start": START, "pad": START},
-        extra={"vocab": vocab, "input": "board", **({"square_features": features} if features else {}),
-               "move_score": "sum of the 4 character log-probabilities of each legal move after the position's prompt",
-               "training": {
-            "positions": log["positions"], "steps": log.get("steps_run", log["config"]["steps"]),
-            "batch_size": log["batch_size"], "seconds": log["seconds"], "device": log["config"].get("device", "cpu"),
-            "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"],
-            "command": log.get("command"),
-        }},
-    )
+    extra = {"vocab": vocab, "input": "board", **({"square_features": features} if features else {}), "training": {
+        "positions": log["positions"], "steps": log.get("steps_run", log["config"]["steps"]),
+        "batch_size": log["batch_size"], "seconds": log["seconds"], "device": log["config"].get("device", "cpu"),
+        "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"], "command": log.get("command"),
+        "loss": "nats per move character" if isinstance(model, GPT) else "nats per move over the 8,100 square pairs",
+    }}
+    if isinstance(model, SquarePolicy):
+        manifest = export_policy_bundle(model, args.out, tokenizer_file=tokenizer, extra={
+            **extra, "move_score": "log-softmax over the legal moves of each move's (from, to) square-pair logit"})
+    else:
+        manifest = export_gpt_bundle(
+            model, args.out, attention="standard", task="xiangqi", tokenizer_file=tokenizer,
+            # a query-key mask lets move scoring feed every legal move's characters in one call (xiangqi/mover.py)
+            attention_mask="query_key", special_tokens={"start": START, "pad": START},
+            extra={**extra,
+                   "move_score": "sum of the 4 character log-probabilities of each legal move after the position's prompt"})
     print(f"wrote {args.out}: valid loss {log['final_valid_loss']}, test loss {log['test_loss']}, "
           f"parity {manifest['parity']['max_abs_diff']:.2e}, {log['seconds']} s")
 

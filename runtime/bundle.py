@@ -12,6 +12,9 @@ Optional blocks: `generation` holds the default decoding options of a decoder bu
 `session` holds onnxruntime session settings (`SESSION_FIELDS`) that a caller's arguments override.
 A decoder's `kv_cache.past_key` and `present_key` are null when its attention reads no keys (the dense and random
 synthesizers): the cache then holds values only.
+A Xiangqi bundle is a decoder scoring each move's 4 characters, or, when its `model.move_head` is present
+(`square_pair_head`), a graph from the position's prompt to a logit per (from, to) square pair, `move_logits`,
+with no cache and no decoding options.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ _CAUSAL_LM_SCHEMA: dict[str, Any] = {
     "fused_ops": dict,
     "generation": dict,
 }
+_SQUARE_PAIR_SCHEMA: dict[str, Any] = {
+    "model": {"n_layer": int, "n_head": int, "head_dim": int, "vocab_size": int, "max_positions": int,
+              "move_head": {"kind": str, "dim": int}},
+}
+MOVE_HEADS = ("square_pairs",)
 _QA_SCHEMA: dict[str, Any] = {
     "reader": str,
     "model": dict,
@@ -172,6 +180,27 @@ def _check_decoder(data: dict) -> None:
                                   "the graph has more layers")
 
 
+def square_pair_head(manifest: dict) -> bool:
+    """Whether a (task "xiangqi") manifest's graph scores moves as square pairs rather than as 4 characters."""
+    return manifest["task"] == "xiangqi" and isinstance(manifest.get("model"), dict) and "move_head" in manifest["model"]
+
+
+def _check_square_pair_head(data: dict) -> None:
+    _check(data, _SQUARE_PAIR_SCHEMA, "")
+    model = data["model"]
+    _check_at_least(model, "model", ("n_layer", "n_head", "head_dim", "vocab_size", "max_positions"))
+    _check_at_least(model, "model", ("n_segments",), minimum=0)
+    _check_at_least(model["move_head"], "model.move_head", ("dim",))
+    if model["move_head"]["kind"] not in MOVE_HEADS:
+        raise BundleError(f"manifest model.move_head.kind {model['move_head']['kind']!r} is not one of {MOVE_HEADS}")
+    names = {side: [spec["name"] for spec in data[side]] for side in ("inputs", "outputs")}
+    expected = {"inputs": ["input_ids", *(["token_type_ids"] if model.get("n_segments") else [])],
+                "outputs": ["move_logits"]}
+    for side, wanted in expected.items():
+        if sorted(names[side]) != sorted(wanted):
+            raise BundleError(f"manifest {side} are {names[side]}; a square-pair move head's graph has {wanted}")
+
+
 def validate_manifest(data: Any) -> dict:
     """Return `data` if it is a valid manifest of this schema version, else raise BundleError."""
     if not isinstance(data, dict):
@@ -186,7 +215,9 @@ def validate_manifest(data: Any) -> dict:
         for i, spec in enumerate(data[side]):
             if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and "dtype" in spec):
                 raise BundleError(f"manifest field '{side}[{i}]' needs a name and a dtype")
-    if data["task"] in ("causal-lm", "chat", "xiangqi"):
+    if square_pair_head(data):
+        _check_square_pair_head(data)
+    elif data["task"] in ("causal-lm", "chat", "xiangqi"):
         _check(data, _CAUSAL_LM_SCHEMA, "")
         _check_decoder(data)
         if data["kv_cache"]["layout"] not in KV_LAYOUTS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import Manifest, check_digests_in_background
+from .bundle import Manifest, check_digests_in_background, square_pair_head
 from .errors import BundleError, InputError
 
 BUNDLES = Path(__file__).parent / "bundles"
@@ -47,6 +47,10 @@ def load(path: str | Path, device: str = "auto", threads: int | None = None, ver
 
 def _open(folder: Path, manifest: dict, device: str, threads: int | None, allow_spinning: bool | None):
     task = manifest["task"]
+    if square_pair_head(manifest):
+        from .xiangqi.square_pairs import SquarePairModel
+
+        return SquarePairModel(folder, manifest, device=device, threads=threads, allow_spinning=allow_spinning)
     if task in ("causal-lm", "chat", "xiangqi"):
         from .lm import CausalLM, decode_options
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..bundle import square_pair_head
 from ..errors import BundleError, InputError
 from ..loader import load
 
@@ -25,6 +26,9 @@ def load_for(command: str, bundle: str | Path, tasks: tuple[str, ...], device: s
         names = [repr(t) for t in tasks]
         needed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
         raise BundleError(f"{bundle} is a bundle for task {task!r}; edgeinfer {command} needs one for task {needed}")
+    if tasks == DECODER_TASKS and square_pair_head(model.manifest):
+        raise BundleError(f"{bundle} is a Xiangqi bundle whose graph scores square pairs, not a decoder; edgeinfer "
+                          f"{command} needs a decoder bundle")
     return model
 
 

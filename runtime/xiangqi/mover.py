@@ -1,11 +1,14 @@
 """Move choice with the Xiangqi GPT: every legal move scored exactly, in one forward call.
 
-A move's score is the sum of the log-probabilities of its 4 ICCS characters after the position's prompt (the
-board seen from the side to move, `tokens.board_tokens`, with each square's segment, `features.py`, when the
-manifest names `square_features`, and its start token saying whether the position is a repeat, when the bundle's
-vocabulary has `[SEEN]`). The prompt and the legal moves, its candidate continuations, run together
-(`CausalLM.score_prompt`: the moves as a tree of shared characters beside the prompt, one call with the query-key
-mask). Xiangqi's rules are symmetric left to right; with `mirror=True` a move's score is the mean of its scores on
+The model reads the position's prompt (the board seen from the side to move, `tokens.board_tokens`, with each
+square's segment, `features.py`, when the manifest names `square_features`, and its start token saying whether the
+position is a repeat, when the bundle's vocabulary has `[SEEN]`). Its move head is one of two:
+- 4 characters (a decoder bundle): a move's score is the sum of the log-probabilities of its 4 ICCS characters after
+  the prompt. The prompt and the legal moves, its candidate continuations, run together (`CausalLM.score_prompt`:
+  the moves as a tree of shared characters beside the prompt, one call with the query-key mask).
+- square pairs (`square_pairs.SquarePairModel`): the prompt alone gives every (from, to) pair a logit; a move's score
+  is its log-probability under the softmax over the legal moves' logits.
+Xiangqi's rules are symmetric left to right; with `mirror=True` a move's score is the mean of its scores on
 the position and on the mirrored position (a second batch row of the same call; a position that is its own mirror,
 such as the start, is scored once). That helps a model trained on mirrored examples, which is symmetric only roughly;
 the shipped model learnt the engine's own choices, which are not symmetric, and with it agrees with them a little less
@@ -20,25 +23,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..bundle import square_pair_head
 from ..errors import BundleError, InputError
 from ..lm.options import is_number
 from .board import REPETITION_COUNT, Board
 from .features import SEGMENTS, square_segments
 from .tokens import (
     HISTORYLESS_VOCAB,
+    MIRRORED_SQUARE,
     MIRRORED_TOKEN,
     VOCAB,
     board_tokens,
     mirrored_prompt,
     move_tokens,
     oriented_move,
+    square_pair,
 )
 
 
 @dataclass
 class ScoredMove:
     move: str
-    logprob: float  # sum of the 4 character log-probabilities
+    logprob: float  # sum of the 4 character log-probabilities, or the log-probability among the legal square pairs
     probability: float  # softmax of logprob over the legal moves
 
 
@@ -65,6 +71,7 @@ class MoveModel:
             raise BundleError(f"bundle {model.folder}: its model does not read the board prompt of this runtime "
                               f"({why}); retrain it with python -m edgeinfer.export.train_xiangqi")
         self.model = model
+        self.square_pairs = square_pair_head(manifest)  # the move head: square pairs, else 4 characters
         self.features = features  # what each square's prompt token carries as its segment (None: nothing)
         self.reads_repeats = manifest["vocab"] == VOCAB  # a repeated position starts with [SEEN]
         if not isinstance(mirror, bool):
@@ -83,22 +90,44 @@ class MoveModel:
         moves = board.legal_moves()
         if not moves:
             raise InputError(f"no legal moves: the game is over ({board.outcome()})")
-        tokens, segments = self.prompt(board)
-        candidates = np.array([move_tokens(oriented_move(move, board.side)) for move in moves])
-        # a position that is its own mirror (the start) has one view: averaging would only tie mirror-image moves
-        # (its square features are the mirror's too, being facts of the rules)
-        if self.mirror and (mirrored := mirrored_prompt(tokens)) != tokens:
-            views = self.model.score_prompts(
-                [tokens, mirrored], [candidates, np.take(MIRRORED_TOKEN, candidates)],
-                segments and [segments, mirrored_prompt(segments)])
-            scores = (views[0] + views[1]) / 2
-        else:
-            scores = self.model.score_prompt(tokens, candidates, segments)
+        oriented = [oriented_move(move, board.side) for move in moves]
+        scores = self._pair_scores(board, oriented) if self.square_pairs else self._character_scores(board, oriented)
         probs = np.exp(scores - scores.max())
         probs /= probs.sum()
         losing = losing_by_repetition(board, moves)
         order = sorted(range(len(moves)), key=lambda i: (moves[i] in losing, -scores[i]))
         return [ScoredMove(moves[i], float(scores[i]), float(probs[i])) for i in order]
+
+    def _views(self, board: Board) -> list[tuple[list[int], list[int] | None]]:
+        """The prompts a position is scored on, with their segments: its own, and its mirror's with `mirror`. A position
+        that is its own mirror (the start) has one view: averaging would only tie mirror-image moves (its square
+        features are the mirror's too, being facts of the rules)."""
+        tokens, segments = self.prompt(board)
+        if self.mirror and (mirrored := mirrored_prompt(tokens)) != tokens:
+            return [(tokens, segments), (mirrored, segments and mirrored_prompt(segments))]
+        return [(tokens, segments)]
+
+    def _character_scores(self, board: Board, oriented: list[str]) -> np.ndarray:
+        views = self._views(board)
+        candidates = np.array([move_tokens(move) for move in oriented])
+        prompts, segments = zip(*views, strict=True)
+        if len(views) == 1:
+            return self.model.score_prompt(prompts[0], candidates, segments[0])
+        scores = self.model.score_prompts(list(prompts), [candidates, np.take(MIRRORED_TOKEN, candidates)],
+                                          segments[0] and list(segments))
+        return (scores[0] + scores[1]) / 2
+
+    def _pair_scores(self, board: Board, oriented: list[str]) -> np.ndarray:
+        views = self._views(board)
+        pairs = np.array([square_pair(move) for move in oriented])
+        mirrored = np.take(MIRRORED_SQUARE, pairs // len(MIRRORED_SQUARE)) * len(MIRRORED_SQUARE) + np.take(
+            MIRRORED_SQUARE, pairs % len(MIRRORED_SQUARE))
+        prompts, segments = zip(*views, strict=True)
+        logits = self.model.move_logits(np.array(prompts), segments[0] and np.array(segments))
+        legal = np.stack([view.reshape(-1)[chosen] for view, chosen in zip(logits, (pairs, mirrored))]).astype(np.float64)
+        legal -= legal.max(-1, keepdims=True)
+        legal -= np.log(np.exp(legal).sum(-1, keepdims=True))  # log-softmax over the legal moves, per view
+        return legal.mean(0)
 
     def best(self, board: Board) -> ScoredMove:
         return self.score(board)[0]

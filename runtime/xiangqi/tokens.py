@@ -34,6 +34,7 @@ FILE_SYMBOLS = MOVE_SYMBOLS[-FILES:]  # "a" .. "i"
 MIRRORED_TOKEN = [TOKEN_ID[FILE_SYMBOLS[FILES - 1 - FILE_SYMBOLS.index(s)]] if s in FILE_SYMBOLS else i
                   for i, s in enumerate(VOCAB)]
 MIRRORED_PROMPT = [0, *(1 + rank * FILES + FILES - 1 - file for rank in range(RANKS) for file in range(FILES))]
+MIRRORED_SQUARE = [i - 1 for i in MIRRORED_PROMPT[1:]]  # square rank * 9 + file -> its mirror's index
 
 
 def oriented_values(values: list[int], side: int) -> list[int]:
@@ -70,3 +71,11 @@ def mirrored_prompt(values: list[int]) -> list[int]:
 
 def move_tokens(move: str) -> list[int]:
     return [TOKEN_ID[c] for c in move]
+
+
+def square_pair(move: str) -> int:
+    """An ICCS move as the index of its (from, to) square pair, from * 90 + to, squares numbered rank * 9 + file:
+    where a square-pair move head (`square_pairs.py`) keeps its logit."""
+    origin = int(move[1]) * FILES + FILE_SYMBOLS.index(move[0])
+    target = int(move[3]) * FILES + FILE_SYMBOLS.index(move[2])
+    return origin * FILES * RANKS + target
