@@ -74,7 +74,7 @@ def plot_cdf(jobs: dict, out: Path) -> Path | None:
     decode step at B=1 for every decode engine."""
     calls, steps = {}, {}
     if "xiangqi" in jobs:
-        for method in ("tree_ms", "one_run_per_move_ms"):
+        for method in ("choice_ms", "one_run_per_move_ms"):
             calls[f"xiangqi {method[:-3]}"] = [t for row in jobs["xiangqi"]["latency"].values()
                                                for t in row["samples_ms"][method]]
     if "qa" in jobs:
@@ -155,10 +155,10 @@ def write_tables(report: dict) -> str:
             parts.append("\n".join(["| batch | edgeinfer | PyTorch eager | ratio |", "| --- | --- | --- | --- |",
                                     *rows]))
     if "xiangqi" in jobs:
-        rows = [f"| {ply} | {r['legal_moves']} | {r['tree_ms']} | {r['one_run_per_move_ms']} | {r['speedup']}× |"
+        rows = [f"| {ply} | {r['legal_moves']} | {r['choice_ms']} | {r['one_run_per_move_ms']} | {r['speedup']}× |"
                 for ply, r in jobs["xiangqi"]["latency"].items()]
         parts += ["### Xiangqi move selection, ms (median)",
-                  "\n".join(["| ply | legal moves | tree, one call | one run per move | speed-up |", "|" + " --- |" * 5,
+                  "\n".join(["| ply | legal moves | one call | one run per move | speed-up |", "|" + " --- |" * 5,
                              *rows])]
     if "dialogue" in jobs:
         d = jobs["dialogue"]

@@ -1,12 +1,16 @@
 """Xiangqi move model: speed of move choice, agreement with the engine, and match results, in one command.
 
     python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1,100,1000]
+        [--rerun-bundle runtime/bundles/xiangqi-chars]
         [--parts latency,agreement,random,engine,ceiling] [--search] [--out results/xiangqi_moves.json]
 
 1. latency of choosing a move at plies 10, 40 and 80 of --latency-positions test games each (medians over the
-   positions, and the speedup's range): the tree scorer (the prompt once, every legal
-   move in one call) against one full forward pass per legal move (prompt + move, no cache), same bundle, same
-   scores (with --mirror each averaged with the mirrored position's, a second row of each call);
+   positions, and the speedup's range): the one call that scores every legal move (`choice_ms`: for a 4-character
+   bundle the tree scorer, the prompt once and every legal move's characters; for a square-pair bundle the prompt
+   alone) against one full forward pass per legal move (prompt + move, no cache) of a 4-character bundle, same
+   scores where that is the bundle itself (with --mirror each averaged with the mirrored position's, a second row of
+   each call); a square-pair bundle has no such method of its own, so --rerun-bundle names the character bundle
+   whose method it is measured against (default: the shipped `xiangqi-chars`);
 2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
    fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
    moves), with and without the mirror (`MoveModel(mirror=True)`); with `--parts ceiling`, how often
@@ -85,25 +89,27 @@ def one_run_per_move(mover: MoveModel, board: Board) -> dict[str, float]:
     return scores
 
 
-def latency(mover: MoveModel, games: list[list[str]], plies: list[int], repeats: int, positions: int = 1) -> dict:
-    """Per ply, the first `positions` games that reach it: each position timed both ways (medians of repeats); the
-    ply's figures are the medians over its positions, with the range of the speedup (it grows with the number of
-    legal moves, which varies from position to position). samples_ms keeps every timed call."""
+def latency(mover: MoveModel, games: list[list[str]], plies: list[int], repeats: int, positions: int = 1,
+            rerun_mover: MoveModel | None = None) -> dict:
+    """Per ply, the first `positions` games that reach it: each position timed both ways (medians of repeats), the
+    one-run-per-move method by `rerun_mover` (a 4-character bundle; default `mover`); the ply's figures are the
+    medians over its positions, with the range of the speedup (it grows with the number of legal moves, which varies
+    from position to position). samples_ms keeps every timed call."""
     rows = {}
     for ply in plies:
-        measured, samples = [], {"tree_ms": [], "one_run_per_move_ms": []}
+        measured, samples = [], {"choice_ms": [], "one_run_per_move_ms": []}
         for game in [g for g in games if len(g) > ply][:positions]:
             board = Board.from_moves(game[:ply], max_plies=None)
-            tree = timed_ms(lambda board=board: mover.score(board), repeats)
-            rerun = timed_ms(lambda board=board: one_run_per_move(mover, board), max(1, repeats // 3))
-            samples["tree_ms"] += tree
+            choice = timed_ms(lambda board=board: mover.score(board), repeats)
+            rerun = timed_ms(lambda board=board: one_run_per_move(rerun_mover or mover, board), max(1, repeats // 3))
+            samples["choice_ms"] += choice
             samples["one_run_per_move_ms"] += rerun
-            measured.append({"legal_moves": len(board.legal_moves()), "tree_ms": statistics.median(tree),
+            measured.append({"legal_moves": len(board.legal_moves()), "choice_ms": statistics.median(choice),
                              "one_run_per_move_ms": statistics.median(rerun)})
-            measured[-1]["speedup"] = measured[-1]["one_run_per_move_ms"] / measured[-1]["tree_ms"]
+            measured[-1]["speedup"] = measured[-1]["one_run_per_move_ms"] / measured[-1]["choice_ms"]
         speedups = [m["speedup"] for m in measured]
         rows[ply] = {key: round(statistics.median(m[key] for m in measured), 2)
-                     for key in ("legal_moves", "tree_ms", "one_run_per_move_ms", "speedup")}
+                     for key in ("legal_moves", "choice_ms", "one_run_per_move_ms", "speedup")}
         rows[ply] |= {"positions": len(measured), "speedup_min": round(min(speedups), 1),
                       "speedup_max": round(max(speedups), 1)}
         print(f"ply {ply}: {rows[ply]}", flush=True)
@@ -242,6 +248,8 @@ PARTS = ("latency", "agreement", "random", "engine")  # and "ceiling": the engin
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None)
+    parser.add_argument("--rerun-bundle", default=None, help="the 4-character bundle whose one run per legal move a "
+                        "square-pair --bundle is timed against (default: the shipped xiangqi-chars)")
     parser.add_argument("--data", default="data/xiangqi", type=Path)
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--nodes", default="1,100,1000", help="fairy-stockfish node budgets to play against")
@@ -269,8 +277,13 @@ def main() -> None:
         return (searched_best(mover, board) if args.search else mover.best(board)).move
 
     if "latency" in parts:
+        rerun_mover = None
+        if mover.square_pairs or args.rerun_bundle:
+            rerun_model = edgeinfer.load(args.rerun_bundle or default_bundle("xiangqi-chars"), device="cpu")
+            rerun_mover = MoveModel(rerun_model, mirror=args.mirror)
+            results["one_run_per_move_bundle"] = str(rerun_model.folder)
         results["latency"] = latency(mover, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats,
-                                     args.latency_positions)
+                                     args.latency_positions, rerun_mover)
     if "agreement" in parts:
         results["agreement"] = agreement(mover, test_games, args.positions, args.seed)
         print(results["agreement"], flush=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeinfer.bundle import Manifest, square_pair_head
 from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.features import RICHEST, SEGMENTS, coarser, square_segments
 from edgeinfer.xiangqi.tables import FILES, RANKS
@@ -177,6 +178,9 @@ def warm_start(model: GPT, path: Path) -> None:
     token it lacks starts as a copy of the start token, and layers it lacks (--layers above the checkpoint's) are
     added on top with zero output projections (each way, training starts from the same function)."""
     if path.is_dir():
+        if square_pair_head(Manifest.read(path, verify=False)[1]):
+            raise SystemExit(f"{path} is a square-pair bundle, whose weights are not read back from the graph: "
+                             "--init its training's model.pt instead")
         state = gpt_from_bundle(path).state_dict()
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

@@ -223,3 +223,30 @@ def test_train_xiangqi_trains_and_exports_a_square_pair_bundle(tmp_path):
     main([*common, "--out", str(tmp_path / "again"), "--export-only", "--features", "control"])
     again = edgeinfer.load(tmp_path / "again", device="cpu")
     np.testing.assert_allclose(again.move_logits(prompt, segments), expected, atol=1e-4)
+
+
+def test_warm_start_takes_a_square_pair_checkpoint_whole_or_a_character_model_as_the_trunk(square_pairs, tmp_path):
+    from edgeinfer.export.gpt import GPT, GPTConfig
+    from edgeinfer.export.train_xiangqi import save_checkpoint, warm_start_squares
+    from edgeinfer.export.xiangqi_policy import SquarePolicy
+
+    trained, bundle = square_pairs
+    save_checkpoint(trained, tmp_path / "pairs.pt")
+    save_checkpoint(trained.gpt, tmp_path / "characters.pt")
+    ids = torch.tensor([board_tokens(Board().squares, Board().side)])
+    segments = torch.tensor([[0, *square_segments(Board(), RICHEST)]])
+
+    def fresh() -> SquarePolicy:
+        torch.manual_seed(11)
+        return SquarePolicy(GPT(GPTConfig(**trained.cfg.to_dict())), head_dim=16).eval()
+
+    whole, trunk = fresh(), fresh()
+    warm_start_squares(whole, tmp_path / "pairs.pt")
+    warm_start_squares(trunk, tmp_path / "characters.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(whole(ids, segments), trained(ids, segments))
+        for name, value in trained.gpt.state_dict().items():
+            torch.testing.assert_close(trunk.gpt.state_dict()[name], value)
+        assert not torch.equal(trunk.q.weight, trained.q.weight)  # the head starts fresh
+    with pytest.raises(SystemExit, match="is a square-pair bundle, whose weights are not read back"):
+        warm_start_squares(fresh(), bundle.folder)
