@@ -1,5 +1,5 @@
 """A GPT bundle's weights read back into the PyTorch model, so that training can go on from a shipped bundle whose
-checkpoint was not kept (`train_xiangqi --init runtime/bundles/xiangqi`).
+checkpoint was not kept (`train_xiangqi --init runtime/bundles/xiangqi-chars`).
 
 Initializer names cannot be trusted (the exporter stores equal tensors once, under the first one's name), so the
 weights are read by structure: the graph's Gather tables, LayerNormalization scales and biases, and MatMul weights

@@ -1,9 +1,10 @@
 """Train the Xiangqi move GPT on engine-labelled positions and ship it as the default bundle.
 
     python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi   # the positions (once)
-    python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi [--device cuda]
-        [--init runtime/bundles/xiangqi]   # go on from a bundle or a model.pt (the shipped model: README's command)
-        [--head squares --init build/xiangqi/model.pt]   # a square-pair head on that trunk
+    python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi-chars [--device cuda]
+        [--init runtime/bundles/xiangqi-chars]   # go on from a bundle or a model.pt
+    python -m edgeinfer.export.train_xiangqi --head squares --init build/xiangqi/model.pt   # a square-pair head on
+        # that trunk, written to runtime/bundles/xiangqi (the shipped models: the README's commands)
 
 An example is a position's prompt (the start token and its 90 squares seen from the side to move, see
 `edgeinfer.xiangqi.tokens`, each square's token with its segment, `edgeinfer.xiangqi.features`: its control,
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="xiangqi_data folders whose train splits are trained on")
     parser.add_argument("--held-out", type=Path, help="the xiangqi_data folder whose valid and test splits measure "
                         "the model (default: the first --data folder)")
-    parser.add_argument("--out", default="runtime/bundles/xiangqi", type=Path)
+    parser.add_argument("--out", type=Path, help="the bundle folder (default: runtime/bundles/xiangqi-chars, or "
+                        "runtime/bundles/xiangqi with --head squares)")
     parser.add_argument("--work", default="build/xiangqi", type=Path, help="checkpoint and training log")
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -293,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.ema is not None and not 0.0 <= args.ema <= 1.0:
         parser.error(f"--ema must be between 0 and 1, got {args.ema}")
 
+    args.out = args.out or Path("runtime/bundles", "xiangqi" if args.head == "squares" else "xiangqi-chars")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)

@@ -9,7 +9,8 @@ from .errors import BundleError, InputError
 
 BUNDLES = Path(__file__).parent / "bundles"
 DEFAULT_BUNDLES = {
-    "xiangqi": "python -m edgeinfer.export.train_xiangqi",
+    "xiangqi": "python -m edgeinfer.export.train_xiangqi --head squares",
+    "xiangqi-chars": "python -m edgeinfer.export.train_xiangqi",
     "qa": "python -m edgeinfer.export.train_bert_qa",
     "qa-dgcnn": "python -m edgeinfer.export.qa_bundle",
     "chat": "python -m edgeinfer.export.train_chat",
@@ -17,7 +18,7 @@ DEFAULT_BUNDLES = {
 
 
 def default_bundle(name: str) -> Path:
-    """The folder of a bundle shipped inside the package ("xiangqi", "qa", "qa-dgcnn", "chat")."""
+    """The folder of a bundle shipped inside the package ("xiangqi", "xiangqi-chars", "qa", "qa-dgcnn", "chat")."""
     path = BUNDLES / name
     if not (path / "manifest.json").is_file():
         how = DEFAULT_BUNDLES.get(name, "an export command")

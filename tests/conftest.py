@@ -67,7 +67,7 @@ def query_key_bundle(tmp_path_factory):
     from edgeinfer.export.onnx_export import export_gpt_bundle
     from edgeinfer.loader import default_bundle
 
-    tokenizer = default_bundle("xiangqi") / "tokenizer.json"
+    tokenizer = default_bundle("xiangqi-chars") / "tokenizer.json"
     torch.manual_seed(3)
     model = GPT(GPTConfig(vocab_size=Tokenizer.from_file(str(tokenizer)).get_vocab_size(), n_positions=64, n_embd=32,
                           n_layer=2, n_head=2))

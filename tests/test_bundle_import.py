@@ -38,7 +38,7 @@ def test_shipped_xiangqi_bundle_reads_back_to_its_own_scores():
     from edgeinfer.xiangqi.mover import MoveModel
     from edgeinfer.xiangqi.tokens import move_tokens, oriented_move
 
-    bundle = default_bundle("xiangqi")
+    bundle = default_bundle("xiangqi-chars")
     model = gpt_from_bundle(bundle).eval()
     mover = MoveModel(edgeinfer.load(bundle, device="cpu"), mirror=False)
     board = Board()

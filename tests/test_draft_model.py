@@ -165,7 +165,7 @@ def test_drafts_that_cannot_draft_are_refused_by_name(mains, drafts, query_key_b
             model.generate([[1, 2]], speculate=speculate, draft=draft)
     with pytest.raises(InputError, match="draft does not apply to beam search"):
         model.generate([[1, 2]], num_beams=2, draft=model)
-    board = edgeinfer.load(default_bundle("xiangqi"), device="cpu")
+    board = edgeinfer.load(default_bundle("xiangqi-chars"), device="cpu")
     with pytest.raises(InputError, match="bidirectional prefix"):
         model.engine(slots=1, speculate=2, draft=board)
     chat = edgeinfer.load(default_bundle("chat"), device="cpu")

@@ -29,7 +29,7 @@ from edgeinfer.loader import BUNDLES
 from edgeinfer.xiangqi import Board
 from edgeinfer.xiangqi.mover import MoveModel
 
-TARGETS = ["standard", "contrib", "chat", "qa", "xiangqi"]
+TARGETS = ["standard", "contrib", "chat", "qa", "xiangqi", "xiangqi-chars"]
 # recorded for people (tensor shapes too): the runtime never reads them
 NOISE = {"op_census", "metrics", "producer", "training", "shape", "dims"}
 # fields some manifests lack that the runtime reads when present
@@ -238,12 +238,12 @@ def test_damaged_files_load_or_are_refused(workspace, scale):
 
 @pytest.mark.parametrize(("name", "path", "value", "message"), [
     ("chat", ("generation", "do_sample"), None, "default decoding options .* do_sample must be true or false"),
-    ("xiangqi", ("special_tokens", "eos"), "x", "default decoding options .* stop token 'x'"),
+    ("xiangqi-chars", ("special_tokens", "eos"), "x", "default decoding options .* stop token 'x'"),
     ("chat", ("model", "max_positions"), 2**63 + 5, "'model.max_positions' must be at most 9223372036854775807"),
     ("chat", ("model", "n_segments"), 2**70, "'model.n_segments' must be at most"),
-    ("xiangqi", ("model", "max_positions"), 1, "model.max_positions is 1: a decoder needs 2 or more"),
-    ("xiangqi", ("model", "bidirectional_prefix"), 96, "'model.bidirectional_prefix' must be at most 95"),
-    ("xiangqi", ("model", "bidirectional_prefix"), "91", "'model.bidirectional_prefix' must be an integer >= 0"),
+    ("xiangqi-chars", ("model", "max_positions"), 1, "model.max_positions is 1: a decoder needs 2 or more"),
+    ("xiangqi-chars", ("model", "bidirectional_prefix"), 96, "'model.bidirectional_prefix' must be at most 95"),
+    ("xiangqi-chars", ("model", "bidirectional_prefix"), "91", "'model.bidirectional_prefix' must be an integer >= 0"),
     ("chat", ("model", "bidirectional_prefix"), 3, "bidirectional_prefix needs attention_mask 'query_key'"),
     ("chat", ("session",), {"threads": 2**70}, "'session.threads' must be at most 1024"),
     ("chat", ("session",), {"allow_spinning": 1}, "'session.allow_spinning' must be bool, got 1"),

@@ -28,7 +28,7 @@ from edgeinfer.loader import BUNDLES
 from edgeinfer.xiangqi import START_FEN, Board
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAT, QA, XIANGQI = (str(BUNDLES / name) for name in ("chat", "qa", "xiangqi"))
+CHAT, QA, XIANGQI, XIANGQI_CHARS = (str(BUNDLES / name) for name in ("chat", "qa", "xiangqi", "xiangqi-chars"))
 REFUSAL = re.compile(r"^edgeinfer(?: [\w-]+)?: error: ")
 FENS = [START_FEN, *(Path(__file__).parent / "data" / "xiangqi_positions.txt").read_text().splitlines()[1:4]]
 # text a user may type, or paste, or that arrives from bytes that were not UTF-8 (lone surrogates)
@@ -154,8 +154,8 @@ def command_lines(places: dict[str, str]) -> st.SearchStrategy[list[str]]:
                    "--top-k": pool(["1", "3"], INTS), "--threshold": pool(["0.1", "0"], FLOATS),
                    "--max-context-chars": pool(["10", "1000"], INTS), "--max-questions": pool(["1", "5"], INTS)}
     return st.one_of(
-        command("info", [bundle(CHAT, QA, XIANGQI, places["gpt2"])], common),
-        command("generate", [bundle(CHAT, XIANGQI, places["gpt2"])], common | decoding | {
+        command("info", [bundle(CHAT, QA, XIANGQI, XIANGQI_CHARS, places["gpt2"])], common),
+        command("generate", [bundle(CHAT, XIANGQI_CHARS, XIANGQI, places["gpt2"])], common | decoding | {
             "--prompt": pool(["1 2 3", "你好", "h2e2"], [*WORDS, "1 x"]),
             "--ids": None, "--seed": pool(["0", "7", "99999999999999999999999"], ["-1", "x"]),
             "--beams": pool(["1", "2", "3"], ["0", "-1", "65", "1000000"]),

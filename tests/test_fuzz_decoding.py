@@ -343,7 +343,7 @@ def test_a_failing_processor_fails_beam_search_with_an_input_error(chat_model, p
 def test_score_refuses_junk_and_foreign_prefixes_and_positions_past_the_model(chat_model):
     """A junk prefix raised an AttributeError; another model's prefix or a candidate past the last position raised
     onnxruntime's own error."""
-    xiangqi = edgeinfer.load(BUNDLES / "xiangqi", device="cpu")
+    xiangqi = edgeinfer.load(BUNDLES / "xiangqi-chars", device="cpu")
     for prefix in ("x", chat_model.prefill([101, 872])):
         with pytest.raises(InputError, match="prefix must be a Prefix from this model's prefill"):
             xiangqi.score(prefix, [[1, 2]])
@@ -387,7 +387,7 @@ def test_prefill_refuses_junk(chat_model, options):
 @pytest.mark.parametrize("beams", [1, 2])
 def test_a_prefix_of_another_model_is_refused(chat_model, beams):
     """Another model's cache failed inside onnxruntime with its own RuntimeError."""
-    xiangqi = edgeinfer.load(BUNDLES / "xiangqi", device="cpu")
+    xiangqi = edgeinfer.load(BUNDLES / "xiangqi-chars", device="cpu")
     with pytest.raises(InputError):
         xiangqi.generate([[1, 2]], max_new_tokens=2, num_beams=beams, prefix=chat_model.prefill([101, 872, 1962]))
 

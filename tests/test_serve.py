@@ -300,8 +300,10 @@ def test_speculative_server_gives_the_librarys_greedy_text(lively_bundles, draft
     (["--draft", f"chat={default_bundle('chat')}"], "--draft needs --speculate K"),
     (["--speculate", "2", "--draft", f"nope={default_bundle('chat')}"], "--draft nope: no model of that name"),
     (["--speculate", "2", "--draft", f"chat={default_bundle('qa')}"], "--draft chat: the draft is a bundle for task"),
-    (["--speculate", "2", "--draft", f"chat={default_bundle('xiangqi')}"],
+    (["--speculate", "2", "--draft", f"chat={default_bundle('xiangqi-chars')}"],
      "--draft chat: the draft model reads a bidi"),
+    (["--speculate", "2", "--draft", f"chat={default_bundle('xiangqi')}"],
+     "--draft chat: the draft is a bundle for task 'xiangqi': a draft must be a text decoder"),
     (["--speculate", "2", "--draft", "chat"], "--draft takes NAME=BUNDLE"),
 ])
 def test_drafts_that_cannot_draft_stop_the_server_before_it_starts(flags, message, capsys):

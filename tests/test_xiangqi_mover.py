@@ -283,7 +283,7 @@ def test_warm_start_from_the_shipped_bundle_folder_keeps_its_function():
     from edgeinfer.export.train_xiangqi import warm_start
     from edgeinfer.loader import default_bundle
 
-    folder = default_bundle("xiangqi")
+    folder = default_bundle("xiangqi-chars")
     shipped = gpt_from_bundle(folder).eval()
     new = GPT(GPTConfig(**{**shipped.cfg.to_dict(), "vocab_size": len(VOCAB)})).eval()
     warm_start(new, folder)
