@@ -124,6 +124,7 @@ class MoveModel:
             MIRRORED_SQUARE, pairs % len(MIRRORED_SQUARE))
         prompts, segments = zip(*views, strict=True)
         logits = self.model.move_logits(np.array(prompts), segments[0] and np.array(segments))
+        # the position's own view reads its moves' pairs, the mirror's view (when there is one) the mirrored pairs
         legal = np.stack([view.reshape(-1)[chosen] for view, chosen in zip(logits, (pairs, mirrored))]).astype(np.float64)
         legal -= legal.max(-1, keepdims=True)
         legal -= np.log(np.exp(legal).sum(-1, keepdims=True))  # log-softmax over the legal moves, per view
