@@ -100,6 +100,18 @@ def _example_inputs(model: Decoder, batch: int, seq: int, past_len: int, seed: i
     return inputs
 
 
+def name_dims(value: onnx.ValueInfoProto, names: list[str | int]) -> None:
+    """Set a graph input's or output's shape: a name for each dynamic axis, a number for each fixed one."""
+    shape = value.type.tensor_type.shape
+    del shape.dim[:]
+    for name in names:
+        dim = shape.dim.add()
+        if isinstance(name, int):
+            dim.dim_value = name
+        else:
+            dim.dim_param = name
+
+
 def _symbolic_io(proto: onnx.ModelProto, cfg, attention: str, mask: str) -> None:
     """Give graph inputs/outputs readable dim names; the exporter's own symbols (s0, s1...) say nothing."""
     cache_len = "cache_len" if attention == "contrib" else "past_len"
@@ -119,14 +131,7 @@ def _symbolic_io(proto: onnx.ModelProto, cfg, attention: str, mask: str) -> None
             names = ["batch", cfg.n_kv_head, present_len, cfg.head_dim]
         else:
             names = dims[value.name]
-        shape = value.type.tensor_type.shape
-        del shape.dim[:]
-        for name in names:
-            dim = shape.dim.add()
-            if isinstance(name, int):
-                dim.dim_value = name
-            else:
-                dim.dim_param = name
+        name_dims(value, names)
     if attention == "contrib":
         # In-place caches make present as long as the bound buffer; stale inferred shapes would mislead.
         del proto.graph.value_info[:]

@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
                                 max_seconds=60 * args.max_minutes if args.max_minutes else None, ema=args.ema,
-                                lr_scale={name: args.head_lr_scale for name in ("q.", "k.", "pair_bias")})
+                                lr_scale={name: args.head_lr_scale for name in SquarePolicy.HEAD_PARAMETERS})
         log = train(model, batches(*splits["train"], args.batch_size, args.seed, features, args.win_weight,
                                    args.seen_weight, args.mirror_share), valid, train_cfg, args.work)
         log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, features)), 4)

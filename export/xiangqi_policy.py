@@ -39,6 +39,7 @@ from .onnx_export import (
     check_parity,
     cpu_session,
     io_spec,
+    name_dims,
     op_census,
     warm_up_reference,
 )
@@ -59,6 +60,8 @@ def move_squares(characters: torch.Tensor) -> torch.Tensor:
 
 class SquarePolicy(nn.Module):
     """A GPT trunk over the board prompt and the square-pair head."""
+
+    HEAD_PARAMETERS = ("q.", "k.", "pair_bias")  # name prefixes of the head's parameters (its own learning rate)
 
     def __init__(self, gpt: GPT, head_dim: int = HEAD_DIM) -> None:
         super().__init__()
@@ -118,14 +121,7 @@ def export_onnx(model: SquarePolicy, path: Path) -> onnx.ModelProto:
     dims = {"input_ids": ["batch", PROMPT_TOKENS], "token_type_ids": ["batch", PROMPT_TOKENS],
             "move_logits": ["batch", SQUARES, SQUARES]}
     for value in [*proto.graph.input, *proto.graph.output]:  # readable dim names, not the exporter's s0, s1
-        shape = value.type.tensor_type.shape
-        del shape.dim[:]
-        for name in dims[value.name]:
-            dim = shape.dim.add()
-            if isinstance(name, int):
-                dim.dim_value = name
-            else:
-                dim.dim_param = name
+        name_dims(value, dims[value.name])
     with step("save graph"):
         onnx.save(proto, str(path))
     return proto

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from test_xiangqi_mover import MIRROR, _random_game
 
 import edgeinfer
 from edgeinfer.errors import BundleError, InputError
@@ -26,19 +27,6 @@ from edgeinfer.xiangqi.tokens import (
 )
 
 torch = pytest.importorskip("torch")
-
-MIRROR = str.maketrans("abcdefghi", "ihgfedcba")  # an ICCS move under the left-right mirror
-
-
-def _random_game(plies: int, seed: int) -> Board:
-    rng = np.random.default_rng(seed)
-    board = Board()
-    for _ in range(plies):
-        moves = board.legal_moves()
-        if not moves:
-            break
-        board.push(moves[rng.integers(len(moves))])
-    return board
 
 
 def _tiny_policy(segments: bool = True):

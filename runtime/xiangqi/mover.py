@@ -120,12 +120,13 @@ class MoveModel:
     def _pair_scores(self, board: Board, oriented: list[str]) -> np.ndarray:
         views = self._views(board)
         pairs = np.array([square_pair(move) for move in oriented])
-        mirrored = np.take(MIRRORED_SQUARE, pairs // len(MIRRORED_SQUARE)) * len(MIRRORED_SQUARE) + np.take(
-            MIRRORED_SQUARE, pairs % len(MIRRORED_SQUARE))
+        if len(views) == 2:  # the mirror's view reads the mirrored moves' pairs
+            origins, targets = np.divmod(pairs, len(MIRRORED_SQUARE))
+            pairs = np.stack([pairs, np.take(MIRRORED_SQUARE, origins) * len(MIRRORED_SQUARE)
+                              + np.take(MIRRORED_SQUARE, targets)])
         prompts, segments = zip(*views, strict=True)
         logits = self.model.move_logits(np.array(prompts), segments[0] and np.array(segments))
-        # the position's own view reads its moves' pairs, the mirror's view (when there is one) the mirrored pairs
-        legal = np.stack([view.reshape(-1)[chosen] for view, chosen in zip(logits, (pairs, mirrored))]).astype(np.float64)
+        legal = np.take_along_axis(logits.reshape(len(views), -1), pairs.reshape(len(views), -1), 1).astype(np.float64)
         legal -= legal.max(-1, keepdims=True)
         legal -= np.log(np.exp(legal).sum(-1, keepdims=True))  # log-softmax over the legal moves, per view
         return legal.mean(0)
