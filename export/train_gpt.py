@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from .gpt import GPT
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # input ids, targets (-100 = ignore), segments
+# input ids, targets (-100 = ignore), segments, then whatever else the model's loss takes (e.g. the legal moves)
+Batch = tuple[torch.Tensor | None, ...]
 
 
 @dataclass
@@ -84,9 +85,10 @@ def evaluate(model: GPT, batches: Callable[[], Iterator[Batch]]) -> float:
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for batch in batches():
-        ids, targets, segments = on_device(batch, device)
+        batch = on_device(batch, device)
+        targets = batch[1]
         with autocast(device):
-            loss = model.loss(ids, targets, segments)
+            loss = model.loss(*batch)
         scored = int((targets != -100).sum())
         if scored:  # a batch without targets has a NaN mean and adds nothing
             total += float(loss) * scored
@@ -111,7 +113,7 @@ def train(
     device = torch.device(cfg.device)
     model.to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98))
-    loss_fn = loss_fn or (lambda m, b: m.loss(b[0], b[1], b[2]))
+    loss_fn = loss_fn or (lambda m, b: m.loss(*b))
     averaged = None
     log = {"config": asdict(cfg), "train": [], "valid": []}
     if cfg.ema is not None:

@@ -2,7 +2,8 @@
 
     python -m edgeinfer.export.xiangqi_data --games 12000 --workers 2 --out data/xiangqi   # the positions (once)
     python -m edgeinfer.export.train_xiangqi --data data/xiangqi --out runtime/bundles/xiangqi-chars [--device cuda]
-        [--init runtime/bundles/xiangqi-chars]   # go on from a bundle or a model.pt
+        [--init runtime/bundles/xiangqi-chars]   # go on from a bundle or a model.pt (--head squares: from
+        # runtime/bundles/xiangqi, read back from its graph)
     python -m edgeinfer.export.train_xiangqi --head squares --init build/xiangqi/model.pt   # a square-pair head on
         # that trunk, written to runtime/bundles/xiangqi (the shipped models: the README's commands)
 
@@ -47,32 +48,44 @@ from edgeinfer.xiangqi.tokens import (
     VOCAB,
     oriented_move,
     oriented_squares,
+    square_pair,
 )
 
-from .bundle_import import gpt_from_bundle
+from .bundle_import import gpt_from_bundle, square_policy_from_bundle
 from .gpt import GPT, GPTConfig
 from .onnx_export import export_gpt_bundle
 from .train_gpt import TrainConfig, evaluate, train
 from .xiangqi_data import load_games, split_of
-from .xiangqi_policy import HEAD_DIM, SquarePolicy, export_policy_bundle
+from .xiangqi_policy import (
+    HEAD_DIM,
+    MAX_LEGAL,
+    MIRRORED_PAIR,
+    NO_MOVE,
+    SquarePolicy,
+    export_policy_bundle,
+)
 
 EXAMPLE_TOKENS = PROMPT_TOKENS + 4
 
 
-PARTS = ("squares", "labels", "wins", "seen", "segments")
+PARTS = ("squares", "labels", "wins", "seen", "segments", "legal")
+LOSSES = ("all-pairs", "legal")  # --loss: the square-pair head's softmax over every pair, or the legal moves'
 
 
 def game_positions(game: dict) -> tuple[np.ndarray, ...]:
     """Each position of a game as (squares seen from the side to move, int8 90), its label's 4 token ids, whether
     the label wins on the spot (the opponent is left without a legal move: mate, or stalemate, also a loss there),
-    whether the position has occurred before in the game, and its squares' segments under the richest feature set
-    seen the same way (`features.square_segments`, uint16 90: computed here once, not per batch)."""
+    whether the position has occurred before in the game, its squares' segments under the richest feature set
+    seen the same way (`features.square_segments`, uint16 90: computed here once, not per batch), and its legal
+    moves' square pairs seen the same way (uint16 `MAX_LEGAL`, padded with `NO_MOVE`)."""
     board = Board(max_plies=None)
-    squares, labels, wins, seen, segments = [], [], [], [], []
+    squares, labels, wins, seen, segments, legal = [], [], [], [], [], []
     for move, label in zip(game["moves"].split(), game["labels"].split(), strict=True):
         squares.append(oriented_squares(board.squares, board.side))
         seen.append(board.repetitions() > 1)
         segments.append(square_segments(board, RICHEST))
+        pairs = sorted(square_pair(oriented_move(m, board.side)) for m in board.legal_moves())
+        legal.append(pairs + [NO_MOVE] * (MAX_LEGAL - len(pairs)))
         labels.append([TOKEN_ID[c] for c in oriented_move(label, board.side)])
         board.push(label)
         wins.append(not board.legal_moves())
@@ -80,7 +93,8 @@ def game_positions(game: dict) -> tuple[np.ndarray, ...]:
         board.push(move)
     return (np.array(squares, dtype=np.int8).reshape(-1, FILES * RANKS), np.array(labels, dtype=np.uint8).reshape(-1, 4),
             np.array(wins, dtype=bool), np.array(seen, dtype=bool),
-            np.array(segments, dtype=np.uint16).reshape(-1, FILES * RANKS))
+            np.array(segments, dtype=np.uint16).reshape(-1, FILES * RANKS),
+            np.array(legal, dtype=np.uint16).reshape(-1, MAX_LEGAL))
 
 
 def split_positions(data: Path, workers: int) -> dict[str, tuple[np.ndarray, ...]]:
@@ -121,11 +135,12 @@ def mirrored(squares: np.ndarray, mirror: np.ndarray) -> np.ndarray:
 
 
 def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, segments: np.ndarray, mirror: np.ndarray,
-            features: str | None = RICHEST):
-    """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments):
-    segments are the squares' segments under `features` (`edgeinfer.xiangqi.features`, from the richest set's that
-    `game_positions` gives; facts of the rules, so a mirrored board's are its own mirrored; None: no segments), 0 for
-    the start token and the move."""
+            features: str | None = RICHEST, legal: np.ndarray | None = None):
+    """Examples of the given positions (rows with mirror=True flipped left to right) as (ids, targets, segments),
+    and the legal moves' square pairs when `legal` is given (`game_positions`'s, mirrored alike): segments are the
+    squares' segments under `features` (`edgeinfer.xiangqi.features`, from the richest set's that `game_positions`
+    gives; facts of the rules, so a mirrored board's are its own mirrored; None: no segments), 0 for the start token
+    and the move."""
     boards = mirrored(squares, mirror)
     moves = np.where(mirror[:, None], np.asarray(MIRRORED_TOKEN)[labels], labels)
     ids = np.concatenate([np.where(seen, SEEN, START)[:, None], PIECE_OFFSET + boards, moves], axis=1)
@@ -136,13 +151,18 @@ def collate(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, segments:
         prompt_segments = np.zeros(ids.shape, dtype=np.int64)
         prompt_segments[:, 1:PROMPT_TOKENS] = coarser(mirrored(segments, mirror), features)
         prompt_segments = torch.from_numpy(prompt_segments)
-    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), prompt_segments
+    batch = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(targets), prompt_segments
+    if legal is None:
+        return batch
+    legal = np.where(mirror[:, None], MIRRORED_PAIR[legal], legal)
+    return *batch, torch.from_numpy(legal.astype(np.int64))
 
 
 def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.ndarray, segments: np.ndarray,
-            batch_size: int, seed: int, features: str | None, win_weight: float = 1.0, seen_weight: float = 1.0,
-            mirror_share: float = 0.5):
-    """Endless random batches, each example mirrored left to right with probability `mirror_share`. A position is
+            legal: np.ndarray, batch_size: int, seed: int, features: str | None, win_weight: float = 1.0,
+            seen_weight: float = 1.0, mirror_share: float = 0.5, legal_moves: bool = False):
+    """Endless random batches, each example mirrored left to right with probability `mirror_share` (and with its
+    legal moves' square pairs if `legal_moves`: see `collate`). A position is
     drawn `win_weight` times as often as another if its label wins on the spot (a game has at most one such move, so
     mates are about 1% of positions), and `seen_weight` times as often if it is a repeat (the positions where going
     round again draws); both multiply."""
@@ -152,37 +172,35 @@ def batches(squares: np.ndarray, labels: np.ndarray, wins: np.ndarray, seen: np.
     while True:
         rows = np.minimum(np.searchsorted(cumulative, rng.random(batch_size), side="right"), len(weights) - 1)
         yield collate(squares[rows], labels[rows], seen[rows], segments[rows], rng.random(batch_size) < mirror_share,
-                      features)
+                      features, legal[rows] if legal_moves else None)
 
 
-def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, segments: np.ndarray, limit: int,
-             features: str | None, batch_size: int = 512):
+def in_order(squares: np.ndarray, labels: np.ndarray, seen: np.ndarray, segments: np.ndarray, legal: np.ndarray,
+             limit: int, features: str | None, batch_size: int = 512, legal_moves: bool = False):
     """The first `limit` positions, unmirrored, in batches (validation)."""
     def run():
         for i in range(0, min(limit, len(squares)), batch_size):
             rows = slice(i, min(i + batch_size, limit))
             yield collate(squares[rows], labels[rows], seen[rows], segments[rows], np.zeros(len(squares[rows]), dtype=bool),
-                          features)
+                          features, legal[rows] if legal_moves else None)
     return run
 
 
 def held_out(split: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """A split's squares, labels, repeat flags and square segments: what an evaluation reads."""
-    squares, labels, _, seen, segments = split
-    return squares, labels, seen, segments
+    """A split's squares, labels, repeat flags, square segments and legal moves: what an evaluation reads."""
+    squares, labels, _, seen, segments, legal = split
+    return squares, labels, seen, segments, legal
 
 
 def warm_start(model: GPT, path: Path) -> None:
-    """Load a checkpoint's weights (a model.pt, or a float32 bundle folder read back by `bundle_import`) into
-    `model`; a segment table it lacks starts at zero, a table of fewer square features is repeated for each value of
+    """Load a checkpoint's weights (a model.pt, or a float32 bundle folder read back by `bundle_import`: a square-pair
+    bundle gives its trunk) into `model`; a segment table it lacks starts at zero, a table of fewer square features is repeated for each value of
     the added ones (`edgeinfer.xiangqi.features`: they add multiples of the smaller table's size), a `[SEEN]`
     token it lacks starts as a copy of the start token, and layers it lacks (--layers above the checkpoint's) are
     added on top with zero output projections (each way, training starts from the same function)."""
     if path.is_dir():
-        if square_pair_head(Manifest.read(path, verify=False)[1]):
-            raise SystemExit(f"{path} is a square-pair bundle, whose weights are not read back from the graph: "
-                             "--init its training's model.pt instead")
-        state = gpt_from_bundle(path).state_dict()
+        square_pairs = square_pair_head(Manifest.read(path, verify=False)[1])
+        state = (square_policy_from_bundle(path).gpt if square_pairs else gpt_from_bundle(path)).state_dict()
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     for name in ("wte.weight", "lm_head.weight"):
@@ -209,8 +227,12 @@ def warm_start(model: GPT, path: Path) -> None:
 
 
 def warm_start_squares(model: SquarePolicy, path: Path) -> None:
-    """Load a square-pair checkpoint (`save_checkpoint`'s) whole, or a character model's (any `warm_start` takes) into
-    the trunk, the head starting fresh."""
+    """Load a square-pair checkpoint (`save_checkpoint`'s, or a square-pair bundle read back) whole, or a character
+    model's (any `warm_start` takes) into the trunk, the head starting fresh."""
+    if path.is_dir() and square_pair_head(Manifest.read(path, verify=False)[1]):
+        model.load_state_dict(square_policy_from_bundle(path).state_dict())  # strict, as for a checkpoint
+        print(f"started from {path}", flush=True)
+        return
     if path.is_file():
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         if checkpoint.get("head") == "squares":
@@ -283,9 +305,12 @@ def main(argv: list[str] | None = None) -> None:
                         "square features or fewer layers starts from the same function: see warm_start)")
     parser.add_argument("--head", choices=["characters", "squares"], default="characters",
                         help="score a move by its 4 characters after the prompt, or by a head over the prompt's square "
-                        "pairs (xiangqi_policy.py; --init then gives the trunk, or a square-pair model.pt the whole)")
+                        "pairs (xiangqi_policy.py; --init then gives the trunk, or a square-pair model.pt or bundle the whole)")
     parser.add_argument("--head-lr-scale", type=float, default=1.0,
                         help="the square-pair head's learning rate as a multiple of --lr")
+    parser.add_argument("--loss", choices=LOSSES, default="all-pairs",
+                        help="the square-pair head's cross-entropy: a softmax over all 8,100 square pairs, or over the "
+                        "position's legal moves only (what the runtime scores)")
     parser.add_argument("--export-only", action="store_true", help="export the checkpoint in --work, no training")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and save the checkpoint only (a GPU machine without onnxruntime; then --export-only)")
@@ -294,6 +319,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--mirror-share must be between 0 and 1, got {args.mirror_share}")
     if args.ema is not None and not 0.0 <= args.ema <= 1.0:
         parser.error(f"--ema must be between 0 and 1, got {args.ema}")
+    if args.loss == "legal" and args.head != "squares":
+        parser.error("--loss legal is the square-pair head's (--head squares); the character head's loss is per character")
+    legal_moves = args.loss == "legal"
 
     args.out = args.out or Path("runtime/bundles", "xiangqi" if args.head == "squares" else "xiangqi-chars")
     torch.set_num_threads(args.threads)
@@ -312,14 +340,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         splits = training_splits(args.data, args.held_out or args.data[0], args.workers)
         print({name: len(parts[0]) for name, parts in splits.items()}, "positions", flush=True)
-        valid = in_order(*held_out(splits["valid"]), args.valid_positions, features)
+        valid = in_order(*held_out(splits["valid"]), args.valid_positions, features, legal_moves=legal_moves)
         train_cfg = TrainConfig(steps=args.steps, lr=args.lr, min_lr=args.lr / 10, warmup=min(500, args.steps // 10),
                                 eval_every=1000, seed=args.seed, device=args.device,
                                 max_seconds=60 * args.max_minutes if args.max_minutes else None, ema=args.ema,
                                 lr_scale={name: args.head_lr_scale for name in SquarePolicy.HEAD_PARAMETERS})
         log = train(model, batches(*splits["train"], args.batch_size, args.seed, features, args.win_weight,
-                                   args.seen_weight, args.mirror_share), valid, train_cfg, args.work)
-        log["test_loss"] = round(evaluate(model, in_order(*held_out(splits["test"]), args.valid_positions, features)), 4)
+                                   args.seen_weight, args.mirror_share, legal_moves), valid, train_cfg, args.work)
+        test = in_order(*held_out(splits["test"]), args.valid_positions, features, legal_moves=legal_moves)
+        log["test_loss"] = round(evaluate(model, test), 4)
+        log["loss"] = args.loss
         log["positions"] = {name: len(pair[0]) for name, pair in splits.items()}
         log["batch_size"] = args.batch_size
         log["command"] = " ".join(["python -m edgeinfer.export.train_xiangqi", *(argv if argv is not None else sys.argv[1:])])
@@ -336,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         "positions": log["positions"], "steps": log.get("steps_run", log["config"]["steps"]),
         "batch_size": log["batch_size"], "seconds": log["seconds"], "device": log["config"].get("device", "cpu"),
         "final_valid_loss": log["final_valid_loss"], "test_loss": log["test_loss"], "command": log.get("command"),
-        "loss": "nats per move character" if isinstance(model, GPT) else "nats per move over the 8,100 square pairs",
+        "loss": "nats per move character" if isinstance(model, GPT) else
+                "nats per move over the legal moves' square pairs" if log.get("loss") == "legal" else
+                "nats per move over the 8,100 square pairs",
     }}
     if isinstance(model, SquarePolicy):
         manifest = export_policy_bundle(model, args.out, tokenizer_file=tokenizer, extra={

@@ -2,8 +2,8 @@
 
 The trunk is `gpt.GPT` reading the board prompt (`edgeinfer.xiangqi.tokens`) both ways; the head scores a move from
 square f to square t as q(h_f) . k(h_t) / sqrt(d) + pair_bias[f, t], over the trunk's final states h of the 90 square
-tokens (q, k: n_embd -> d). Training takes the softmax over all 8,100 square pairs; the runtime takes it over the
-legal moves (`edgeinfer.xiangqi.mover`). Against the 4-character head this needs no tree of candidate moves beside the
+tokens (q, k: n_embd -> d). Training takes the softmax over all 8,100 square pairs, or over the legal moves as the
+runtime does (`edgeinfer.xiangqi.mover`). Against the 4-character head this needs no tree of candidate moves beside the
 prompt (91 tokens a call instead of ~130 at ply 80) and, trained from that head's trunk, agrees with the engine more
 often (benchmarks/README.md).
 
@@ -30,7 +30,7 @@ from edgeinfer import __version__
 from edgeinfer.bundle import Manifest
 from edgeinfer.kernels.onnx_emit import translation_table
 from edgeinfer.xiangqi.tables import FILES, RANKS
-from edgeinfer.xiangqi.tokens import PROMPT_TOKENS, TOKEN_ID
+from edgeinfer.xiangqi.tokens import MIRRORED_SQUARE, PROMPT_TOKENS, TOKEN_ID
 
 from .gpt import GPT
 from .onnx_export import (
@@ -47,6 +47,11 @@ from .progress import step
 
 SQUARES = FILES * RANKS
 HEAD_DIM = 64
+# a position's legal moves as square pairs, padded to MAX_LEGAL with NO_MOVE (no position has more than 128 moves:
+# the most known is under 100), and each pair's index under the left-right mirror (NO_MOVE stays)
+MAX_LEGAL, NO_MOVE = 128, SQUARES * SQUARES
+MIRRORED_PAIR = np.array([MIRRORED_SQUARE[pair // SQUARES] * SQUARES + MIRRORED_SQUARE[pair % SQUARES]
+                          for pair in range(NO_MOVE)] + [NO_MOVE], dtype=np.uint16)
 # a move's 4 characters (file, rank, file, rank) as token ids, less these, are its squares' file and rank
 FILE_0, RANK_0 = TOKEN_ID["a"], TOKEN_ID["0"]
 
@@ -83,13 +88,20 @@ class SquarePolicy(nn.Module):
         h = self.gpt.ln_f(x)[:, 1:]  # the 90 squares' states, the start token left out
         return self.q(h) @ self.k(h).transpose(1, 2) * self.scale + self.pair_bias
 
-    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, token_type_ids=None) -> torch.Tensor:
-        """Cross-entropy over the 8,100 square pairs of the move whose characters follow each example's prompt
-        (`train_xiangqi.collate`'s examples; `targets` only says where they are, as for the character head)."""
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, token_type_ids=None,
+             legal: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the move whose characters follow each example's prompt (`train_xiangqi.collate`'s
+        examples; `targets` only says where they are, as for the character head): over all 8,100 square pairs, or,
+        given `legal` (batch, MAX_LEGAL) square pairs padded with NO_MOVE, over those moves only, as the runtime
+        scores them."""
         del targets
         prompt_types = None if token_type_ids is None else token_type_ids[:, :PROMPT_TOKENS]
         logits = self(input_ids[:, :PROMPT_TOKENS], prompt_types).flatten(1)
-        return F.cross_entropy(logits, move_squares(input_ids[:, PROMPT_TOKENS:PROMPT_TOKENS + 4]))
+        labels = move_squares(input_ids[:, PROMPT_TOKENS:PROMPT_TOKENS + 4])
+        if legal is None:
+            return F.cross_entropy(logits, labels)
+        padded = F.pad(logits.float(), (0, 1), value=float("-inf"))  # NO_MOVE's logit: adds nothing to the sum
+        return (torch.logsumexp(padded.gather(1, legal), 1) - padded.gather(1, labels[:, None])[:, 0]).mean()
 
     def manifest_fields(self) -> dict:
         fields = self.gpt.manifest_fields()

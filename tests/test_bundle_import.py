@@ -80,5 +80,5 @@ def test_refuses_a_manifest_that_does_not_describe_its_graph(tmp_path):
     manifest = json.loads(path.read_text())
     manifest["model"]["pre_ln"] = False  # post-LN has no final norm
     path.write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="the graph has 5 LayerNormalization weights, the manifest's GPT 4 LayerNorm layers"):
+    with pytest.raises(BundleError, match="the graph has 5 LayerNormalization weights, the manifest's model 4 LayerNorm layers"):
         gpt_from_bundle(tmp_path / "b")

@@ -44,6 +44,7 @@ from edgeinfer.xiangqi.tokens import (
     move_tokens,
     oriented_move,
     oriented_squares,
+    square_pair,
 )
 
 torch = pytest.importorskip("torch")
@@ -164,7 +165,10 @@ def test_prompt_and_moves_are_seen_from_the_side_to_move(plies, seed):
 
 
 def test_training_examples_hold_legal_moves_mirrored_or_not():
+    """The labelled move, and the legal moves' square pairs the legal-moves loss reads, are the position's own as the
+    example shows it (mirrored or not)."""
     from edgeinfer.export.train_xiangqi import collate, game_positions
+    from edgeinfer.export.xiangqi_policy import NO_MOVE
     from edgeinfer.xiangqi.notation import format_placement
 
     board, moves, labels = Board(max_plies=None), [], []
@@ -174,13 +178,17 @@ def test_training_examples_hold_legal_moves_mirrored_or_not():
         labels.append(legal[rng.integers(len(legal))])
         moves.append(legal[rng.integers(len(legal))])
         board.push(moves[-1])
-    squares, label_ids, _, seen, square_segs = game_positions({"moves": " ".join(moves), "labels": " ".join(labels)})
+    squares, label_ids, _, seen, square_segs, legal = game_positions({"moves": " ".join(moves),
+                                                                      "labels": " ".join(labels)})
     for mirror, features in itertools.product((False, True), filter(None, SEGMENTS)):
-        ids, targets, segments = collate(squares, label_ids, seen, square_segs, np.full(len(squares), mirror), features)
+        ids, targets, segments, pairs = collate(squares, label_ids, seen, square_segs, np.full(len(squares), mirror),
+                                                features, legal)
         assert (targets[:, : PROMPT_TOKENS - 1] == -100).all() and (targets[:, -1] == -100).all()
-        for row, row_segments in zip(ids.numpy(), segments.numpy()):
+        for row, row_segments, row_pairs in zip(ids.numpy(), segments.numpy(), pairs.numpy()):
             position = Board(format_placement(list(row[1:PROMPT_TOKENS] - PIECE_OFFSET)) + " w - - 0 1", max_plies=None)
             assert "".join(VOCAB[t] for t in row[PROMPT_TOKENS:]) in position.legal_moves()
+            expected = sorted(square_pair(m) for m in position.legal_moves())
+            assert sorted(row_pairs[row_pairs != NO_MOVE]) == expected
             # the segments computed while replaying the game, mirrored and reduced to a coarser feature set, are
             # the ones of the board as seen under that set
             assert list(row_segments[1:PROMPT_TOKENS]) == square_segments(position, features)
@@ -196,10 +204,10 @@ def test_winning_labels_are_flagged_and_drawn_as_often_as_weighted():
         moves.append(legal[rng.integers(len(legal))])
         board.push(moves[-1])
     assert len(moves) == 130 and board.is_check()
-    squares, labels, wins, seen, segments = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    squares, labels, wins, seen, segments, legal = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
     assert wins.tolist() == [False] * 129 + [True]
     # with weight 10 the one winning position of 130 is drawn with probability 10 / 139
-    ids, _, _ = next(batches(squares, labels, wins, seen, segments, 20000, seed=0, features=None, win_weight=10.0))
+    ids, _, _ = next(batches(squares, labels, wins, seen, segments, legal, 20000, seed=0, features=None, win_weight=10.0))
     share = np.mean((ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1]).all(axis=1)
                     | (ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET == squares[-1].reshape(10, 9)[:, ::-1].ravel()).all(axis=1))
     assert abs(share - 10 / 139) < 0.005
@@ -211,11 +219,12 @@ def test_the_share_of_mirrored_examples_is_the_one_asked_for(mirror_share):
 
     moves = _random_game(12, 8).move_stack
     positions = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
-    squares, labels, wins, seen, segments = (part[1:] for part in positions)  # the start is its own mirror, the rest not
+    squares, labels, wins, seen, segments, legal = (part[1:] for part in positions)  # the start is its own mirror
     as_is = {row.tobytes() for row in squares}
     as_mirrored = {row.reshape(10, 9)[:, ::-1].ravel().tobytes() for row in squares}
     assert not as_is & as_mirrored
-    ids, _, _ = next(batches(squares, labels, wins, seen, segments, 4000, seed=1, features=None, mirror_share=mirror_share))
+    ids, _, _ = next(batches(squares, labels, wins, seen, segments, legal, 4000, seed=1, features=None,
+                             mirror_share=mirror_share))
     prompts = [row.astype(np.int8).tobytes() for row in ids[:, 1:PROMPT_TOKENS].numpy() - PIECE_OFFSET]
     assert all(p in as_is or p in as_mirrored for p in prompts)
     assert abs(np.mean([p in as_mirrored for p in prompts]) - mirror_share) < 0.03
@@ -237,12 +246,12 @@ def test_repeated_positions_start_with_seen_in_training_and_at_run_time(movers, 
     from edgeinfer.export.train_xiangqi import batches, collate, game_positions
 
     moves = (REPEATING + " h0g2 h9g7 b0c2").split()  # positions 4-6 repeat positions 0-2
-    squares, labels, wins, seen, segments = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
+    squares, labels, wins, seen, segments, legal = game_positions({"moves": " ".join(moves), "labels": " ".join(moves)})
     assert seen.tolist() == [False] * 4 + [True] * 3
     ids, _, _ = collate(squares, labels, seen, segments, np.zeros(len(moves), dtype=bool), features=None)
     assert ids[:, 0].tolist() == [START] * 4 + [SEEN] * 3
     # seen_weight 5: the 3 repeats of 7 positions are drawn with probability 15 / 19
-    ids, _, _ = next(batches(squares, labels, wins, seen, segments, 20000, seed=0, features=None, seen_weight=5.0))
+    ids, _, _ = next(batches(squares, labels, wins, seen, segments, legal, 20000, seed=0, features=None, seen_weight=5.0))
     assert abs((ids[:, 0] == SEEN).float().mean().item() - 15 / 19) < 0.01
 
     board = Board.from_moves(REPEATING)

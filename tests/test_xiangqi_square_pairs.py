@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -77,22 +78,32 @@ def test_training_and_the_runtime_number_square_pairs_alike():
         square_pair(m.translate(MIRROR)) for m in moves]
 
 
-def test_the_loss_is_the_cross_entropy_at_the_labelled_pair():
+@pytest.mark.parametrize("mirror", [False, True])
+def test_the_loss_is_the_cross_entropy_at_the_labelled_pair_over_all_pairs_or_the_legal_moves(mirror):
     from edgeinfer.export.train_xiangqi import collate, game_positions
 
     model = _tiny_policy()
     board = _random_game(30, 3)
     game = {"moves": " ".join(board.move_stack), "labels": " ".join(board.move_stack)}
-    squares, labels, _, seen, segments = game_positions(game)
-    ids, targets, types = collate(squares, labels, seen, segments, np.zeros(len(squares), dtype=bool), RICHEST)
+    squares, labels, _, seen, segments, legal = game_positions(game)
+    ids, targets, types, pairs = collate(squares, labels, seen, segments, np.full(len(squares), mirror), RICHEST, legal)
     with torch.no_grad():
         loss = float(model.loss(ids, targets, types))
+        legal_loss = float(model.loss(ids, targets, types, pairs))
         logits = model(ids[:, :PROMPT_TOKENS], types[:, :PROMPT_TOKENS]).flatten(1).double()
-    replay, expected = Board(), []
+    replay, expected, expected_legal = Board(), [], []
     for i, move in enumerate(board.move_stack):
-        expected.append(-float(torch.log_softmax(logits[i], 0)[square_pair(oriented_move(move, replay.side))]))
+        def seen_pair(m: str) -> int:  # the move as the example shows it
+            m = oriented_move(m, replay.side)
+            return square_pair(m.translate(MIRROR) if mirror else m)
+        label = seen_pair(move)
+        expected.append(-float(torch.log_softmax(logits[i], 0)[label]))
+        moves = [seen_pair(m) for m in replay.legal_moves()]
+        expected_legal.append(-float(torch.log_softmax(logits[i, moves], 0)[moves.index(label)]))
         replay.push(move)
     assert loss == pytest.approx(np.mean(expected), rel=1e-5)
+    assert legal_loss == pytest.approx(np.mean(expected_legal), rel=1e-5)
+    assert legal_loss < loss  # the legal moves' share of the probability is renormalised
 
 
 @pytest.mark.parametrize("plies, seed", [(0, 0), (1, 1), (9, 4), (30, 5), (60, 6)])
@@ -177,7 +188,9 @@ def test_the_head_learns_faster_by_its_scale():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
-def test_train_xiangqi_trains_and_exports_a_square_pair_bundle(tmp_path):
+@pytest.mark.parametrize(("loss", "described"), [("all-pairs", "nats per move over the 8,100 square pairs"),
+                                                ("legal", "nats per move over the legal moves' square pairs")])
+def test_train_xiangqi_trains_and_exports_a_square_pair_bundle(tmp_path, loss, described):
     from edgeinfer.export.train_xiangqi import load_checkpoint, main
 
     games = []
@@ -188,13 +201,18 @@ def test_train_xiangqi_trains_and_exports_a_square_pair_bundle(tmp_path):
     (tmp_path / "data" / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
     common = ["--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"), "--head", "squares"]
     main([*common, "--out", str(tmp_path / "bundle"), "--steps", "40", "--lr", "3e-3", "--embd", "32", "--layers", "1",
-          "--heads", "2", "--workers", "1", "--valid-positions", "200", "--head-lr-scale", "3", "--features", "control"])
+          "--heads", "2", "--workers", "1", "--valid-positions", "200", "--head-lr-scale", "3", "--features", "control", "--loss", loss])
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     training = manifest["training"]
     assert manifest["model"]["move_head"] == {"kind": "square_pairs", "dim": 64}
     assert manifest["square_features"] == "control" and manifest["model"]["n_segments"] == SEGMENTS["control"]
-    assert training["loss"] == "nats per move over the 8,100 square pairs" and training["steps"] == 40
-    assert training["final_valid_loss"] < math.log(90 * 90) - 1  # it learnt where moves go, from 9.0 nats
+    assert training["loss"] == described and training["steps"] == 40
+    # on the test split's random game: over all pairs it learnt where pieces go (from 9.0 nats); over the legal
+    # moves random labels leave nothing to learn, so it stays near the uniform guess, log(legal moves) (3.66 nats)
+    if loss == "all-pairs":
+        assert training["test_loss"] < math.log(90 * 90) - 3
+    else:
+        assert 3.4 < training["test_loss"] < 3.9
     log = json.loads((tmp_path / "work" / "training.json").read_text())
     assert log["config"]["lr_scale"] == {"q.": 3.0, "k.": 3.0, "pair_bias": 3.0}
 
@@ -213,7 +231,7 @@ def test_train_xiangqi_trains_and_exports_a_square_pair_bundle(tmp_path):
     np.testing.assert_allclose(again.move_logits(prompt, segments), expected, atol=1e-4)
 
 
-def test_warm_start_takes_a_square_pair_checkpoint_whole_or_a_character_model_as_the_trunk(square_pairs, tmp_path):
+def test_warm_start_takes_a_square_pair_checkpoint_or_bundle_whole_or_a_character_model_as_the_trunk(square_pairs, tmp_path):
     from edgeinfer.export.gpt import GPT, GPTConfig
     from edgeinfer.export.train_xiangqi import save_checkpoint, warm_start_squares
     from edgeinfer.export.xiangqi_policy import SquarePolicy
@@ -236,5 +254,47 @@ def test_warm_start_takes_a_square_pair_checkpoint_whole_or_a_character_model_as
         for name, value in trained.gpt.state_dict().items():
             torch.testing.assert_close(trunk.gpt.state_dict()[name], value)
         assert not torch.equal(trunk.q.weight, trained.q.weight)  # the head starts fresh
-    with pytest.raises(SystemExit, match="is a square-pair bundle, whose weights are not read back"):
-        warm_start_squares(fresh(), bundle.folder)
+    from_bundle = fresh()
+    warm_start_squares(from_bundle, bundle.folder)  # read back from the graph
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(from_bundle.state_dict()[name], value, atol=0, rtol=0)
+
+
+def test_a_square_pair_bundle_reads_back_only_as_itself(square_pairs, tmp_path):
+    """The shipped square-pair bundle reads back to a model whose logits are the graph's; a GPT reader refuses it, a
+    graph whose head computes something else from the same weights is refused by the logits check."""
+    import onnx
+
+    from edgeinfer.bundle import Manifest
+    from edgeinfer.export.bundle_import import (
+        gpt_from_bundle,
+        square_policy_from_bundle,
+    )
+    from edgeinfer.loader import default_bundle
+
+    shipped = default_bundle("xiangqi")
+    model = square_policy_from_bundle(shipped).eval()
+    board = _random_game(30, 5)
+    prompt = np.array([board_tokens(board.squares, board.side)])
+    segments = np.array([[0, *square_segments(board, RICHEST)]])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(prompt), torch.from_numpy(segments)).numpy()
+    np.testing.assert_allclose(edgeinfer.load(shipped, device="cpu").move_logits(prompt, segments), expected,
+                               atol=1e-4)
+    with pytest.raises(BundleError, match="read it with square_policy_from_bundle"):
+        gpt_from_bundle(shipped)
+    with pytest.raises(BundleError, match="not a square-pair bundle"):
+        square_policy_from_bundle(default_bundle("xiangqi-chars"))
+
+    _, bundle = square_pairs
+    shutil.copytree(bundle.folder, tmp_path / "b")
+    graph = onnx.load(str(tmp_path / "b" / "model.onnx"))
+    transpose = next(node for node in graph.graph.node if node.op_type == "Transpose")
+    product = next(node for node in graph.graph.node if transpose.output[0] in node.input)
+    # the head's queries and keys trade places: every weight is where it was, the logits come out transposed
+    transpose.input[0], product.input[0] = product.input[0], transpose.input[0]
+    onnx.save(graph, str(tmp_path / "b" / "model.onnx"))
+    folder, manifest = Manifest.read(tmp_path / "b", verify=False)
+    manifest.write(folder)  # digests of the tampered graph: only the logits check can tell
+    with pytest.raises(BundleError, match="give move logits .* away from the graph's"):
+        square_policy_from_bundle(folder)
