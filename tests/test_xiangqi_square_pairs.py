@@ -1,6 +1,7 @@
 """The square-pair move head: training and the runtime number square pairs alike, the bundle's scores equal PyTorch's
-log-softmax over the legal moves (on the position, and averaged with its mirror), train_xiangqi --head squares trains
-and exports one, and a broken square-pair manifest is refused by name."""
+log-softmax over the legal moves (on the position, and averaged with its mirror), the training loss over all pairs or
+the legal moves, train_xiangqi --head squares trains and exports one, a bundle reads back into PyTorch, and a broken
+square-pair manifest is refused by name."""
 
 from __future__ import annotations
 
