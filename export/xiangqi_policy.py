@@ -47,8 +47,8 @@ from .progress import step
 
 SQUARES = FILES * RANKS
 HEAD_DIM = 64
-# a position's legal moves as square pairs, padded to MAX_LEGAL with NO_MOVE (no position has more than 128 moves:
-# the most known is under 100), and each pair's index under the left-right mirror (NO_MOVE stays)
+# a position's legal moves as square pairs, padded to MAX_LEGAL with NO_MOVE (a position with more would make a ragged
+# array and fail the position cache's build, not pass unnoticed), and each pair's index under the left-right mirror
 MAX_LEGAL, NO_MOVE = 128, SQUARES * SQUARES
 MIRRORED_PAIR = np.array([MIRRORED_SQUARE[pair // SQUARES] * SQUARES + MIRRORED_SQUARE[pair % SQUARES]
                           for pair in range(NO_MOVE)] + [NO_MOVE], dtype=np.uint16)
