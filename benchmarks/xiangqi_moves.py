@@ -13,7 +13,9 @@
    whose method it is measured against (default: the shipped `xiangqi-chars`);
 2. on positions of the data's test split (`xiangqi_data.split_of`): top-1 agreement of the model's best move with
    fairy-stockfish's label, and the mean log-probability the model gives that move (against uniform over the legal
-   moves), with and without the mirror (`MoveModel(mirror=True)`); with `--parts ceiling`, how often
+   moves), with and without the mirror (`MoveModel(mirror=True)`); with `--seen-data FOLDER...`, top-1 also on
+   the positions no training game of those folders reaches (held-out games share their openings with training
+   games, and an opening's engine reply is learned by heart); with `--parts ceiling`, how often
    fairy-stockfish itself (a fresh hash, 1000 and 4000 nodes) plays the labelled move, which was searched with its
    game's hash;
 3. matches, `--games` each, the model's best move with nothing but the rules (colours alternate; each pair of games
@@ -123,18 +125,36 @@ def sampled_positions(games: list[dict], positions: int, seed: int) -> list[tupl
     return [(g, rng.randrange(g["plies"])) for g in rng.choices(games, k=positions)]
 
 
-def agreement(mover: MoveModel, games: list[dict], positions: int, seed: int) -> dict:
-    """Top-1 agreement and mean log-probability of the engine's labelled move on test positions."""
-    hits, logprobs, uniform = 0, [], []
+def trained_prefixes(folders: list[Path]) -> set[int]:
+    """Hashes of every move prefix of the train-split games in `folders`: the positions a model trained on them saw."""
+    seen = set()
+    for folder in folders:
+        for game in load_games(folder / "games.jsonl"):
+            if split_of(game["moves"]) == "train":
+                moves = game["moves"].split()
+                seen.update(hash(" ".join(moves[:ply])) for ply in range(len(moves) + 1))
+    return seen
+
+
+def agreement(mover: MoveModel, games: list[dict], positions: int, seed: int, seen: set[int] | None = None) -> dict:
+    """Top-1 agreement and mean log-probability of the engine's labelled move on test positions; with `seen`
+    (`trained_prefixes`), top-1 on the positions outside it too."""
+    hits, logprobs, uniform, unseen_hits = [], [], [], []
     for game, ply in tqdm(sampled_positions(games, positions, seed), desc="agreement", mininterval=2):
-        board = Board.from_moves(game["moves"].split()[:ply], max_plies=None)
+        moves = game["moves"].split()[:ply]
         label = game["labels"].split()[ply]
-        scored = mover.score(board)
-        hits += scored[0].move == label
+        scored = mover.score(Board.from_moves(moves, max_plies=None))
+        hits.append(scored[0].move == label)
         logprobs.append(float(np.log(next(s.probability for s in scored if s.move == label))))
         uniform.append(-float(np.log(len(scored))))
-    return {"positions": positions, "top1_agreement": round(hits / positions, 4),
-            "mean_logprob": round(statistics.fmean(logprobs), 3), "uniform_mean_logprob": round(statistics.fmean(uniform), 3)}
+        if seen is not None and hash(" ".join(moves)) not in seen:
+            unseen_hits.append(hits[-1])
+    result = {"positions": positions, "top1_agreement": round(statistics.fmean(hits), 4),
+              "mean_logprob": round(statistics.fmean(logprobs), 3), "uniform_mean_logprob": round(statistics.fmean(uniform), 3)}
+    if seen is not None:
+        result |= {"unseen_positions": len(unseen_hits),
+                   "unseen_top1_agreement": round(statistics.fmean(unseen_hits), 4) if unseen_hits else None}
+    return result
 
 
 def engine_agreement(games: list[dict], positions: int, seed: int, nodes: list[int]) -> dict:
@@ -258,6 +278,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--latency-positions", type=int, default=10, help="test positions timed at each ply")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seen-data", type=Path, nargs="+", default=[], metavar="FOLDER",
+                        help="xiangqi_data folders the model trained on: agreement also on the positions none reaches")
     parser.add_argument("--search", action="store_true", help="matches played by the model-guided two-ply search")
     parser.add_argument("--mirror", action="store_true",
                         help="average each move's score with the mirrored position's (MoveModel mirror=True)")
@@ -285,11 +307,12 @@ def main() -> None:
         results["latency"] = latency(mover, [g["moves"].split() for g in test_games], [10, 40, 80], args.repeats,
                                      args.latency_positions, rerun_mover)
     if "agreement" in parts:
-        results["agreement"] = agreement(mover, test_games, args.positions, args.seed)
+        seen = trained_prefixes(args.seen_data) if args.seen_data else None
+        results["agreement"] = agreement(mover, test_games, args.positions, args.seed, seen)
         print(results["agreement"], flush=True)
         other = MoveModel(model, mirror=not mover.mirror)  # what the mirror adds
         key = "agreement_with_mirror" if other.mirror else "agreement_without_mirror"
-        results[key] = agreement(other, test_games, args.positions, args.seed)
+        results[key] = agreement(other, test_games, args.positions, args.seed, seen)
         print(key, results[key], flush=True)
     if "ceiling" in parts:
         results["engine_agreement"] = engine_agreement(test_games, args.positions, args.seed, [1000, 4000])
