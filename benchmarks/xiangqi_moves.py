@@ -2,7 +2,8 @@
 
     python benchmarks/xiangqi_moves.py [--bundle runtime/bundles/xiangqi] [--games 100] [--nodes 1,100,1000]
         [--rerun-bundle runtime/bundles/xiangqi-chars]
-        [--parts latency,agreement,random,engine,ceiling] [--search] [--out results/xiangqi_moves.json]
+        [--parts latency,agreement,random,engine,ceiling] [--search] [--seen-data FOLDER...]
+        [--out results/xiangqi_moves.json]
 
 1. latency of choosing a move at plies 10, 40 and 80 of --latency-positions test games each (medians over the
    positions, and the speedup's range): the one call that scores every legal move (`choice_ms`: for a 4-character
@@ -126,7 +127,8 @@ def sampled_positions(games: list[dict], positions: int, seed: int) -> list[tupl
 
 
 def trained_prefixes(folders: list[Path]) -> set[int]:
-    """Hashes of every move prefix of the train-split games in `folders`: the positions a model trained on them saw."""
+    """Hashes of every move prefix of the train-split games in `folders`: the positions a model trained on them saw
+    (by move sequence: a position reached by transposition counts as unseen)."""
     seen = set()
     for folder in folders:
         for game in load_games(folder / "games.jsonl"):
