@@ -310,6 +310,8 @@ def main() -> None:
                                      args.latency_positions, rerun_mover)
     if "agreement" in parts:
         seen = trained_prefixes(args.seen_data) if args.seen_data else None
+        if seen is not None:
+            results["seen_data"] = [str(folder) for folder in args.seen_data]
         results["agreement"] = agreement(mover, test_games, args.positions, args.seed, seen)
         print(results["agreement"], flush=True)
         other = MoveModel(model, mirror=not mover.mirror)  # what the mirror adds

@@ -195,9 +195,9 @@ def held_out(split: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
 def warm_start(model: GPT, path: Path) -> None:
     """Load a checkpoint's weights (a model.pt, or a float32 bundle folder read back by `bundle_import`: a square-pair
     bundle gives its trunk) into `model`; a segment table it lacks starts at zero, a table of fewer square features is
-    repeated for each value of the added ones (`edgeinfer.xiangqi.features`: they add multiples of the smaller table's size), a `[SEEN]`
-    token it lacks starts as a copy of the start token, and layers it lacks (--layers above the checkpoint's) are
-    added on top with zero output projections (each way, training starts from the same function)."""
+    repeated for each value of the added ones (`edgeinfer.xiangqi.features`: they add multiples of the smaller table's
+    size), a `[SEEN]` token it lacks starts as a copy of the start token, and layers it lacks (--layers above the
+    checkpoint's) are added on top with zero output projections (each way, training starts from the same function)."""
     if path.is_dir():
         square_pairs = square_pair_head(Manifest.read(path, verify=False)[1])
         state = (square_policy_from_bundle(path).gpt if square_pairs else gpt_from_bundle(path)).state_dict()
